@@ -1,0 +1,68 @@
+"""Celery settings, read from the environment.
+
+Plain data: this module imports nothing from the application, so a worker,
+Flower and the API all read the same broker, queues and routes.
+"""
+
+import os
+from urllib.parse import quote
+
+from kombu import Exchange, Queue
+
+
+def redis_url_from_env(environ: os._Environ | dict = os.environ) -> str:
+    """The Redis URL: REDIS_URL if set, else built from REDIS_HOST/PORT/PASSWORD/DB."""
+    if environ.get("REDIS_URL"):
+        return environ["REDIS_URL"]
+    host = environ.get("REDIS_HOST", "127.0.0.1")
+    port = environ.get("REDIS_PORT", "6379")
+    db = environ.get("REDIS_DB", "0")
+    password = environ.get("REDIS_PASSWORD", "")
+    auth = f":{quote(password, safe='')}@" if password else ""
+    return f"redis://{auth}{host}:{port}/{db}"
+
+
+QUEUES = ("email", "analytics", "payment")
+
+broker_url = os.environ.get("BROKER_URL") or redis_url_from_env()
+broker_connection_retry_on_startup = True
+
+# Every queue is declared; a typo in a route must fail, not create a queue nobody consumes.
+task_queues = tuple(Queue(name, Exchange(name), routing_key=name) for name in QUEUES)
+task_create_missing_queues = False
+task_default_queue = "analytics"
+task_routes = {f"{name}.*": {"queue": name, "routing_key": name} for name in QUEUES}
+
+# JSON only: pickle is never accepted, from the broker or anywhere else.
+task_serializer = "json"
+accept_content = ["json"]
+result_serializer = "json"
+result_accept_content = ["json"]
+
+# Job state and results live in our job store (rideshare.jobs.store), not in a
+# Celery result backend: storing results there would slow every publish.
+task_ignore_result = True
+result_backend = None
+
+# Events feed Flower.
+worker_send_task_events = True
+task_send_sent_event = True
+
+# Ack after the work is done, and hand a job back if its worker dies.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = int(os.environ.get("CELERY_PREFETCH_MULTIPLIER", "1"))
+worker_hijack_root_logger = False
+
+broker_transport_options = {
+    # Seconds before an unacked message is handed to another worker; must be
+    # longer than the longest delay plus the longest job (see README, Delivery).
+    "visibility_timeout": int(os.environ.get("BROKER_VISIBILITY_TIMEOUT", "3600")),
+    # Lower number = served first, as in BullMQ; 0..9.
+    "queue_order_strategy": "priority",
+    "priority_steps": list(range(10)),
+    "sep": ":",
+}
+
+worker_max_tasks_per_child = int(os.environ.get("CELERY_MAX_TASKS_PER_CHILD", "1000"))
+imports = ("tasks.email", "tasks.analytics", "tasks.payment")

@@ -1,0 +1,56 @@
+"""The ride-share job service: a Flask API that hands slow work to Celery workers."""
+
+from collections.abc import Mapping
+from typing import Any
+
+from dotenv import load_dotenv
+from flask import Flask
+from flask_smorest import Api
+
+from rideshare import cli
+from rideshare.celery_app import celery_init_app
+from rideshare.config import settings_from_env
+from rideshare.db import Database
+from rideshare.jobs.queue import QueueUnavailable
+from rideshare.logs import configure_logging
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: defaults, then the environment (and .env), then test_config."""
+    load_dotenv(override=False)
+    app = Flask(__name__)
+    app.config.update(
+        API_TITLE="Rideshare jobs API",
+        API_VERSION="1.0",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        JSON_SORT_KEYS=False,
+    )
+    app.config.update(settings_from_env())
+    if test_config:
+        app.config.update(test_config)
+    configure_logging()
+
+    Database().init_app(app)
+    celery_init_app(app)
+    cli.init_app(app)
+
+    api = Api(app)
+    api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
+    from rideshare import health
+    from rideshare.jobs.api import blp as jobs_blp
+    from rideshare.mail.api import blp as mail_blp
+    from rideshare.payments.api import blp as payments_blp
+    from rideshare.rides.api import blp as rides_blp
+
+    for blueprint in (rides_blp, payments_blp, mail_blp, jobs_blp):
+        api.register_blueprint(blueprint)
+    app.register_blueprint(health.bp)
+
+    @app.errorhandler(QueueUnavailable)
+    def queue_unavailable(exc: QueueUnavailable) -> tuple[dict[str, Any], int, dict[str, str]]:
+        body = {"code": 503, "status": "Service Unavailable", "message": "The job queue is unavailable; nothing was queued. Try again shortly."}
+        return body, 503, {"Retry-After": "5"}
+
+    return app

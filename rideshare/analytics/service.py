@@ -1,0 +1,89 @@
+"""record_event: store one analytics event and roll it into the aggregates, once."""
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from rideshare.analytics.models import AnalyticsEvent, DailyRideStats, DriverStats
+from rideshare.db import get_db, utcnow
+
+RIDE_COMPLETED = "ride_completed"
+
+
+def _insert(session: Session):  # type: ignore[no-untyped-def]
+    """The dialect's INSERT, which has ON CONFLICT on both SQLite and PostgreSQL."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def record_event(data: dict[str, Any]) -> dict[str, Any]:
+    """Store the event; a replay of the same eventId changes nothing."""
+    body = data.get("data") or {}
+    fare = Decimal(str(body["fare"])) if body.get("fare") is not None else None
+    distance = float(body["distance"]) if body.get("distance") is not None else None
+    duration = int(body["duration"]) if body.get("duration") is not None else None
+    occurred_at = datetime.fromisoformat(data["occurredAt"]) if data.get("occurredAt") else utcnow()
+    with get_db().session() as session:
+        insert = _insert(session)
+        event_pk = session.scalar(
+            insert(AnalyticsEvent)
+            .values(
+                event_id=data["eventId"],
+                event=data["event"],
+                ride_id=data.get("rideId"),
+                user_id=data.get("userId"),
+                driver_id=data.get("driverId"),
+                fare=fare,
+                distance_km=distance,
+                duration_s=duration,
+                payload=body,
+                occurred_at=occurred_at,
+                recorded_at=utcnow(),
+            )
+            .on_conflict_do_nothing(index_elements=["event_id"])
+            .returning(AnalyticsEvent.id)
+        )
+        if event_pk is None:
+            return {"eventId": data["eventId"], "recorded": False, "duplicate": True}
+        if data["event"] == RIDE_COMPLETED:
+            _add_ride(session, data.get("driverId"), occurred_at, fare, distance, duration)
+    return {"eventId": data["eventId"], "recorded": True, "duplicate": False}
+
+
+def _add_ride(
+    session: Session,
+    driver_id: str | None,
+    occurred_at: datetime,
+    fare: Decimal | None,
+    distance: float | None,
+    duration: int | None,
+) -> None:
+    """Add one completed ride to its day's totals and its driver's."""
+    insert = _insert(session)
+    amounts = {
+        "rides": 1,
+        "revenue": fare or Decimal("0"),
+        "distance_km": distance or 0.0,
+        "duration_s": duration or 0,
+    }
+    day = insert(DailyRideStats).values(day=occurred_at.date(), **amounts)
+    session.execute(
+        day.on_conflict_do_update(
+            index_elements=["day"],
+            set_={name: getattr(DailyRideStats, name) + day.excluded[name] for name in amounts},
+        )
+    )
+    if driver_id is None:
+        return
+    driver = insert(DriverStats).values(driver_id=driver_id, last_ride_at=occurred_at, **amounts)
+    session.execute(
+        driver.on_conflict_do_update(
+            index_elements=["driver_id"],
+            set_={
+                **{name: getattr(DriverStats, name) + driver.excluded[name] for name in amounts},
+                "last_ride_at": driver.excluded.last_ride_at,
+            },
+        )
+    )

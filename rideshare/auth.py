@@ -1,0 +1,93 @@
+"""Bearer tokens signed with SECRET_KEY: who is calling, and with which role."""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any, TypeVar
+
+import jwt
+from flask import current_app, g, request
+from flask_smorest import abort
+
+ROLES = ("user", "admin")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller a valid token names."""
+
+    id: str
+    role: str
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def issue_token(user_id: str, role: str = "user", ttl_seconds: int | None = None) -> str:
+    """A signed token for user_id that expires after ttl_seconds (default TOKEN_TTL_SECONDS)."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    now = int(time.time())
+    ttl = ttl_seconds if ttl_seconds is not None else current_app.config["TOKEN_TTL_SECONDS"]
+    claims = {"sub": str(user_id), "role": role, "iat": now, "exp": now + ttl}
+    return jwt.encode(claims, current_app.config["SECRET_KEY"], algorithm="HS256")
+
+
+def _unauthorized(message: str) -> None:
+    abort(401, message=message, headers={"WWW-Authenticate": 'Bearer realm="rideshare"'})
+
+
+def principal_from_request() -> Principal | None:
+    """The caller named by the Authorization header; None without one, 401 for a bad one."""
+    header = request.headers.get("Authorization", "")
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        _unauthorized("Authorization must be 'Bearer <token>'")
+    try:
+        claims = jwt.decode(
+            token.strip(),
+            current_app.config["SECRET_KEY"],
+            algorithms=["HS256"],
+            options={"require": ["sub", "exp", "role"]},
+        )
+    except jwt.ExpiredSignatureError:
+        _unauthorized("token has expired")
+    except jwt.InvalidTokenError:
+        _unauthorized("token is not valid")
+    if claims["role"] not in ROLES:
+        _unauthorized("token has an unknown role")
+    return Principal(id=str(claims["sub"]), role=claims["role"])
+
+
+def login_required(view: F) -> F:
+    """Reject the request with 401 unless it carries a valid token; sets g.user."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        g.user = principal_from_request()
+        if g.user is None:
+            _unauthorized("a bearer token is required")
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def login_optional(view: F) -> F:
+    """Read a token if there is one (a bad one still gets 401); sets g.user or None."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        g.user = principal_from_request()
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def current_user() -> Principal:
+    """The authenticated caller of this request."""
+    return g.user

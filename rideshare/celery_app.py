@@ -1,0 +1,35 @@
+"""The Celery app, bound to the Flask app in one place."""
+
+import importlib
+
+from celery import Celery
+from flask import Flask
+
+from rideshare.jobs.queue import JobQueue, JobService
+from rideshare.jobs.store import JobStore, Retention
+from rideshare.jobs.task import JobTask
+
+
+def celery_init_app(app: Flask) -> Celery:
+    """Build the Celery app from celeryconfig, register the tasks, and bind the job queues."""
+    celery = Celery(app.name)
+    celery.config_from_object("celeryconfig")
+    celery.conf.update(app.config.get("CELERY", {}))
+    celery.flask_app = app  # JobTask enters this app's context around every job
+    celery.set_default()
+    for module in celery.conf.imports:
+        importlib.import_module(module)
+
+    store = JobStore.from_url(app.config["REDIS_URL"], prefix=app.config["JOB_KEY_PREFIX"])
+    retention = (
+        Retention(count=app.config["JOB_KEEP_COMPLETED"]),
+        Retention(count=app.config["JOB_KEEP_FAILED"]),
+    )
+    queues = {
+        task.queue: JobQueue(task.queue, task.name, celery, store, task.default_options(app.config), retention)
+        for task in celery.tasks.values()
+        if isinstance(task, JobTask) and getattr(task, "queue", None)
+    }
+    app.extensions["celery"] = celery
+    app.extensions["jobs"] = JobService(store, queues)
+    return celery

@@ -1,0 +1,46 @@
+"""Application settings: defaults, then the environment."""
+
+import os
+from pathlib import Path
+from typing import Any
+
+from celeryconfig import redis_url_from_env
+
+
+def _int(environ: dict[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "")
+    return int(raw) if raw.strip() else default
+
+
+def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Flask config keys read from the environment, with embedded defaults."""
+    env = dict(os.environ if environ is None else environ)
+    var_dir = Path(env.get("RIDESHARE_VAR_DIR", "var")).resolve()
+    return {
+        "SECRET_KEY": env.get("SECRET_KEY", "dev-only-insecure-secret-key-change-me-in-production"),
+        "TOKEN_TTL_SECONDS": _int(env, "TOKEN_TTL_SECONDS", 3600),
+        "DATABASE_URL": env.get("DATABASE_URL") or f"sqlite:///{var_dir / 'rideshare.sqlite3'}",
+        "REDIS_URL": redis_url_from_env(env),
+        # BullMQ-compatible job defaults (milliseconds, as in the original design).
+        "JOB_RETRY_ATTEMPTS": _int(env, "JOB_RETRY_ATTEMPTS", 3),
+        "JOB_RETRY_DELAY": _int(env, "JOB_RETRY_DELAY", 5000),
+        "JOB_TIMEOUT": _int(env, "JOB_TIMEOUT", 30000),
+        # Finished jobs kept per queue, as in the original design (removeOnComplete: 100,
+        # removeOnFail: 50); a job's own remove_on_complete/remove_on_fail wins.
+        "JOB_KEEP_COMPLETED": _int(env, "JOB_KEEP_COMPLETED", 100),
+        "JOB_KEEP_FAILED": _int(env, "JOB_KEEP_FAILED", 50),
+        "JOB_KEY_PREFIX": env.get("JOB_KEY_PREFIX", "rideshare"),
+        "SMTP_HOST": env.get("SMTP_HOST", "127.0.0.1"),
+        "SMTP_PORT": _int(env, "SMTP_PORT", 1025),
+        "SMTP_USER": env.get("SMTP_USER", ""),
+        "SMTP_PASSWORD": env.get("SMTP_PASSWORD", ""),
+        "SMTP_STARTTLS": env.get("SMTP_STARTTLS", "false").lower() in ("1", "true", "yes"),
+        "SMTP_TIMEOUT": _int(env, "SMTP_TIMEOUT", 10),
+        "MAIL_FROM": env.get("MAIL_FROM", "Rideshare <no-reply@rideshare.local>"),
+        "STRIPE_API_KEY": env.get("STRIPE_API_KEY", "sk_test_localstripe"),
+        "STRIPE_API_BASE": env.get("STRIPE_API_BASE", "http://127.0.0.1:8420"),
+        "STRIPE_TIMEOUT": _int(env, "STRIPE_TIMEOUT", 20),
+        "ALERT_WEBHOOK_URL": env.get("ALERT_WEBHOOK_URL", ""),
+        "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 64 * 1024),
+        "VAR_DIR": str(var_dir),
+    }

@@ -1,0 +1,25 @@
+"""Jobs: the BullMQ-style queue API over Celery, and the job store that tracks every job."""
+
+from rideshare.jobs.queue import (
+    Job,
+    JobQueue,
+    QueueUnavailable,
+    add_analytics_job,
+    add_email_job,
+    add_payment_job,
+    get_job,
+    get_job_counts,
+    get_queue,
+)
+
+__all__ = [
+    "Job",
+    "JobQueue",
+    "QueueUnavailable",
+    "add_analytics_job",
+    "add_email_job",
+    "add_payment_job",
+    "get_job",
+    "get_job_counts",
+    "get_queue",
+]

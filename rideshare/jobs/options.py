@@ -1,0 +1,128 @@
+"""Job options with the original BullMQ meaning (times in milliseconds)."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from rideshare.jobs.store import Retention
+
+
+class InvalidJobOptions(ValueError):
+    """Job options that cannot be used; .errors maps each bad option to its message."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How long to wait before attempt n+1: 'fixed' or 'exponential' from delay ms."""
+
+    type: str = "exponential"
+    delay: int | None = None  # None: the app's JOB_RETRY_DELAY
+
+    def wait_ms(self, attempts_made: int) -> int:
+        """The wait after the attempts_made-th failed attempt (1-based)."""
+        base = self.delay or 0
+        if self.type == "fixed":
+            return base
+        return base * 2 ** max(attempts_made - 1, 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "delay": self.delay}
+
+    @classmethod
+    def parse(cls, value: Any) -> "Backoff":
+        """Read a number (fixed delay) or {"type": ..., "delay": ms}."""
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return cls("fixed", value)
+        if isinstance(value, Mapping):
+            kind, delay = value.get("type", "exponential"), value.get("delay", 0)
+            if kind in ("fixed", "exponential") and isinstance(delay, int) and delay >= 0:
+                return cls(kind, delay)
+        raise ValueError("must be {'type': 'exponential'|'fixed', 'delay': ms} or ms")
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """The options one job runs with, defaults already applied."""
+
+    delay: int = 0
+    attempts: int = 1
+    backoff: Backoff = Backoff()
+    timeout: int = 30000
+    priority: int | None = None
+    remove_on_complete: Any = None
+    remove_on_fail: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "delay": self.delay,
+            "attempts": self.attempts,
+            "backoff": self.backoff.to_dict(),
+            "timeout": self.timeout,
+            "priority": self.priority,
+            "removeOnComplete": self.remove_on_complete,
+            "removeOnFail": self.remove_on_fail,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "JobOptions":
+        return cls(
+            delay=raw.get("delay", 0),
+            attempts=raw.get("attempts", 1),
+            backoff=Backoff.parse(raw.get("backoff") or {}),
+            timeout=raw.get("timeout", 30000),
+            priority=raw.get("priority"),
+            remove_on_complete=raw.get("removeOnComplete"),
+            remove_on_fail=raw.get("removeOnFail"),
+        )
+
+
+def _non_negative_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def resolve_options(defaults: JobOptions, given: Mapping[str, Any]) -> JobOptions:
+    """Apply per-call options over the queue's defaults, naming every bad option."""
+    errors: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    for name in ("delay", "timeout"):
+        if given.get(name) is not None:
+            if _non_negative_int(given[name]):
+                values[name] = given[name]
+            else:
+                errors[name] = "must be a whole number of milliseconds, 0 or more"
+    if given.get("timeout") == 0:
+        errors["timeout"] = "must be at least 1 ms"
+    if given.get("attempts") is not None:
+        if _non_negative_int(given["attempts"]) and given["attempts"] >= 1:
+            values["attempts"] = given["attempts"]
+        else:
+            errors["attempts"] = "must be a whole number, 1 or more"
+    if given.get("priority") is not None:
+        if _non_negative_int(given["priority"]) and given["priority"] <= 9:
+            values["priority"] = given["priority"]
+        else:
+            errors["priority"] = "must be 0 (first) to 9 (last)"
+    if given.get("backoff") is not None:
+        try:
+            values["backoff"] = Backoff.parse(given["backoff"])
+        except ValueError as exc:
+            errors["backoff"] = str(exc)
+    for name in ("remove_on_complete", "remove_on_fail"):
+        if given.get(name) is not None:
+            try:
+                Retention.parse(given[name], Retention())
+                values[name] = given[name]
+            except ValueError as exc:
+                errors[name] = str(exc)
+    unknown = set(given) - {
+        "delay", "attempts", "backoff", "timeout", "priority", "remove_on_complete", "remove_on_fail"
+    }
+    for name in sorted(unknown):
+        errors[name] = "unknown job option"
+    if errors:
+        raise InvalidJobOptions(errors)
+    return JobOptions(**{**defaults.__dict__, **values})

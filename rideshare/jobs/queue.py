@@ -1,0 +1,171 @@
+"""The queue API: add_email_job / add_analytics_job / add_payment_job, get_job, get_job_counts.
+
+A Python mirror of the original design's ``utils/queue.js``. Adding a job
+stores it in the job store first, then publishes a Celery message that
+carries only the job id; the worker reads the data from the store.
+"""
+
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from celery import Celery
+from flask import current_app
+from kombu.exceptions import OperationalError as KombuOperationalError
+from redis.exceptions import RedisError
+
+from rideshare.jobs.options import JobOptions, resolve_options
+from rideshare.jobs.store import JobRecord, JobStore, Retention, now_ms
+
+log = logging.getLogger("rideshare.jobs")
+
+Job = JobRecord
+
+# Seconds between the soft time limit (the task sees an exception) and the hard kill.
+HARD_KILL_GRACE_S = 5.0
+MAX_JOB_ID_LENGTH = 64
+
+
+class QueueUnavailable(RuntimeError):
+    """The broker or the job store could not take the job; nothing was stored."""
+
+
+class JobQueue:
+    """One named queue, served by one Celery task, like a BullMQ Queue."""
+
+    def __init__(
+        self,
+        name: str,
+        task_name: str,
+        celery: Celery,
+        store: JobStore,
+        defaults: JobOptions,
+        retention: tuple[Retention, Retention],
+    ) -> None:
+        self.name = name
+        self.task_name = task_name
+        self.celery = celery
+        self.store = store
+        self.defaults = defaults
+        self.keep_completed, self.keep_failed = retention
+
+    def add(
+        self,
+        data: Mapping[str, Any],
+        *,
+        job_id: str | None = None,
+        owner: str | None = None,
+        **options: Any,
+    ) -> Job:
+        """Store and publish a job; an existing job_id returns that job instead."""
+        opts = resolve_options(self.defaults, options)
+        if job_id is not None and not (isinstance(job_id, str) and 0 < len(job_id) <= MAX_JOB_ID_LENGTH):
+            raise ValueError(f"job_id must be a string of 1 to {MAX_JOB_ID_LENGTH} characters")
+        job_id = job_id or uuid.uuid4().hex
+        created_at = now_ms()
+        record = JobRecord(
+            id=job_id,
+            queue=self.name,
+            name=self.task_name,
+            state="delayed" if opts.delay else "waiting",
+            data=dict(data),
+            opts=opts.to_dict(),
+            owner=owner,
+            created_at=created_at,
+        )
+        try:
+            created = self.store.create(record, score=created_at + opts.delay)
+        except RedisError as exc:
+            raise QueueUnavailable(f"job store unreachable: {exc}") from exc
+        if not created:
+            existing = self.store.get(job_id)
+            if existing is not None:
+                return existing
+            raise QueueUnavailable(f"job {job_id} vanished while it was being added")
+        try:
+            self._publish(record, opts)
+        except (KombuOperationalError, RedisError, OSError) as exc:
+            # Never leave a job the broker does not hold: undo the store write.
+            try:
+                self.store.delete(job_id, self.name)
+            except RedisError:
+                log.error("job.orphaned", extra={"job_id": job_id, "queue": self.name})
+            raise QueueUnavailable(f"broker unreachable: {exc}") from exc
+        log.info(
+            "job.created",
+            extra={"job_id": job_id, "queue": self.name, "task": self.task_name, "delay_ms": opts.delay},
+        )
+        return record
+
+    def _publish(self, record: JobRecord, opts: JobOptions) -> None:
+        timeout_s = opts.timeout / 1000
+        self.celery.send_task(
+            self.task_name,
+            args=[record.id],
+            task_id=record.id,
+            queue=self.name,
+            routing_key=self.name,
+            countdown=opts.delay / 1000 if opts.delay else None,
+            priority=opts.priority,
+            soft_time_limit=timeout_s,
+            time_limit=timeout_s + HARD_KILL_GRACE_S,
+            ignore_result=True,
+        )
+
+    def get_job(self, job_id: str) -> Job | None:
+        """The job with this id if it belongs to this queue."""
+        job = self.store.get(job_id)
+        return job if job is not None and job.queue == self.name else None
+
+    def get_job_counts(self) -> dict[str, int]:
+        """Jobs per state: waiting, delayed, active, completed, failed."""
+        return self.store.counts(self.name)
+
+    def retention_for(self, job: Job, state: str) -> Retention:
+        """The retention that applies to job once it reaches state (completed or failed)."""
+        if state == "completed":
+            return Retention.parse(job.opts.get("removeOnComplete"), self.keep_completed)
+        return Retention.parse(job.opts.get("removeOnFail"), self.keep_failed)
+
+
+class JobService:
+    """The queues of one app, bound as app.extensions['jobs']."""
+
+    def __init__(self, store: JobStore, queues: dict[str, JobQueue]) -> None:
+        self.store = store
+        self.queues = queues
+
+
+def _service() -> JobService:
+    return current_app.extensions["jobs"]
+
+
+def get_queue(name: str) -> JobQueue:
+    """The queue called name (email, analytics or payment)."""
+    return _service().queues[name]
+
+
+def add_email_job(data: Mapping[str, Any], **options: Any) -> Job:
+    """Queue an email: data has to, subject, text and optionally html."""
+    return get_queue("email").add(data, **options)
+
+
+def add_analytics_job(data: Mapping[str, Any], **options: Any) -> Job:
+    """Queue an analytics event: data has event, eventId and the event's fields."""
+    return get_queue("analytics").add(data, **options)
+
+
+def add_payment_job(data: Mapping[str, Any], **options: Any) -> Job:
+    """Queue a payment charge: data has paymentId, the SQL row to charge."""
+    return get_queue("payment").add(data, **options)
+
+
+def get_job(job_id: str) -> Job | None:
+    """Any queue's job by id, or None if there is no such job."""
+    return _service().store.get(job_id)
+
+
+def get_job_counts(queue: str) -> dict[str, int]:
+    """Jobs per state in one queue."""
+    return get_queue(queue).get_job_counts()

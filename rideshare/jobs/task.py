@@ -1,0 +1,209 @@
+"""JobTask: the Celery task base that runs a stored job and records its whole life."""
+
+import json
+import logging
+import time
+import traceback
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.worker.request import Request
+from flask import Flask, has_app_context
+
+from rideshare.jobs.options import Backoff, JobOptions
+from rideshare.jobs.queue import Job, JobQueue, get_queue
+from rideshare.jobs.store import FINISHED, now_ms
+
+log = logging.getLogger("rideshare.jobs")
+
+
+class PermanentJobError(Exception):
+    """An error that retrying cannot fix: the job fails at once."""
+
+
+class TransientJobError(Exception):
+    """An error worth another attempt after the backoff."""
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line failure reason for the job record."""
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return "timeout: job ran past its time limit"
+    if isinstance(exc, PermanentJobError | TransientJobError) and str(exc):
+        return str(exc)[:500]
+    text = str(exc) or exc.__class__.__name__
+    return f"{exc.__class__.__name__}: {text}"[:500]
+
+
+class JobRequest(Request):
+    """Records hard time-limit kills, which happen in the worker's main process."""
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        super().on_timeout(soft, timeout)
+        if soft:
+            return  # the task itself sees SoftTimeLimitExceeded and records it
+        task: JobTask = self.task
+        with task.app_context():
+            queue = get_queue(task.queue)
+            job = queue.store.get(self.id)
+            if job is not None and job.state == "active":
+                task.record_failure(queue, job, f"timeout: killed after {timeout:g} s", "", final=True)
+
+
+class JobTask(Task):
+    """Runs one stored job: loads it, marks it active, retries or finishes it.
+
+    Subclasses (via the task decorator) declare their policy:
+    ``attempts`` and ``backoff`` are the queue's defaults for new jobs (None:
+    the app's JOB_RETRY_ATTEMPTS / JOB_RETRY_DELAY), ``retry_on`` names the
+    exceptions that earn another attempt; every other error fails at once.
+    """
+
+    Request = JobRequest
+    typing = False
+    attempts: int | None = None
+    backoff: Backoff = Backoff()
+    retry_on: tuple[type[BaseException], ...] = ()
+
+    def app_context(self) -> AbstractContextManager[Any]:
+        """The Flask app context, entered only when none is active.
+
+        A task called from inside a request or another task must reuse that
+        context: pushing a second one would give it a separate DB session.
+        """
+        if has_app_context():
+            return nullcontext()
+        flask_app: Flask = self.app.flask_app
+        return flask_app.app_context()
+
+    def default_options(self, config: dict[str, Any]) -> JobOptions:
+        """This queue's job defaults, from the decorator and the app config."""
+        return JobOptions(
+            attempts=self.attempts or config["JOB_RETRY_ATTEMPTS"],
+            backoff=Backoff(self.backoff.type, self.backoff.delay or config["JOB_RETRY_DELAY"]),
+            timeout=config["JOB_TIMEOUT"],
+        )
+
+    def on_final_failure(self, job: Job, reason: str) -> None:
+        """Called once when a job has failed for good."""
+
+    def __call__(self, job_id: str) -> Any:
+        with self.app_context():
+            return self._run_job(get_queue(self.queue), job_id)
+
+    def _run_job(self, queue: JobQueue, job_id: str) -> Any:
+        job = queue.store.start(job_id, queue.name, worker=self.request.hostname or "")
+        if job is None:
+            log.warning("job.missing", extra={"job_id": job_id, "queue": queue.name})
+            return None
+        if job.state in FINISHED:
+            log.info("job.duplicate_delivery", extra={"job_id": job_id, "queue": queue.name})
+            return job.result
+        log.info(
+            "job.started",
+            extra={"job_id": job.id, "queue": queue.name, "task": self.name, "attempt": job.attempts},
+        )
+        started = time.perf_counter()
+        try:
+            result = self.run(job)
+        except Exception as exc:
+            self._handle_error(queue, job, exc, started)
+            raise
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        finished_at = now_ms()
+        queue.store.finish(
+            job,
+            "completed",
+            score=finished_at,
+            retention=queue.retention_for(job, "completed"),
+            attempt=self._attempt(job, finished_at, duration_ms),
+            fields={"result": _json(result), "finishedAt": finished_at, "failedReason": ""},
+        )
+        log.info(
+            "job.completed",
+            extra={"job_id": job.id, "queue": queue.name, "attempt": job.attempts, "duration_ms": duration_ms},
+        )
+        return result
+
+    def _handle_error(self, queue: JobQueue, job: Job, exc: Exception, started: float) -> None:
+        reason = describe(exc)
+        tb = "".join(traceback.format_exception(exc))[-4000:]
+        opts = JobOptions.from_dict(job.opts)
+        retryable = not isinstance(exc, PermanentJobError) and isinstance(
+            exc, (TransientJobError, SoftTimeLimitExceeded, *self.retry_on)
+        )
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        if retryable and job.attempts < opts.attempts:
+            wait_ms = opts.backoff.wait_ms(job.attempts)
+            finished_at = now_ms()
+            # Record the retry before publishing it, so the new delivery cannot
+            # start and then be overwritten by this one's bookkeeping.
+            queue.store.finish(
+                job,
+                "delayed",
+                score=finished_at + wait_ms,
+                attempt=self._attempt(job, finished_at, duration_ms, reason, tb),
+                fields={"failedReason": reason},
+            )
+            log.warning(
+                "job.retry",
+                extra={
+                    "job_id": job.id,
+                    "queue": queue.name,
+                    "attempt": job.attempts,
+                    "error": reason,
+                    "retry_in_ms": wait_ms,
+                    "duration_ms": duration_ms,
+                },
+            )
+            raise self.retry(
+                exc=exc, countdown=wait_ms / 1000, max_retries=None, priority=opts.priority
+            ) from exc
+        self.record_failure(queue, job, reason, tb, final=True, duration_ms=duration_ms)
+
+    def record_failure(
+        self, queue: JobQueue, job: Job, reason: str, tb: str, *, final: bool, duration_ms: float = 0.0
+    ) -> None:
+        """Move a job to failed, log it, and run the task's final-failure hook."""
+        finished_at = now_ms()
+        queue.store.finish(
+            job,
+            "failed",
+            score=finished_at,
+            retention=queue.retention_for(job, "failed"),
+            attempt=self._attempt(job, finished_at, duration_ms, reason, tb),
+            fields={"failedReason": reason, "finishedAt": finished_at},
+        )
+        log.error(
+            "job.failed",
+            extra={
+                "job_id": job.id,
+                "queue": queue.name,
+                "task": self.name,
+                "attempt": job.attempts,
+                "error": reason,
+                "duration_ms": duration_ms,
+            },
+        )
+        if final:
+            self.on_final_failure(job, reason)
+
+    def _attempt(
+        self, job: Job, finished_at: int, duration_ms: float, error: str = "", tb: str = ""
+    ) -> dict[str, Any]:
+        return {
+            "attempt": job.attempts,
+            "startedAt": job.processed_on,
+            "finishedAt": finished_at,
+            "durationMs": duration_ms,
+            "worker": job.worker,
+            "error": error or None,
+            "traceback": tb or None,
+        }
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
+

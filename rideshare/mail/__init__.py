@@ -1,0 +1,1 @@
+"""Email: messages sent over SMTP by the email worker, each delivery recorded."""

@@ -1,0 +1,1 @@
+"""Payments: charged through Stripe by the payment worker, with receipts."""

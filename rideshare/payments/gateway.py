@@ -1,0 +1,47 @@
+"""The payment gateway: Stripe PaymentIntents through the official SDK."""
+
+from typing import Any
+
+import stripe
+from flask import current_app
+
+# Errors that another attempt can fix: network trouble, rate limits, Stripe 5xx.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    stripe.APIConnectionError,
+    stripe.RateLimitError,
+    stripe.APIError,
+)
+
+
+def stripe_client() -> stripe.StripeClient:
+    """One client per app, pointed at STRIPE_API_BASE (localstripe in development)."""
+    client = current_app.extensions.get("stripe")
+    if client is None:
+        cfg = current_app.config
+        client = stripe.StripeClient(
+            cfg["STRIPE_API_KEY"],
+            base_addresses={"api": cfg["STRIPE_API_BASE"]},
+            # Our job retries own the retry policy; the SDK must not retry on its own.
+            max_network_retries=0,
+            http_client=stripe.RequestsClient(timeout=cfg["STRIPE_TIMEOUT"]),
+        )
+        current_app.extensions["stripe"] = client
+    return client
+
+
+def charge(
+    *, amount_minor: int, currency: str, payment_method: str, idempotency_key: str, metadata: dict[str, Any]
+) -> stripe.PaymentIntent:
+    """Create and confirm a PaymentIntent; raises stripe.CardError on a decline."""
+    return stripe_client().v1.payment_intents.create(
+        params={
+            "amount": amount_minor,
+            "currency": currency.lower(),
+            "payment_method": payment_method,
+            "confirm": True,
+            "metadata": metadata,
+            # Cards only, confirmed server-side: nothing here can redirect a rider.
+            "payment_method_types": ["card"],
+        },
+        options={"idempotency_key": idempotency_key},
+    )

@@ -1,0 +1,58 @@
+"""Payment and receipt rows."""
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import ForeignKey, Numeric, String
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from rideshare.db import Base, utcnow
+
+PENDING, PROCESSING, SUCCEEDED, FAILED = "pending", "processing", "succeeded", "failed"
+
+
+class Payment(Base):
+    __tablename__ = "payments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64), index=True)
+    ride_id: Mapped[int] = mapped_column(ForeignKey("rides.id"), index=True)
+    amount: Mapped[Decimal] = mapped_column(Numeric(12, 2))
+    currency: Mapped[str] = mapped_column(String(3))
+    # A Stripe PaymentMethod id (pm_...): card numbers never reach this service.
+    payment_method: Mapped[str] = mapped_column(String(255))
+    receipt_email: Mapped[str | None] = mapped_column(String(254))
+    status: Mapped[str] = mapped_column(String(16), default=PENDING, index=True)
+    job_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    failure_reason: Mapped[str | None] = mapped_column(String(500))
+    attempts: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    receipt: Mapped["Receipt | None"] = relationship(back_populates="payment")
+
+    @property
+    def amount_minor(self) -> int:
+        """The amount in the currency's minor unit, as Stripe wants it."""
+        return int(self.amount * 100)
+
+    @property
+    def idempotency_key(self) -> str:
+        """The Stripe idempotency key: one charge per payment, however often it is tried."""
+        return f"rideshare-payment-{self.id}"
+
+
+class Receipt(Base):
+    __tablename__ = "receipts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    payment_id: Mapped[int] = mapped_column(ForeignKey("payments.id"), unique=True)
+    number: Mapped[str] = mapped_column(String(32), unique=True)
+    amount: Mapped[Decimal] = mapped_column(Numeric(12, 2))
+    currency: Mapped[str] = mapped_column(String(3))
+    stripe_payment_intent_id: Mapped[str] = mapped_column(String(255))
+    email_job_id: Mapped[str | None] = mapped_column(String(64))
+    issued_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    payment: Mapped[Payment] = relationship(back_populates="receipt")

@@ -1,0 +1,49 @@
+"""Payment request and response bodies."""
+
+from marshmallow import Schema, fields, validate
+
+from rideshare.validation import money
+
+
+class PaymentCreateSchema(Schema):
+    amount = money("Amount to charge, in major units (25.50)")
+    currency = fields.String(
+        load_default="USD",
+        validate=validate.Regexp(r"^[A-Za-z]{3}$", error="must be a 3-letter ISO 4217 code"),
+        metadata={"description": "ISO 4217 code", "example": "USD"},
+    )
+    paymentMethod = fields.String(
+        required=True,
+        validate=[
+            validate.Length(max=255),
+            validate.Regexp(
+                r"^pm_[A-Za-z0-9_]+$",
+                error="must be a Stripe PaymentMethod id (pm_...); card details are never accepted",
+            ),
+        ],
+        metadata={"description": "Stripe PaymentMethod id", "example": "pm_card_visa"},
+    )
+    rideId = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+    receiptEmail = fields.Email(
+        validate=validate.Length(max=254),
+        metadata={"description": "Where the receipt is emailed once the charge succeeds"},
+    )
+
+
+class PaymentAcceptedSchema(Schema):
+    message = fields.String()
+    jobId = fields.String()
+    paymentId = fields.Integer()
+
+
+class PaymentSchema(Schema):
+    id = fields.Integer()
+    rideId = fields.Integer(attribute="ride_id")
+    amount = fields.Decimal(as_string=True)
+    currency = fields.String()
+    status = fields.String(metadata={"description": "pending, processing, succeeded or failed"})
+    jobId = fields.String(attribute="job_id")
+    paymentIntentId = fields.String(attribute="stripe_payment_intent_id", allow_none=True)
+    failureReason = fields.String(attribute="failure_reason", allow_none=True)
+    receiptNumber = fields.Function(lambda p: p.receipt.number if p.receipt else None)
+    createdAt = fields.DateTime(attribute="created_at")

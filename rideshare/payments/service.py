@@ -1,0 +1,119 @@
+"""charge_payment: take a pending payment through Stripe, then write its receipt."""
+
+import logging
+from typing import Any
+
+import stripe
+
+from rideshare.alerts import raise_alert
+from rideshare.db import get_db
+from rideshare.jobs.queue import Job, add_email_job
+from rideshare.jobs.task import PermanentJobError
+from rideshare.payments import gateway
+from rideshare.payments.models import FAILED, PENDING, PROCESSING, SUCCEEDED, Payment, Receipt
+
+log = logging.getLogger("rideshare.payments")
+
+
+def _summary(payment: Payment) -> dict[str, Any]:
+    receipt = payment.receipt
+    return {
+        "paymentId": payment.id,
+        "status": payment.status,
+        "paymentIntentId": payment.stripe_payment_intent_id,
+        "receiptNumber": receipt.number if receipt else None,
+        "receiptEmailJobId": receipt.email_job_id if receipt else None,
+    }
+
+
+def charge_payment(payment_id: int) -> dict[str, Any]:
+    """Charge the payment once; a payment that already succeeded is never charged again."""
+    db = get_db()
+    with db.session() as session:
+        payment = session.get(Payment, payment_id, with_for_update=True)
+        if payment is None:
+            raise PermanentJobError(f"payment {payment_id} does not exist")
+        if payment.status == SUCCEEDED:
+            return _send_receipt(payment_id)
+        if payment.status == FAILED:
+            raise PermanentJobError(f"payment {payment_id} already failed: {payment.failure_reason}")
+        payment.status = PROCESSING
+        payment.attempts += 1
+        charge_args = {
+            "amount_minor": payment.amount_minor,
+            "currency": payment.currency,
+            "payment_method": payment.payment_method,
+            "idempotency_key": payment.idempotency_key,
+            "metadata": {"payment_id": str(payment.id), "ride_id": str(payment.ride_id)},
+        }
+    try:
+        intent = gateway.charge(**charge_args)
+    except stripe.CardError as exc:
+        reason = f"card_declined: {exc.code or 'declined'}"
+        mark_failed(payment_id, reason)
+        raise PermanentJobError(reason) from exc
+    if intent.status != "succeeded":
+        reason = f"payment intent {intent.id} is {intent.status}"
+        mark_failed(payment_id, reason)
+        raise PermanentJobError(reason)
+    with db.session() as session:
+        payment = session.get(Payment, payment_id, with_for_update=True)
+        payment.status = SUCCEEDED
+        payment.stripe_payment_intent_id = intent.id
+        payment.failure_reason = None
+        session.add(
+            Receipt(
+                payment_id=payment.id,
+                number=f"RCPT-{payment.id:08d}",
+                amount=payment.amount,
+                currency=payment.currency,
+                stripe_payment_intent_id=intent.id,
+            )
+        )
+    log.info("payment.succeeded", extra={"payment_id": payment_id, "payment_intent": intent.id})
+    return _send_receipt(payment_id)
+
+
+def _send_receipt(payment_id: int) -> dict[str, Any]:
+    """Queue the receipt email once; a retried job re-queues it only if that never happened."""
+    with get_db().session() as session:
+        payment = session.get(Payment, payment_id)
+        receipt = payment.receipt
+        if receipt is not None and payment.receipt_email and receipt.email_job_id is None:
+            job = add_email_job(
+                {
+                    "to": payment.receipt_email,
+                    "subject": f"Your receipt {receipt.number}",
+                    "text": (
+                        f"Thanks for riding with us.\nReceipt {receipt.number}: "
+                        f"{payment.amount} {payment.currency} for ride {payment.ride_id}."
+                    ),
+                    "html": (
+                        f"<h1>Receipt {receipt.number}</h1><p>{payment.amount} {payment.currency}"
+                        f" for ride {payment.ride_id}.</p>"
+                    ),
+                },
+                job_id=f"receipt-{payment.id}",
+                owner=payment.user_id,
+            )
+            receipt.email_job_id = job.id
+        return _summary(payment)
+
+
+def mark_failed(payment_id: int, reason: str) -> None:
+    """Move a payment that has not succeeded to failed."""
+    with get_db().session() as session:
+        payment = session.get(Payment, payment_id, with_for_update=True)
+        if payment is not None and payment.status in (PENDING, PROCESSING):
+            payment.status = FAILED
+            payment.failure_reason = reason[:500]
+
+
+def payment_failed_for_good(job: Job, reason: str) -> None:
+    """The payment job is out of attempts: fail the payment and alert operators."""
+    payment_id = job.data.get("paymentId")
+    if payment_id is not None:
+        mark_failed(int(payment_id), reason)
+    raise_alert(
+        "payment failed", job_id=job.id, queue=job.queue, payment_id=payment_id, reason=reason
+    )

@@ -1,0 +1,1 @@
+"""Rides: requested, then completed by their driver."""

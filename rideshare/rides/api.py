@@ -1,0 +1,102 @@
+"""POST /rides and POST /rides/<id>/complete."""
+
+from typing import Any
+
+from flask.views import MethodView
+from flask_smorest import Blueprint, abort
+from sqlalchemy import update
+
+from rideshare.analytics.service import RIDE_COMPLETED
+from rideshare.auth import current_user, login_required
+from rideshare.db import get_db, utcnow
+from rideshare.jobs.queue import QueueUnavailable, add_analytics_job
+from rideshare.jobs.schemas import JobAcceptedSchema
+from rideshare.rides.models import Ride
+from rideshare.rides.schemas import RideCompleteSchema, RideCreateSchema, RideSchema
+
+blp = Blueprint("rides", __name__, description="Rides")
+
+
+@blp.route("/rides")
+class Rides(MethodView):
+    decorators = [login_required]
+
+    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.arguments(RideCreateSchema)
+    @blp.response(201, RideSchema)
+    def post(self, body: dict[str, Any]) -> Ride:
+        """Request a ride."""
+        ride = Ride(
+            rider_id=body["riderId"],
+            driver_id=body["driverId"],
+            pickup=body["pickup"],
+            dropoff=body["dropoff"],
+        )
+        with get_db().session() as session:
+            session.add(ride)
+        return ride
+
+
+@blp.route("/rides/<int:ride_id>/complete")
+class CompleteRide(MethodView):
+    decorators = [login_required]
+
+    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.arguments(RideCompleteSchema)
+    @blp.response(200, JobAcceptedSchema)
+    @blp.alt_response(404, description="No such ride")
+    @blp.alt_response(409, description="The ride is already completed")
+    def post(self, body: dict[str, Any], ride_id: int) -> dict[str, str]:
+        """Complete a ride and queue its analytics event."""
+        db = get_db()
+        completed_at = utcnow()
+        with db.session() as session:
+            ride = session.get(Ride, ride_id)
+            if ride is None:
+                abort(404, message=f"ride {ride_id} not found")
+            if body["driverId"] != ride.driver_id:
+                abort(422, errors={"json": {"driverId": ["is not this ride's driver"]}})
+            # A conditional UPDATE, so two concurrent completions cannot both win.
+            won = session.execute(
+                update(Ride)
+                .where(Ride.id == ride_id, Ride.status == "requested")
+                .values(
+                    status="completed",
+                    fare=body["fare"],
+                    distance_km=body["distance"],
+                    duration_s=body["duration"],
+                    completed_at=completed_at,
+                )
+            ).rowcount
+            if not won:
+                abort(409, message=f"ride {ride_id} is already completed")
+            rider_id = ride.rider_id
+        event_id = f"ride-completed-{ride_id}"
+        try:
+            job = add_analytics_job(
+                {
+                    "event": RIDE_COMPLETED,
+                    "eventId": event_id,
+                    "rideId": ride_id,
+                    "userId": rider_id,
+                    "driverId": body["driverId"],
+                    "occurredAt": completed_at.isoformat(),
+                    "data": {
+                        "fare": str(body["fare"]),
+                        "distance": body["distance"],
+                        "duration": body["duration"],
+                    },
+                },
+                job_id=event_id,
+                owner=current_user().id,
+            )
+        except QueueUnavailable:
+            # Undo, so the client can complete the ride again once the broker is back.
+            with db.session() as session:
+                session.execute(
+                    update(Ride)
+                    .where(Ride.id == ride_id)
+                    .values(status="requested", fare=None, distance_km=None, duration_s=None, completed_at=None)
+                )
+            raise
+        return {"message": "Ride completed successfully", "jobId": job.id}

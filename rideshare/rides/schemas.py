@@ -1,0 +1,43 @@
+"""Ride request and response bodies."""
+
+from marshmallow import Schema, fields, validate
+
+from rideshare.validation import money, text
+
+
+class RideCreateSchema(Schema):
+    riderId = text("The rider's user id", 64)
+    driverId = text("The driver's user id", 64)
+    pickup = text("Pickup address or place", 200)
+    dropoff = text("Drop-off address or place", 200)
+
+
+class RideCompleteSchema(Schema):
+    driverId = text("Must be the ride's driver", 64)
+    fare = money("Fare charged for the ride")
+    distance = fields.Float(
+        required=True,
+        allow_nan=False,
+        validate=validate.Range(min=0, max=10_000),
+        metadata={"description": "Distance in km"},
+    )
+    duration = fields.Integer(
+        required=True,
+        strict=True,
+        validate=validate.Range(min=0, max=7 * 24 * 3600),
+        metadata={"description": "Duration in seconds"},
+    )
+
+
+class RideSchema(Schema):
+    id = fields.Integer()
+    riderId = fields.String(attribute="rider_id")
+    driverId = fields.String(attribute="driver_id")
+    pickup = fields.String()
+    dropoff = fields.String()
+    status = fields.String(metadata={"description": "requested or completed"})
+    fare = fields.Decimal(as_string=True, allow_none=True)
+    distance = fields.Float(attribute="distance_km", allow_none=True)
+    duration = fields.Integer(attribute="duration_s", allow_none=True)
+    createdAt = fields.DateTime(attribute="created_at")
+    completedAt = fields.DateTime(attribute="completed_at", allow_none=True)

@@ -1,0 +1,25 @@
+"""The email queue's task."""
+
+import smtplib
+
+from celery import shared_task
+
+from rideshare.jobs.options import Backoff
+from rideshare.jobs.queue import Job
+from rideshare.jobs.task import JobTask
+from rideshare.mail.service import mark_delivery_failed, send_email
+
+
+@shared_task(
+    base=JobTask,
+    name="email.send",
+    queue="email",
+    attempts=3,
+    backoff=Backoff("exponential", 2000),
+    # SMTP 4xx replies and dropped connections raise TransientJobError; 5xx is permanent.
+    retry_on=(smtplib.SMTPServerDisconnected,),
+    on_final_failure=lambda task, job, reason: mark_delivery_failed(job, reason),
+)
+def send_email_task(job: Job) -> dict:
+    """Send one email over SMTP."""
+    return send_email(job)
