@@ -4,15 +4,13 @@ from typing import Any
 
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
-from sqlalchemy import delete
 from sqlalchemy.orm import selectinload
 
 from rideshare.auth import current_user, login_required
 from rideshare.db import get_db
-from rideshare.jobs.queue import QueueUnavailable, add_payment_job
 from rideshare.payments.models import Payment
 from rideshare.payments.schemas import PaymentAcceptedSchema, PaymentCreateSchema, PaymentSchema
-from rideshare.rides.models import Ride
+from rideshare.payments.service import UnknownRide, create_payment
 
 blp = Blueprint("payments", __name__, description="Payments")
 
@@ -27,30 +25,17 @@ class Payments(MethodView):
     @blp.alt_response(503, description="The job could not be queued; nothing was stored")
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Queue a payment for a ride; the payment worker charges it through Stripe."""
-        db = get_db()
-        with db.session() as session:
-            if session.get(Ride, body["rideId"]) is None:
-                abort(422, errors={"json": {"rideId": [f"ride {body['rideId']} does not exist"]}})
-            payment = Payment(
+        try:
+            payment, job = create_payment(
                 user_id=current_user().id,
                 ride_id=body["rideId"],
                 amount=body["amount"],
-                currency=body["currency"].upper(),
+                currency=body["currency"],
                 payment_method=body["paymentMethod"],
                 receipt_email=body.get("receiptEmail"),
             )
-            session.add(payment)
-            session.flush()
-            payment.job_id = f"payment-{payment.id}"
-        # Enqueued only after the row is committed, so the worker always finds it.
-        try:
-            job = add_payment_job(
-                {"paymentId": payment.id}, job_id=payment.job_id, owner=current_user().id
-            )
-        except QueueUnavailable:
-            with db.session() as session:
-                session.execute(delete(Payment).where(Payment.id == payment.id))
-            raise
+        except UnknownRide:
+            abort(422, errors={"json": {"rideId": [f"ride {body['rideId']} does not exist"]}})
         return {"message": "Payment queued successfully", "jobId": job.id, "paymentId": payment.id}
 
 

@@ -1,18 +1,63 @@
 """charge_payment: take a pending payment through Stripe, then write its receipt."""
 
 import logging
+from decimal import Decimal
 from typing import Any
 
 import stripe
+from sqlalchemy import delete
 
 from rideshare.alerts import raise_alert
 from rideshare.db import get_db
-from rideshare.jobs.queue import Job, add_email_job
+from rideshare.jobs.queue import Job, QueueUnavailable, add_email_job, add_payment_job
 from rideshare.jobs.task import PermanentJobError
 from rideshare.payments import gateway
 from rideshare.payments.models import FAILED, PENDING, PROCESSING, SUCCEEDED, Payment, Receipt
 
 log = logging.getLogger("rideshare.payments")
+
+
+class UnknownRide(LookupError):
+    """The payment names a ride that does not exist."""
+
+
+def create_payment(
+    *,
+    user_id: str,
+    ride_id: int,
+    amount: Decimal,
+    currency: str,
+    payment_method: str,
+    receipt_email: str | None = None,
+    **job_options: Any,
+) -> tuple[Payment, Job]:
+    """Store a pending payment and queue its charge; nothing is left behind if queueing fails."""
+    # Imported here: rides import nothing from payments, and payments need rides only to check.
+    from rideshare.rides.models import Ride
+
+    db = get_db()
+    with db.session() as session:
+        if session.get(Ride, ride_id) is None:
+            raise UnknownRide(ride_id)
+        payment = Payment(
+            user_id=user_id,
+            ride_id=ride_id,
+            amount=amount,
+            currency=currency.upper(),
+            payment_method=payment_method,
+            receipt_email=receipt_email,
+        )
+        session.add(payment)
+        session.flush()
+        payment.job_id = f"payment-{payment.id}"
+    # Queued only after the row is committed, so the worker always finds it.
+    try:
+        job = add_payment_job({"paymentId": payment.id}, job_id=payment.job_id, owner=user_id, **job_options)
+    except QueueUnavailable:
+        with db.session() as session:
+            session.execute(delete(Payment).where(Payment.id == payment.id))
+        raise
+    return payment, job
 
 
 def _summary(payment: Payment) -> dict[str, Any]:

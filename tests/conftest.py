@@ -1,0 +1,223 @@
+"""Fixtures: a real Redis, SMTP server, localstripe, SQL database and Celery worker.
+
+Servers already configured (TEST_REDIS_URL, TEST_POSTGRES_URL) or running on
+their usual loopback ports are used; otherwise the tests start their own.
+"""
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+
+from devstack.processes import free_port, port_open, start_python, start_redis, stop, wait_for_port
+from rideshare import create_app
+from rideshare.auth import issue_token
+from rideshare.cli import upgrade_database
+from rideshare.config import settings_from_env
+from rideshare.jobs.store import JobRecord
+from tests.support.fault_proxy import FaultProxy
+from tests.support.smtp import SMTPServer
+from tests.support.webhook import WebhookSink
+
+REPO = Path(__file__).resolve().parent.parent
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+TEST_REDIS_DB = "14"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis for the broker and the job store: configured, local, or started here."""
+    if os.environ.get("TEST_REDIS_URL"):
+        yield os.environ["TEST_REDIS_URL"]
+        return
+    if port_open("127.0.0.1", 6379):
+        yield f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
+        return
+    port = free_port()
+    proc = start_redis(tmp_path_factory.mktemp("redis"), port)
+    try:
+        yield f"redis://127.0.0.1:{port}/{TEST_REDIS_DB}"
+    finally:
+        stop(proc)
+
+
+def _postgres_database() -> Iterator[str]:
+    admin_url = POSTGRES_URL.replace("+psycopg", "")
+    try:
+        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL not reachable at {admin_url}: {exc}")
+    name = f"rideshare_test_{secrets.token_hex(4)}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Each test that needs SQL runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'rideshare.sqlite3'}"
+    else:
+        yield from _postgres_database()
+
+
+@dataclass
+class Services:
+    smtp: SMTPServer
+    stripe: FaultProxy
+    localstripe_url: str
+    alerts: WebhookSink
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    """SMTP on loopback, localstripe behind a fault-injecting proxy, and an alert webhook."""
+    logs = tmp_path_factory.mktemp("logs")
+    stripe_port = free_port()
+    localstripe = start_python(
+        "devstack.localstripe_server", ["--port", str(stripe_port)], log=logs / "localstripe.log"
+    )
+    try:
+        wait_for_port("127.0.0.1", stripe_port, proc=localstripe)
+        target = f"http://127.0.0.1:{stripe_port}"
+        with (
+            SMTPServer(free_port()) as smtp,
+            FaultProxy(free_port(), target) as proxy,
+            WebhookSink(free_port()) as alerts,
+        ):
+            yield Services(smtp, proxy, target, alerts)
+    finally:
+        stop(localstripe)
+
+
+@dataclass
+class Stack:
+    app: Flask
+    env: dict[str, str]
+    services: Services
+    worker: subprocess.Popen
+    worker_log: Path
+    redis: redis.Redis
+
+    def job(self, job_id: str) -> JobRecord | None:
+        return self.app.extensions["jobs"].store.get(job_id)
+
+    def wait_for_job(self, job_id: str, states: tuple[str, ...] = ("completed", "failed"), timeout: float = 30) -> JobRecord:
+        """Poll the job store until the job reaches one of states."""
+        deadline = time.monotonic() + timeout
+        job = None
+        while time.monotonic() < deadline:
+            job = self.job(job_id)
+            if job is not None and job.state in states:
+                return job
+            time.sleep(0.05)
+        log_tail = self.worker_log.read_text()[-3000:]
+        raise AssertionError(f"job {job_id} still {job and job.state} after {timeout} s\n{log_tail}")
+
+
+def stack_env(database_url: str, redis_url: str, services: Services, tmp: Path) -> dict[str, str]:
+    """The environment shared by the in-process API and the worker processes."""
+    return {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "SECRET_KEY": "test-secret-key-of-at-least-thirty-two-bytes",
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(services.smtp.port),
+        "STRIPE_API_BASE": services.stripe.url,
+        "STRIPE_TIMEOUT": "3",
+        "ALERT_WEBHOOK_URL": services.alerts.url,
+        "JOB_KEY_PREFIX": f"rstest{secrets.token_hex(3)}",
+        "RIDESHARE_VAR_DIR": str(tmp),
+        "LOG_LEVEL": "INFO",
+    }
+
+
+def app_from_env(env: dict[str, str], **overrides: Any) -> Flask:
+    config = {**settings_from_env(env), "TESTING": True, "CELERY": {"broker_url": env["REDIS_URL"]}}
+    return create_app({**config, **overrides})
+
+
+def start_worker(env: dict[str, str], log: Path, *, queues: str = "email,analytics,payment", concurrency: int = 4, name: str | None = None) -> subprocess.Popen:
+    """A real `celery -A tasks worker` process, waited on until it is ready."""
+    node = name or f"test-{secrets.token_hex(3)}@%h"
+    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queues,
+             "-c", str(concurrency), "-n", node, "--loglevel", "INFO",
+             "--without-mingle", "--without-gossip"],
+            cwd=REPO,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        if " ready." in log.read_text(errors="replace"):
+            return proc
+        time.sleep(0.1)
+    stop(proc)
+    raise TimeoutError(f"worker not ready after 60 s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def stack(database_url: str, redis_url: str, services: Services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The API app in-process and a real Celery worker on all three queues."""
+    tmp = tmp_path_factory.mktemp("stack")
+    env = stack_env(database_url, redis_url, services, tmp)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.flushdb()
+    # Each stack starts with an empty localstripe, so charge counts are per database.
+    urllib.request.urlopen(
+        urllib.request.Request(f"{services.localstripe_url}/_config/data", method="DELETE"), timeout=5
+    ).close()
+    app = app_from_env(env)
+    with app.app_context():
+        upgrade_database()
+    log = tmp / "worker.log"
+    worker = start_worker(env, log)
+    try:
+        yield Stack(app, env, services, worker, log, client)
+    finally:
+        stop(worker)
+        app.extensions["db"].engine.dispose()
+        client.close()
+
+
+@pytest.fixture
+def app(stack: Stack) -> Iterator[Flask]:
+    with stack.app.app_context():
+        yield stack.app
+
+
+@pytest.fixture
+def client(stack: Stack) -> FlaskClient:
+    return stack.app.test_client()
+
+
+@pytest.fixture
+def auth_headers(stack: Stack) -> Callable[..., dict[str, str]]:
+    """Authorization headers for a user id and role."""
+
+    def make(user_id: str = "42", role: str = "user", ttl: int | None = None) -> dict[str, str]:
+        with stack.app.app_context():
+            return {"Authorization": f"Bearer {issue_token(user_id, role, ttl)}"}
+
+    return make

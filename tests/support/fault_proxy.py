@@ -1,0 +1,83 @@
+"""An HTTP proxy on loopback in front of localstripe that can inject gateway faults."""
+
+import http.client
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+
+class FaultProxy:
+    """Forwards to target; queued faults ('500', 'drop' or ('sleep', s)) hit the next requests."""
+
+    def __init__(self, port: int, target: str) -> None:
+        self.port = port
+        self.target = urlsplit(target)
+        self.faults: deque = deque()
+        self.requests: list[tuple[str, str, float]] = []
+        self.latency = 0.0
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with proxy.lock:
+                    proxy.requests.append((self.command, self.path, time.time()))
+                    fault = proxy.faults.popleft() if proxy.faults else None
+                if proxy.latency:
+                    time.sleep(proxy.latency)
+                if fault == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                if isinstance(fault, tuple) and fault[0] == "sleep":
+                    time.sleep(fault[1])
+                elif fault == "500":
+                    payload = b'{"error": {"type": "api_error", "message": "injected gateway fault"}}'
+                    self.send_response(500)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                conn = http.client.HTTPConnection(proxy.target.hostname, proxy.target.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_POST = do_DELETE = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def inject(self, *faults: object) -> None:
+        with self.lock:
+            self.faults.extend(faults)
+
+    def __enter__(self) -> "FaultProxy":
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
