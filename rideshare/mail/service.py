@@ -46,7 +46,8 @@ def _expect(reply: tuple[int, bytes], ok: tuple[int, ...]) -> str:
 def _deliver(msg: EmailMessage) -> str:
     """Hand msg to the SMTP server; returns its reply to DATA."""
     cfg = current_app.config
-    with smtplib.SMTP(cfg["SMTP_HOST"], cfg["SMTP_PORT"], timeout=cfg["SMTP_TIMEOUT"]) as smtp:
+    smtp = smtplib.SMTP(cfg["SMTP_HOST"], cfg["SMTP_PORT"], timeout=cfg["SMTP_TIMEOUT"])
+    try:
         smtp.ehlo()
         if cfg["SMTP_STARTTLS"]:
             smtp.starttls()
@@ -56,7 +57,17 @@ def _deliver(msg: EmailMessage) -> str:
         sender = msg["From"].addresses[0].addr_spec
         _expect(smtp.mail(sender), (250,))
         _expect(smtp.rcpt(msg["To"].addresses[0].addr_spec), (250, 251))
-        return _expect(smtp.data(msg.as_bytes()), (250,))
+        reply = _expect(smtp.data(msg.as_bytes()), (250,))
+    except BaseException:
+        # No QUIT after a failure: it would wait on a server that may be stalled,
+        # and its reply would hide the real error (a time limit, say).
+        smtp.close()
+        raise
+    try:
+        smtp.quit()
+    except (smtplib.SMTPException, OSError):
+        smtp.close()  # the message was accepted; a rude goodbye changes nothing
+    return reply
 
 
 def _record(job_id: str, **values: Any) -> EmailDelivery:

@@ -1,0 +1,77 @@
+"""The analytics queue: ride events into SQL aggregates, exactly once per event id."""
+
+import secrets
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, select
+
+from rideshare.analytics.models import AnalyticsEvent, DailyRideStats, DriverStats
+from rideshare.db import get_db
+from rideshare.jobs import add_analytics_job
+
+pytestmark = pytest.mark.integration
+
+
+def daily(day: date) -> DailyRideStats | None:
+    with get_db().session() as session:
+        return session.get(DailyRideStats, day)
+
+
+def driver(driver_id: str) -> DriverStats | None:
+    with get_db().session() as session:
+        return session.get(DriverStats, driver_id)
+
+
+def test_completed_ride_reaches_the_daily_and_driver_aggregates(app, client, stack, auth_headers):
+    headers = auth_headers("7")
+    driver_id = f"driver-{secrets.token_hex(3)}"
+    ride = client.post(
+        "/rides", json={"riderId": "7", "driverId": driver_id, "pickup": "A", "dropoff": "B"}, headers=headers
+    ).json
+    today = datetime.now(UTC).date()
+    before = daily(today)
+    before_rides = before.rides if before else 0
+    before_revenue = before.revenue if before else Decimal("0")
+
+    response = client.post(
+        f"/rides/{ride['id']}/complete",
+        json={"driverId": driver_id, "fare": 25.5, "distance": 12.25, "duration": 900},
+        headers=headers,
+    )
+    assert response.status_code == 200
+    assert response.json["message"] == "Ride completed successfully"
+    job = stack.wait_for_job(response.json["jobId"])
+
+    assert job.state == "completed", job.failed_reason
+    after = daily(today)
+    assert after.rides == before_rides + 1
+    assert after.revenue == before_revenue + Decimal("25.50")
+    stats = driver(driver_id)
+    assert (stats.rides, stats.revenue, stats.distance_km, stats.duration_s) == (1, Decimal("25.50"), 12.25, 900)
+    assert client.get(f"/rides/{ride['id']}/complete", headers=headers).status_code == 405
+
+
+def test_replayed_event_is_not_counted_twice(app, stack):
+    driver_id = f"driver-{secrets.token_hex(3)}"
+    event = {
+        "event": "ride_completed",
+        "eventId": f"evt-{secrets.token_hex(6)}",
+        "rideId": 99,
+        "driverId": driver_id,
+        "occurredAt": "2026-01-15T10:00:00+00:00",
+        "data": {"fare": "10.00", "distance": 3.5, "duration": 600},
+    }
+    first = stack.wait_for_job(add_analytics_job(event).id)
+    # A second job (new job id) carrying the same event id, as a replay would.
+    second = stack.wait_for_job(add_analytics_job(event).id)
+
+    assert first.result == {"eventId": event["eventId"], "recorded": True, "duplicate": False}
+    assert second.result == {"eventId": event["eventId"], "recorded": False, "duplicate": True}
+    assert driver(driver_id).rides == 1
+    with get_db().session() as session:
+        count = session.scalar(
+            select(func.count()).select_from(AnalyticsEvent).where(AnalyticsEvent.event_id == event["eventId"])
+        )
+    assert count == 1
