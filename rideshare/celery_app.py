@@ -8,6 +8,7 @@ from flask import Flask
 from rideshare.jobs.queue import JobQueue, JobService
 from rideshare.jobs.store import JobStore, Retention
 from rideshare.jobs.task import JobTask
+from rideshare.jobs.worker import QueueControl
 
 
 def celery_init_app(app: Flask) -> Celery:
@@ -17,6 +18,7 @@ def celery_init_app(app: Flask) -> Celery:
     celery.conf.update(app.config.get("CELERY", {}))
     celery.flask_app = app  # JobTask enters this app's context around every job
     celery.set_default()
+    celery.steps["consumer"].add(QueueControl)
     for module in celery.conf.imports:
         importlib.import_module(module)
 

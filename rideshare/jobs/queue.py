@@ -88,7 +88,7 @@ class JobQueue:
         except (KombuOperationalError, RedisError, OSError) as exc:
             # Never leave a job the broker does not hold: undo the store write.
             try:
-                self.store.delete(job_id, self.name)
+                self.store.discard(job_id, self.name)
             except RedisError:
                 log.error("job.orphaned", extra={"job_id": job_id, "queue": self.name})
             raise QueueUnavailable(f"broker unreachable: {exc}") from exc

@@ -4,7 +4,13 @@ Layout under a prefix P (default ``rideshare``):
 
 - ``P:job:<id>``: a hash with the job's fields;
 - ``P:job:<id>:attempts``: a list of JSON attempt records;
-- ``P:<queue>:<state>``: a sorted set of job ids per state, scored by time (ms).
+- ``P:<queue>:<state>``: a sorted set of job ids per state, scored by time (ms);
+- ``P:<queue>:paused``: present while the queue is paused;
+- ``P:metrics``: counters per queue (added, completed, failed, retried);
+- ``P:<queue>:hist``: processing-time histogram buckets, with sum and count;
+- ``P:<queue>:durations``: the last 1,000 processing times (ms);
+- ``P:<queue>:tp:<completed|failed>:<10 s bucket>``: finishes per 10 s, kept 2 h;
+- ``P:workers``: a heartbeat per worker with the queues it consumes.
 
 A job moves between the sorted sets inside one Lua script, so the counts per
 state are ZCARDs (O(queues)), never a scan, and they stay right while jobs
@@ -12,6 +18,7 @@ are trimmed.
 """
 
 import json
+import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,9 +28,14 @@ import redis
 
 STATES = ("waiting", "delayed", "active", "completed", "failed")
 FINISHED = ("completed", "failed")
+# Upper bounds (seconds) of the processing-time histogram, as Prometheus expects.
+HISTOGRAM_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+THROUGHPUT_BUCKET_MS = 10_000
+WORKER_TTL_MS = 30_000
 
-# Shared by the scripts: drop one job and its attempt log from the store.
-_LUA_REMOVE = """
+# Helpers shared by the scripts. KEYS: job, attempts, the five state sets,
+# metrics, histogram, durations, paused flag (see JobStore._keys).
+_LUA_COMMON = """
 local function remove_job(prefix, zset, id)
   redis.call('ZREM', zset, id)
   redis.call('DEL', prefix .. ':job:' .. id, prefix .. ':job:' .. id .. ':attempts')
@@ -36,22 +48,26 @@ local function state_key(state)
 end
 """
 
-# KEYS: job, attempts, waiting, delayed, active, completed, failed
-# ARGV: state, score, field/value pairs...
-_LUA_CREATE = _LUA_REMOVE + """
+# ARGV: state, score, queue, field/value pairs...
+_LUA_CREATE = _LUA_COMMON + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local fields = {}
-for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], unpack(fields))
 redis.call('ZADD', state_key(ARGV[1]), ARGV[2], redis.call('HGET', KEYS[1], 'id'))
+redis.call('HINCRBY', KEYS[8], ARGV[3] .. ':added', 1)
 return 1
 """
 
-# Moves a job to 'active' and returns its fields; finished jobs are left alone.
-# KEYS: as above. ARGV: now, worker
-_LUA_START = _LUA_REMOVE + """
+# Moves a job to 'active' and returns its fields; finished jobs come back unchanged,
+# and a job of a paused queue is left waiting ('paused').
+# ARGV: now, worker
+_LUA_START = _LUA_COMMON + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return nil end
+if redis.call('EXISTS', KEYS[11]) == 1 and state ~= 'completed' and state ~= 'failed' then
+  return 'paused'
+end
 if state == 'completed' or state == 'failed' then
   return redis.call('HGETALL', KEYS[1])
 end
@@ -63,22 +79,41 @@ redis.call('HSET', KEYS[1], 'state', 'active', 'processedOn', ARGV[1], 'worker',
 return redis.call('HGETALL', KEYS[1])
 """
 
-# Ends an attempt: records it, moves the job to its next state, then trims
-# that state's set to the job's retention.
-# KEYS: as above. ARGV: prefix, state, score, now, keep_count (-1 = all),
-#       keep_age_ms (-1 = any age), attempt_json, field/value pairs...
-_LUA_FINISH = _LUA_REMOVE + """
+# Ends an attempt: records it and its metrics, moves the job to its next state
+# (completed, failed, or delayed for a retry), then trims that state's set to
+# the job's retention.
+# ARGV: prefix, state, score, now, keep_count (-1 = all), keep_age_ms (-1 = any),
+#       attempt_json, queue, duration_ms, histogram field, field/value pairs...
+_LUA_FINISH = _LUA_COMMON + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return nil end
 local prefix, target, score = ARGV[1], ARGV[2], ARGV[3]
 local now, keep_count, keep_age = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local queue, duration = ARGV[8], ARGV[9]
 local id = redis.call('HGET', KEYS[1], 'id')
 redis.call('ZREM', state_key(state), id)
 local zset = state_key(target)
 redis.call('ZADD', zset, score, id)
 redis.call('HSET', KEYS[1], 'state', target)
-for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 11, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[7] ~= '' then redis.call('RPUSH', KEYS[2], ARGV[7]) end
+-- Metrics: counters, processing-time histogram and recent durations, throughput.
+local event = target
+if target == 'delayed' then event = 'retried' end
+redis.call('HINCRBY', KEYS[8], queue .. ':' .. event, 1)
+if duration ~= '' then
+  redis.call('HINCRBY', KEYS[9], ARGV[10], 1)
+  redis.call('HINCRBY', KEYS[9], 'count', 1)
+  redis.call('HINCRBYFLOAT', KEYS[9], 'sum', tonumber(duration) / 1000)
+  redis.call('LPUSH', KEYS[10], duration)
+  redis.call('LTRIM', KEYS[10], 0, 999)
+end
+if target ~= 'delayed' then
+  local tp = prefix .. ':' .. queue .. ':tp:' .. target .. ':' .. math.floor(now / 10000)
+  redis.call('INCR', tp)
+  redis.call('EXPIRE', tp, 7300)
+end
+-- Retention.
 if keep_count == 0 then
   remove_job(prefix, zset, id)
   return state
@@ -96,13 +131,46 @@ end
 return state
 """
 
-# KEYS: as above. Removes one job wherever it is.
-_LUA_DELETE = _LUA_REMOVE + """
+# Puts a failed job back to waiting, optionally with new data.
+# ARGV: now, data ('' = keep)
+_LUA_RETRY = _LUA_COMMON + """
 local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return 0 end
+if not state then return nil end
+if state ~= 'failed' then return state end
+local id = redis.call('HGET', KEYS[1], 'id')
+redis.call('ZREM', KEYS[7], id)
+redis.call('ZADD', KEYS[3], ARGV[1], id)
+redis.call('HSET', KEYS[1], 'state', 'waiting', 'failedReason', '', 'finishedAt', '')
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'data', ARGV[2]) end
+return 'retried'
+"""
+
+# Removes one job wherever it is, unless it is active. ARGV: (none)
+_LUA_DELETE = _LUA_COMMON + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return nil end
+if state == 'active' then return state end
 local id = redis.call('HGET', KEYS[1], 'id')
 redis.call('ZREM', state_key(state), id)
 redis.call('DEL', KEYS[1], KEYS[2])
+return 'deleted'
+"""
+
+# Removes up to limit jobs of one state older than a cut-off. ARGV: prefix, state, cutoff, limit
+_LUA_CLEAN = _LUA_COMMON + """
+local zset = state_key(ARGV[2])
+local ids = redis.call('ZRANGEBYSCORE', zset, '-inf', ARGV[3], 'LIMIT', 0, tonumber(ARGV[4]))
+for _, id in ipairs(ids) do remove_job(ARGV[1], zset, id) end
+return ids
+"""
+
+# Forgets a job the broker never received. ARGV: queue
+_LUA_DISCARD = _LUA_COMMON + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 0 end
+redis.call('ZREM', state_key(state), redis.call('HGET', KEYS[1], 'id'))
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('HINCRBY', KEYS[8], ARGV[1] .. ':added', -1)
 return 1
 """
 
@@ -110,6 +178,15 @@ return 1
 def now_ms() -> int:
     """Wall-clock time in milliseconds, the unit BullMQ uses for timestamps."""
     return int(time.time() * 1000)
+
+
+def histogram_field(duration_ms: float) -> str:
+    """The histogram bucket a processing time falls in ('le' bound, or '+Inf')."""
+    seconds = duration_ms / 1000
+    for bound in HISTOGRAM_BOUNDS:
+        if seconds <= bound:
+            return str(bound)
+    return "+Inf"
 
 
 @dataclass(frozen=True)
@@ -183,9 +260,25 @@ class JobRecord:
         )
 
 
+@dataclass(frozen=True)
+class QueueActivity:
+    """Finishes over the last minute and hour, and processing times of recent jobs."""
+
+    completed_last_minute: int
+    failed_last_minute: int
+    completed_last_hour: int
+    failed_last_hour: int
+    mean_ms: float | None
+    p95_ms: float | None
+
+
 def _pairs(raw: Iterable[str]) -> dict[str, str]:
     items = list(raw)
     return dict(zip(items[0::2], items[1::2], strict=True))
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), default=str)
 
 
 class JobStore:
@@ -197,7 +290,10 @@ class JobStore:
         self._create = client.register_script(_LUA_CREATE)
         self._start = client.register_script(_LUA_START)
         self._finish = client.register_script(_LUA_FINISH)
+        self._retry = client.register_script(_LUA_RETRY)
         self._delete = client.register_script(_LUA_DELETE)
+        self._clean = client.register_script(_LUA_CLEAN)
+        self._discard = client.register_script(_LUA_DISCARD)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "rideshare") -> "JobStore":
@@ -206,7 +302,18 @@ class JobStore:
 
     def _keys(self, job_id: str, queue: str) -> list[str]:
         job = f"{self.prefix}:job:{job_id}"
-        return [job, f"{job}:attempts", *(f"{self.prefix}:{queue}:{s}" for s in STATES)]
+        q = f"{self.prefix}:{queue}"
+        return [
+            job,
+            f"{job}:attempts",
+            *(f"{q}:{s}" for s in STATES),
+            f"{self.prefix}:metrics",
+            f"{q}:hist",
+            f"{q}:durations",
+            f"{q}:paused",
+        ]
+
+    # -- the life of one job -------------------------------------------------
 
     def create(self, record: JobRecord, score: int) -> bool:
         """Store a new job in its first state; False if that id already exists."""
@@ -214,15 +321,19 @@ class JobStore:
             "id": record.id,
             "queue": record.queue,
             "name": record.name,
-            "data": json.dumps(record.data, separators=(",", ":")),
-            "opts": json.dumps(record.opts, separators=(",", ":")),
+            "data": _json(record.data),
+            "opts": _json(record.opts),
             "owner": record.owner or "",
             "attempts": 0,
             "createdAt": record.created_at,
         }
         flat = [v for kv in fields.items() for v in kv]
-        created = self._create(keys=self._keys(record.id, record.queue), args=[record.state, score, *flat])
-        return bool(created)
+        keys = self._keys(record.id, record.queue)
+        return bool(self._create(keys=keys, args=[record.state, score, record.queue, *flat]))
+
+    def discard(self, job_id: str, queue: str) -> bool:
+        """Forget a job that was never published (the broker refused it)."""
+        return bool(self._discard(keys=self._keys(job_id, queue), args=[queue]))
 
     def get(self, job_id: str) -> JobRecord | None:
         """The job with this id, or None if it was never created or has been removed."""
@@ -233,9 +344,15 @@ class JobStore:
         """The attempt log of a job, oldest first."""
         return [json.loads(a) for a in self.redis.lrange(f"{self.prefix}:job:{job_id}:attempts", 0, -1)]
 
-    def start(self, job_id: str, queue: str, worker: str) -> JobRecord | None:
-        """Mark a job active and return it; a finished job comes back unchanged."""
+    def start(self, job_id: str, queue: str, worker: str) -> JobRecord | str | None:
+        """Mark a job active and return it; a finished job comes back unchanged.
+
+        Returns None for an unknown job and "paused" (leaving the job as it
+        was) while its queue is paused.
+        """
         raw = self._start(keys=self._keys(job_id, queue), args=[now_ms(), worker])
+        if raw == "paused":
+            return "paused"
         return JobRecord.from_hash(_pairs(raw)) if raw else None
 
     def finish(
@@ -246,6 +363,7 @@ class JobStore:
         score: int,
         retention: Retention = Retention(),
         attempt: Mapping[str, Any] | None = None,
+        duration_ms: float | None = None,
         fields: Mapping[str, Any] | None = None,
     ) -> str | None:
         """Move a job to state (completed, failed, or delayed for a retry) and trim that state."""
@@ -259,18 +377,141 @@ class JobStore:
                 now_ms(),
                 retention.count,
                 retention.age_ms,
-                json.dumps(attempt, separators=(",", ":")) if attempt else "",
+                _json(attempt) if attempt else "",
+                record.queue,
+                "" if duration_ms is None else duration_ms,
+                histogram_field(duration_ms or 0),
                 *flat,
             ],
         )
 
-    def delete(self, job_id: str, queue: str) -> bool:
-        """Remove a job and its attempt log."""
-        return bool(self._delete(keys=self._keys(job_id, queue)))
+    def retry(self, job_id: str, queue: str, data: Mapping[str, Any] | None = None) -> str | None:
+        """Move a failed job back to waiting: 'retried', the state it is in instead, or None."""
+        return self._retry(keys=self._keys(job_id, queue), args=[now_ms(), _json(data) if data is not None else ""])
+
+    def delete(self, job_id: str, queue: str) -> str | None:
+        """Remove a job: 'deleted', 'active' if it is running (left alone), or None."""
+        return self._delete(keys=self._keys(job_id, queue))
+
+    def clean(self, queue: str, state: str, grace_ms: int, limit: int) -> list[str]:
+        """Remove up to limit jobs in state that reached it more than grace_ms ago."""
+        cutoff = now_ms() - grace_ms
+        return self._clean(keys=self._keys("-", queue), args=[self.prefix, state, cutoff, limit])
+
+    # -- queues ----------------------------------------------------------------
 
     def counts(self, queue: str) -> dict[str, int]:
-        """Jobs per state in one queue: a ZCARD per state, no scan."""
+        """Jobs per state in one queue: a ZCARD per state, no scan.
+
+        While the queue is paused its waiting jobs are counted as paused, as in BullMQ.
+        """
         with self.redis.pipeline(transaction=False) as pipe:
             for state in STATES:
                 pipe.zcard(f"{self.prefix}:{queue}:{state}")
-            return dict(zip(STATES, pipe.execute(), strict=True))
+            pipe.exists(f"{self.prefix}:{queue}:paused")
+            *sizes, paused = pipe.execute()
+        counts = dict(zip(STATES, sizes, strict=True))
+        counts["paused"] = counts["waiting"] if paused else 0
+        if paused:
+            counts["waiting"] = 0
+        return counts
+
+    def is_paused(self, queue: str) -> bool:
+        return bool(self.redis.exists(f"{self.prefix}:{queue}:paused"))
+
+    def paused_queues(self, queues: Iterable[str]) -> set[str]:
+        """Which of queues are paused, in one round trip."""
+        names = list(queues)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.exists(f"{self.prefix}:{name}:paused")
+            return {name for name, flag in zip(names, pipe.execute(), strict=True) if flag}
+
+    def set_paused(self, queue: str, paused: bool) -> None:
+        key = f"{self.prefix}:{queue}:paused"
+        if paused:
+            self.redis.set(key, now_ms())
+        else:
+            self.redis.delete(key)
+
+    def list_jobs(
+        self, queue: str, states: Iterable[str], *, offset: int = 0, limit: int = 50
+    ) -> list[JobRecord]:
+        """Jobs of the given states, newest first (by the time they entered the state)."""
+        entries: list[tuple[float, str]] = []
+        with self.redis.pipeline(transaction=False) as pipe:
+            for state in states:
+                pipe.zrevrange(f"{self.prefix}:{queue}:{state}", 0, offset + limit - 1, withscores=True)
+            for batch in pipe.execute():
+                entries.extend((score, job_id) for job_id, score in batch)
+        entries.sort(reverse=True)
+        page = [job_id for _, job_id in entries[offset : offset + limit]]
+        return [job for job in self.get_many(page) if job is not None]
+
+    def ids_in_state(self, queue: str, state: str, limit: int = 10_000) -> list[str]:
+        """Ids of up to limit jobs in one state, oldest first."""
+        return self.redis.zrange(f"{self.prefix}:{queue}:{state}", 0, limit - 1)
+
+    def get_many(self, job_ids: Iterable[str]) -> list[JobRecord | None]:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(f"{self.prefix}:job:{job_id}")
+            return [JobRecord.from_hash(raw) if raw else None for raw in pipe.execute()]
+
+    def activity(self, queue: str) -> QueueActivity:
+        """Completed and failed jobs in the last minute and hour; mean and p95 of recent jobs."""
+        bucket = now_ms() // THROUGHPUT_BUCKET_MS
+        per_hour = 3600_000 // THROUGHPUT_BUCKET_MS
+        per_minute = 60_000 // THROUGHPUT_BUCKET_MS
+        sums: dict[str, tuple[int, int]] = {}
+        with self.redis.pipeline(transaction=False) as pipe:
+            for state in FINISHED:
+                keys = [f"{self.prefix}:{queue}:tp:{state}:{b}" for b in range(bucket - per_hour + 1, bucket + 1)]
+                pipe.mget(keys)
+            pipe.lrange(f"{self.prefix}:{queue}:durations", 0, -1)
+            *buckets, durations = pipe.execute()
+        for state, values in zip(FINISHED, buckets, strict=True):
+            counts = [int(v or 0) for v in values]
+            sums[state] = (sum(counts[-per_minute:]), sum(counts))
+        times = sorted(float(d) for d in durations)
+        mean = sum(times) / len(times) if times else None
+        p95 = times[max(math.ceil(0.95 * len(times)) - 1, 0)] if times else None
+        return QueueActivity(
+            completed_last_minute=sums["completed"][0],
+            failed_last_minute=sums["failed"][0],
+            completed_last_hour=sums["completed"][1],
+            failed_last_hour=sums["failed"][1],
+            mean_ms=mean,
+            p95_ms=p95,
+        )
+
+    def metrics(self) -> dict[str, int]:
+        """The counters: '<queue>:added|completed|failed|retried' -> total."""
+        return {k: int(v) for k, v in self.redis.hgetall(f"{self.prefix}:metrics").items()}
+
+    def histogram(self, queue: str) -> dict[str, float]:
+        """Processing-time histogram buckets of one queue (not cumulative), with sum and count."""
+        return {k: float(v) for k, v in self.redis.hgetall(f"{self.prefix}:{queue}:hist").items()}
+
+    # -- workers ---------------------------------------------------------------
+
+    def heartbeat(self, worker: str, info: Mapping[str, Any]) -> None:
+        """Record that worker is alive and which queues it consumes."""
+        self.redis.hset(f"{self.prefix}:workers", worker, _json({**info, "lastSeen": now_ms()}))
+
+    def workers(self) -> dict[str, dict[str, Any]]:
+        """Workers seen in the last 30 s, with their queues; stale entries are dropped."""
+        raw = self.redis.hgetall(f"{self.prefix}:workers")
+        alive, stale = {}, []
+        for name, value in raw.items():
+            info = json.loads(value)
+            if now_ms() - info.get("lastSeen", 0) <= WORKER_TTL_MS:
+                alive[name] = info
+            else:
+                stale.append(name)
+        if stale:
+            self.redis.hdel(f"{self.prefix}:workers", *stale)
+        return alive
+
+    def forget_worker(self, worker: str) -> None:
+        self.redis.hdel(f"{self.prefix}:workers", worker)

@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.worker.request import Request
 from flask import Flask, has_app_context
 
@@ -17,6 +17,8 @@ from rideshare.jobs.queue import Job, JobQueue, get_queue
 from rideshare.jobs.store import FINISHED, now_ms
 
 log = logging.getLogger("rideshare.jobs")
+
+PAUSED_REQUEUE_DELAY_S = 0.5
 
 
 class PermanentJobError(Exception):
@@ -49,7 +51,10 @@ class JobRequest(Request):
             queue = get_queue(task.queue)
             job = queue.store.get(self.id)
             if job is not None and job.state == "active":
-                task.record_failure(queue, job, f"timeout: killed after {timeout:g} s", "", final=True)
+                task.record_failure(
+                    queue, job, f"timeout: killed after {timeout:g} s", "", final=True,
+                    duration_ms=timeout * 1000,
+                )
 
 
 class JobTask(Task):
@@ -95,6 +100,11 @@ class JobTask(Task):
 
     def _run_job(self, queue: JobQueue, job_id: str) -> Any:
         job = queue.store.start(job_id, queue.name, worker=self.request.hostname or "")
+        if job == "paused":
+            # Hand the message back; the worker stops consuming a paused queue
+            # within a poll interval, so it waits in the broker until resumed.
+            time.sleep(PAUSED_REQUEUE_DELAY_S)
+            raise Reject("queue paused", requeue=True)
         if job is None:
             log.warning("job.missing", extra={"job_id": job_id, "queue": queue.name})
             return None
@@ -119,6 +129,7 @@ class JobTask(Task):
             score=finished_at,
             retention=queue.retention_for(job, "completed"),
             attempt=self._attempt(job, finished_at, duration_ms),
+            duration_ms=duration_ms,
             fields={"result": _json(result), "finishedAt": finished_at, "failedReason": ""},
         )
         log.info(
@@ -145,6 +156,7 @@ class JobTask(Task):
                 "delayed",
                 score=finished_at + wait_ms,
                 attempt=self._attempt(job, finished_at, duration_ms, reason, tb),
+                duration_ms=duration_ms,
                 fields={"failedReason": reason},
             )
             log.warning(
@@ -174,6 +186,7 @@ class JobTask(Task):
             score=finished_at,
             retention=queue.retention_for(job, "failed"),
             attempt=self._attempt(job, finished_at, duration_ms, reason, tb),
+            duration_ms=duration_ms,
             fields={"failedReason": reason, "finishedAt": finished_at},
         )
         log.error(
