@@ -38,15 +38,17 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     api = Api(app)
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
-    from rideshare import health
+    from rideshare import health, metrics
+    from rideshare.admin.api import blp as admin_blp
     from rideshare.jobs.api import blp as jobs_blp
     from rideshare.mail.api import blp as mail_blp
     from rideshare.payments.api import blp as payments_blp
     from rideshare.rides.api import blp as rides_blp
 
-    for blueprint in (rides_blp, payments_blp, mail_blp, jobs_blp):
+    for blueprint in (rides_blp, payments_blp, mail_blp, jobs_blp, admin_blp):
         api.register_blueprint(blueprint)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
 
     @app.errorhandler(QueueUnavailable)
     def queue_unavailable(exc: QueueUnavailable) -> tuple[dict[str, Any], int, dict[str, str]]:

@@ -1,5 +1,6 @@
 """Bearer tokens signed with SECRET_KEY: who is calling, and with which role."""
 
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -7,8 +8,9 @@ from functools import wraps
 from typing import Any, TypeVar
 
 import jwt
-from flask import current_app, g, request
+from flask import current_app, g, request, session
 from flask_smorest import abort
+from werkzeug.exceptions import HTTPException
 
 ROLES = ("user", "admin")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -48,9 +50,14 @@ def principal_from_request() -> Principal | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         _unauthorized("Authorization must be 'Bearer <token>'")
+    return decode_token(token.strip())
+
+
+def decode_token(token: str) -> Principal:
+    """The caller a token names; 401 if it is invalid, expired or has an unknown role."""
     try:
         claims = jwt.decode(
-            token.strip(),
+            token,
             current_app.config["SECRET_KEY"],
             algorithms=["HS256"],
             options={"require": ["sub", "exp", "role"]},
@@ -83,6 +90,52 @@ def login_optional(view: F) -> F:
     @wraps(view)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         g.user = principal_from_request()
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def principal_from_session() -> Principal | None:
+    """The dashboard's caller: the token kept in the signed session cookie, checked again now."""
+    token = session.get("token")
+    if not token:
+        return None
+    try:
+        return decode_token(token)
+    except HTTPException:
+        session.pop("token", None)
+        raise
+
+
+def csrf_token() -> str:
+    """This session's CSRF token, for forms posted with cookie authentication."""
+    if "csrf" not in session:
+        session["csrf"] = secrets.token_urlsafe(24)
+    return session["csrf"]
+
+
+def admin_required(view: F) -> F:
+    """401 without a valid token (header or dashboard session), 403 unless its role is admin.
+
+    The role is checked on every request. A change made with the session
+    cookie must also carry the session's CSRF token.
+    """
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        user = principal_from_request()
+        by_cookie = user is None
+        if by_cookie:
+            user = principal_from_session()
+        if user is None:
+            _unauthorized("a bearer token is required")
+        if not user.is_admin:
+            abort(403, message="admin role required")
+        if by_cookie and request.method not in ("GET", "HEAD", "OPTIONS"):
+            sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token", "")
+            if not secrets.compare_digest(sent, session.get("csrf", "")) or not sent:
+                abort(403, message="missing or wrong CSRF token")
+        g.user = user
         return view(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

@@ -61,5 +61,8 @@ def token_create(user_id: str, role: str, ttl: int | None) -> None:
 
 
 def init_app(app: Flask) -> None:
+    from rideshare.jobs.cli import jobs_cli
+
     app.cli.add_command(db_cli)
     app.cli.add_command(token_cli)
+    app.cli.add_command(jobs_cli)

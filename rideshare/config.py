@@ -41,6 +41,8 @@ def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "STRIPE_API_BASE": env.get("STRIPE_API_BASE", "http://127.0.0.1:8420"),
         "STRIPE_TIMEOUT": _int(env, "STRIPE_TIMEOUT", 20),
         "ALERT_WEBHOOK_URL": env.get("ALERT_WEBHOOK_URL", ""),
+        # When set, GET /metrics wants "Authorization: Bearer <METRICS_TOKEN>".
+        "METRICS_TOKEN": env.get("METRICS_TOKEN", ""),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 64 * 1024),
         "VAR_DIR": str(var_dir),
     }

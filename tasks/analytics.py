@@ -3,6 +3,7 @@
 from celery import shared_task
 from sqlalchemy.exc import OperationalError
 
+from rideshare.analytics.schemas import AnalyticsJobSchema
 from rideshare.analytics.service import record_event
 from rideshare.jobs.options import Backoff
 from rideshare.jobs.queue import Job
@@ -17,6 +18,7 @@ from rideshare.jobs.task import JobTask
     backoff=Backoff("exponential", None),  # from JOB_RETRY_DELAY
     # The database being unreachable or locked is worth waiting out.
     retry_on=(OperationalError,),
+    data_schema=AnalyticsJobSchema,
 )
 def record_event_task(job: Job) -> dict:
     """Store one analytics event and update the aggregates."""

@@ -7,6 +7,7 @@ from celery import shared_task
 from rideshare.jobs.options import Backoff
 from rideshare.jobs.queue import Job
 from rideshare.jobs.task import JobTask
+from rideshare.mail.schemas import EmailJobSchema
 from rideshare.mail.service import mark_delivery_failed, send_email
 
 
@@ -18,6 +19,7 @@ from rideshare.mail.service import mark_delivery_failed, send_email
     backoff=Backoff("exponential", 2000),
     # SMTP 4xx replies and dropped connections raise TransientJobError; 5xx is permanent.
     retry_on=(smtplib.SMTPServerDisconnected,),
+    data_schema=EmailJobSchema,
     on_final_failure=lambda task, job, reason: mark_delivery_failed(job, reason),
 )
 def send_email_task(job: Job) -> dict:

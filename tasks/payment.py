@@ -7,7 +7,8 @@ from rideshare.jobs.options import Backoff
 from rideshare.jobs.queue import Job
 from rideshare.jobs.task import JobTask
 from rideshare.payments.gateway import TRANSIENT_ERRORS
-from rideshare.payments.service import charge_payment, payment_failed_for_good
+from rideshare.payments.schemas import PaymentJobSchema
+from rideshare.payments.service import charge_payment, payment_failed_for_good, reopen_for_retry
 
 
 @shared_task(
@@ -18,7 +19,10 @@ from rideshare.payments.service import charge_payment, payment_failed_for_good
     backoff=Backoff("exponential", 5000),
     # Gateway 5xx, rate limits, timeouts and lost connections; a decline is permanent.
     retry_on=(*TRANSIENT_ERRORS, OperationalError),
+    data_schema=PaymentJobSchema,
     on_final_failure=lambda task, job, reason: payment_failed_for_good(job, reason),
+    # An operator's retry reopens the failed payment, with a new PaymentMethod if given.
+    on_manual_retry=lambda task, job, data: reopen_for_retry(job, data),
 )
 def charge_payment_task(job: Job) -> dict:
     """Charge one payment through Stripe."""

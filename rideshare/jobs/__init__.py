@@ -1,6 +1,7 @@
 """Jobs: the BullMQ-style queue API over Celery, and the job store that tracks every job."""
 
 from rideshare.jobs.queue import (
+    InvalidJobData,
     Job,
     JobQueue,
     QueueUnavailable,
@@ -13,6 +14,7 @@ from rideshare.jobs.queue import (
 )
 
 __all__ = [
+    "InvalidJobData",
     "Job",
     "JobQueue",
     "QueueUnavailable",

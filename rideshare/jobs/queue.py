@@ -31,6 +31,14 @@ class QueueUnavailable(RuntimeError):
     """The broker or the job store could not take the job; nothing was stored."""
 
 
+class InvalidJobData(ValueError):
+    """Job data that its queue's schema rejects; .errors names each bad field."""
+
+    def __init__(self, errors: dict[str, Any]) -> None:
+        super().__init__(f"invalid job data: {errors}")
+        self.errors = errors
+
+
 class JobQueue:
     """One named queue, served by one Celery task, like a BullMQ Queue."""
 
@@ -60,6 +68,7 @@ class JobQueue:
     ) -> Job:
         """Store and publish a job; an existing job_id returns that job instead."""
         opts = resolve_options(self.defaults, options)
+        self.validate(data)
         if job_id is not None and not (isinstance(job_id, str) and 0 < len(job_id) <= MAX_JOB_ID_LENGTH):
             raise ValueError(f"job_id must be a string of 1 to {MAX_JOB_ID_LENGTH} characters")
         job_id = job_id or uuid.uuid4().hex
@@ -84,7 +93,7 @@ class JobQueue:
                 return existing
             raise QueueUnavailable(f"job {job_id} vanished while it was being added")
         try:
-            self._publish(record, opts)
+            self.publish(record, opts)
         except (KombuOperationalError, RedisError, OSError) as exc:
             # Never leave a job the broker does not hold: undo the store write.
             try:
@@ -98,15 +107,31 @@ class JobQueue:
         )
         return record
 
-    def _publish(self, record: JobRecord, opts: JobOptions) -> None:
+    @property
+    def task(self) -> Any:
+        """The JobTask that runs this queue's jobs."""
+        return self.celery.tasks[self.task_name]
+
+    def validate(self, data: Mapping[str, Any]) -> None:
+        """Check data against the task's schema; raises InvalidJobData naming each bad field."""
+        schema = getattr(self.task, "data_schema", None)
+        if schema is None:
+            return
+        errors = schema().validate(data)
+        if errors:
+            raise InvalidJobData(errors)
+
+    def publish(self, record: JobRecord, opts: JobOptions, delay_ms: int | None = None) -> None:
+        """Send the job's message to the broker; it carries only the job id."""
         timeout_s = opts.timeout / 1000
+        delay = opts.delay if delay_ms is None else delay_ms
         self.celery.send_task(
             self.task_name,
             args=[record.id],
             task_id=record.id,
             queue=self.name,
             routing_key=self.name,
-            countdown=opts.delay / 1000 if opts.delay else None,
+            countdown=delay / 1000 if delay else None,
             priority=opts.priority,
             soft_time_limit=timeout_s,
             time_limit=timeout_s + HARD_KILL_GRACE_S,

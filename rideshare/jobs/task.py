@@ -11,7 +11,9 @@ from celery import Task
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from celery.worker.request import Request
 from flask import Flask, has_app_context
+from marshmallow import Schema
 
+from rideshare.jobs.masking import mask
 from rideshare.jobs.options import Backoff, JobOptions
 from rideshare.jobs.queue import Job, JobQueue, get_queue
 from rideshare.jobs.store import FINISHED, now_ms
@@ -71,6 +73,7 @@ class JobTask(Task):
     attempts: int | None = None
     backoff: Backoff = Backoff()
     retry_on: tuple[type[BaseException], ...] = ()
+    data_schema: type[Schema] | None = None
 
     def app_context(self) -> AbstractContextManager[Any]:
         """The Flask app context, entered only when none is active.
@@ -93,6 +96,9 @@ class JobTask(Task):
 
     def on_final_failure(self, job: Job, reason: str) -> None:
         """Called once when a job has failed for good."""
+
+    def on_manual_retry(self, job: Job, data: dict[str, Any]) -> None:
+        """Called before an operator's retry puts a failed job back in its queue."""
 
     def __call__(self, job_id: str) -> Any:
         with self.app_context():
@@ -168,6 +174,7 @@ class JobTask(Task):
                     "error": reason,
                     "retry_in_ms": wait_ms,
                     "duration_ms": duration_ms,
+                    "data": mask(job.data),
                 },
             )
             raise self.retry(
@@ -198,6 +205,7 @@ class JobTask(Task):
                 "attempt": job.attempts,
                 "error": reason,
                 "duration_ms": duration_ms,
+                "data": mask(job.data),
             },
         )
         if final:

@@ -27,6 +27,9 @@ class Payment(Base):
     stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     failure_reason: Mapped[str | None] = mapped_column(String(500))
     attempts: Mapped[int] = mapped_column(default=0)
+    # Bumped each time an operator reopens a failed payment: a fresh Stripe
+    # idempotency key, since Stripe replays a cached decline for the old one.
+    charge_round: Mapped[int] = mapped_column(default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -39,8 +42,8 @@ class Payment(Base):
 
     @property
     def idempotency_key(self) -> str:
-        """The Stripe idempotency key: one charge per payment, however often it is tried."""
-        return f"rideshare-payment-{self.id}"
+        """The Stripe idempotency key: one charge per payment round, however often it is tried."""
+        return f"rideshare-payment-{self.id}-{self.charge_round}"
 
 
 class Receipt(Base):

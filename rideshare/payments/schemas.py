@@ -47,3 +47,13 @@ class PaymentSchema(Schema):
     failureReason = fields.String(attribute="failure_reason", allow_none=True)
     receiptNumber = fields.Function(lambda p: p.receipt.number if p.receipt else None)
     createdAt = fields.DateTime(attribute="created_at")
+
+
+class PaymentJobSchema(Schema):
+    """The data of a payment job: the payment row to charge, and for a retry, a new method."""
+
+    paymentId = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+    paymentMethod = fields.String(
+        validate=[validate.Length(max=255), validate.Regexp(r"^pm_[A-Za-z0-9_]+$", error="must be a Stripe PaymentMethod id (pm_...)")],
+        metadata={"description": "Retry only: charge this PaymentMethod instead"},
+    )

@@ -9,7 +9,13 @@ from sqlalchemy import delete
 
 from rideshare.alerts import raise_alert
 from rideshare.db import get_db
-from rideshare.jobs.queue import Job, QueueUnavailable, add_email_job, add_payment_job
+from rideshare.jobs.queue import (
+    InvalidJobData,
+    Job,
+    QueueUnavailable,
+    add_email_job,
+    add_payment_job,
+)
 from rideshare.jobs.task import PermanentJobError
 from rideshare.payments import gateway
 from rideshare.payments.models import FAILED, PENDING, PROCESSING, SUCCEEDED, Payment, Receipt
@@ -152,6 +158,21 @@ def mark_failed(payment_id: int, reason: str) -> None:
         if payment is not None and payment.status in (PENDING, PROCESSING):
             payment.status = FAILED
             payment.failure_reason = reason[:500]
+
+
+def reopen_for_retry(job: Job, data: dict[str, Any]) -> None:
+    """Before an operator retries a failed payment job: reopen the payment, maybe with a new method."""
+    if int(data["paymentId"]) != int(job.data["paymentId"]):
+        raise InvalidJobData({"paymentId": ["cannot change on a retry"]})
+    with get_db().session() as session:
+        payment = session.get(Payment, int(data["paymentId"]), with_for_update=True)
+        if payment is None or payment.status != FAILED:
+            return
+        payment.status = PENDING
+        payment.failure_reason = None
+        payment.charge_round += 1
+        if data.get("paymentMethod"):
+            payment.payment_method = data["paymentMethod"]
 
 
 def payment_failed_for_good(job: Job, reason: str) -> None:

@@ -1,0 +1,212 @@
+"""The admin JSON API under /admin: queues, jobs, retries, cleaning, pause, audit."""
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+from flask.views import MethodView
+from flask_smorest import Blueprint, abort
+
+from celeryconfig import QUEUES
+from rideshare.admin.schemas import (
+    AuditArgsSchema,
+    AuditPageSchema,
+    CleanBodySchema,
+    CleanedSchema,
+    JobDetailSchema,
+    JobListArgsSchema,
+    JobPageSchema,
+    QueueOverviewSchema,
+    QueuesSchema,
+    RetriedSchema,
+    RetryBodySchema,
+)
+from rideshare.auth import admin_required, current_user
+from rideshare.jobs import control
+from rideshare.jobs.masking import mask
+from rideshare.jobs.queue import InvalidJobData, Job, get_job, get_queue
+from rideshare.jobs.schemas import JobSchema
+
+blp = Blueprint("admin", __name__, url_prefix="/admin", description="Queue and job control (role admin)")
+F = TypeVar("F", bound=Callable[..., Any])
+ADMIN_DOC = {"security": [{"bearerAuth": []}], "responses": {"401": {"description": "No valid token"}, "403": {"description": "Not an admin"}}}
+
+
+def known_queue(view: F) -> F:
+    """404 for a queue name that is not email, analytics or payment."""
+
+    @wraps(view)
+    def wrapper(*args: Any, queue: str, **kwargs: Any) -> Any:
+        if queue not in QUEUES:
+            abort(404, message=f"no queue named {queue!r}; queues: {', '.join(QUEUES)}")
+        return view(*args, queue=queue, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def job_detail(job: Job) -> dict[str, Any]:
+    """Everything about one job, with its data masked."""
+    detail = JobSchema().dump(job)
+    detail.update(
+        data=mask(job.data),
+        opts=job.opts,
+        owner=job.owner,
+        worker=job.worker,
+        attemptLog=get_queue(job.queue).store.attempts(job.id),
+    )
+    return detail
+
+
+def _actor() -> str:
+    return f"user:{current_user().id}"
+
+
+@blp.route("/queues")
+class Queues(MethodView):
+    decorators = [admin_required]
+
+    @blp.doc(**ADMIN_DOC)
+    @blp.response(200, QueuesSchema)
+    def get(self) -> dict[str, Any]:
+        """Counts, pause state, workers, throughput and processing times of every queue."""
+        return {"queues": [control.queue_overview(name) for name in QUEUES]}
+
+
+@blp.route("/queues/<string:queue>")
+class QueueResource(MethodView):
+    decorators = [known_queue, admin_required]
+
+    @blp.doc(**ADMIN_DOC)
+    @blp.response(200, QueueOverviewSchema)
+    def get(self, queue: str) -> dict[str, Any]:
+        """One queue's overview."""
+        return control.queue_overview(queue)
+
+
+@blp.route("/queues/<string:queue>/jobs")
+class QueueJobs(MethodView):
+    decorators = [known_queue, admin_required]
+
+    @blp.doc(**ADMIN_DOC)
+    @blp.arguments(JobListArgsSchema, location="query")
+    @blp.response(200, JobPageSchema)
+    def get(self, args: dict[str, Any], queue: str) -> dict[str, Any]:
+        """Jobs of a queue, newest first; filter by state, find by id or by a data field."""
+        if bool(args.get("field")) != ("value" in args):
+            abort(422, errors={"query": {"field": ["field and value go together"]}})
+        jobs, next_cursor = control.find_jobs(
+            queue,
+            state=args.get("state"),
+            offset=args["cursor"],
+            limit=args["limit"],
+            job_id=args.get("jobId"),
+            field=args.get("field"),
+            value=args.get("value"),
+        )
+        return {"jobs": jobs, "nextCursor": next_cursor}
+
+
+@blp.route("/queues/<string:queue>/retry-failed")
+class RetryFailed(MethodView):
+    decorators = [known_queue, admin_required]
+
+    @blp.doc(**ADMIN_DOC)
+    @blp.response(200, RetriedSchema)
+    def post(self, queue: str) -> dict[str, Any]:
+        """Retry every failed job of the queue."""
+        retried = control.retry_failed(queue, actor=_actor())
+        return {"message": f"{retried} failed jobs queued again", "retried": retried}
+
+
+@blp.route("/queues/<string:queue>/clean")
+class Clean(MethodView):
+    decorators = [known_queue, admin_required]
+
+    @blp.doc(**ADMIN_DOC)
+    @blp.arguments(CleanBodySchema)
+    @blp.response(200, CleanedSchema)
+    def post(self, body: dict[str, Any], queue: str) -> dict[str, Any]:
+        """Remove jobs that have been in a state longer than graceMs, up to limit."""
+        removed = control.clean_queue(queue, actor=_actor(), state=body["state"], grace_ms=body["graceMs"], limit=body["limit"])
+        return {"removed": removed, "count": len(removed)}
+
+
+def _pause_view(paused: bool) -> type[MethodView]:
+    class PauseResume(MethodView):
+        decorators = [known_queue, admin_required]
+
+        @blp.doc(**ADMIN_DOC)
+        @blp.response(200, QueueOverviewSchema)
+        def post(self, queue: str) -> dict[str, Any]:
+            control.set_paused(queue, paused, actor=_actor())
+            return control.queue_overview(queue)
+
+    PauseResume.post.__doc__ = (
+        "Pause the queue: new and waiting jobs wait, no worker takes them."
+        if paused
+        else "Resume the queue: workers take its jobs again."
+    )
+    PauseResume.__name__ = "PauseQueue" if paused else "ResumeQueue"
+    return PauseResume
+
+
+blp.route("/queues/<string:queue>/pause", endpoint="pause")(_pause_view(True))
+blp.route("/queues/<string:queue>/resume", endpoint="resume")(_pause_view(False))
+
+
+@blp.route("/jobs/<string:job_id>")
+class AdminJob(MethodView):
+    decorators = [admin_required]
+
+    @blp.doc(**ADMIN_DOC)
+    @blp.response(200, JobDetailSchema)
+    def get(self, job_id: str) -> dict[str, Any]:
+        """Everything about one job: masked data, options, every attempt, result."""
+        job = get_job(job_id)
+        if job is None:
+            abort(404, message=f"job {job_id} not found")
+        return job_detail(job)
+
+    @blp.doc(**ADMIN_DOC)
+    @blp.response(204)
+    def delete(self, job_id: str) -> None:
+        """Remove a job that is not running."""
+        try:
+            control.delete_job(job_id, actor=_actor())
+        except control.JobNotFound:
+            abort(404, message=f"job {job_id} not found")
+        except control.JobStateConflict as exc:
+            abort(409, message=str(exc))
+
+
+@blp.route("/jobs/<string:job_id>/retry")
+class RetryJob(MethodView):
+    decorators = [admin_required]
+
+    @blp.doc(**ADMIN_DOC)
+    @blp.arguments(RetryBodySchema, required=False)
+    @blp.response(200, JobDetailSchema)
+    def post(self, body: dict[str, Any] | None, job_id: str) -> dict[str, Any]:
+        """Run a failed job again; {"data": {...}} retries it with corrected data."""
+        data = (body or {}).get("data")
+        try:
+            job = control.retry_job(job_id, actor=_actor(), data=data)
+        except control.JobNotFound:
+            abort(404, message=f"job {job_id} not found")
+        except control.JobStateConflict as exc:
+            abort(409, message=str(exc))
+        except InvalidJobData as exc:
+            abort(422, errors={"json": {"data": exc.errors}})
+        return job_detail(job)
+
+
+@blp.route("/audit")
+class Audit(MethodView):
+    decorators = [admin_required]
+
+    @blp.doc(**ADMIN_DOC)
+    @blp.arguments(AuditArgsSchema, location="query")
+    @blp.response(200, AuditPageSchema)
+    def get(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Admin actions, newest first."""
+        return {"entries": control.audit_entries(args["limit"], args.get("before"))}
