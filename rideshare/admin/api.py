@@ -1,6 +1,7 @@
 """The admin JSON API under /admin: queues, jobs, retries, cleaning, pause, audit."""
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -23,9 +24,7 @@ from rideshare.admin.schemas import (
 )
 from rideshare.auth import admin_required, current_user
 from rideshare.jobs import control
-from rideshare.jobs.masking import mask
 from rideshare.jobs.queue import InvalidJobData, Job, get_job, get_queue
-from rideshare.jobs.schemas import JobSchema
 
 blp = Blueprint("admin", __name__, url_prefix="/admin", description="Queue and job control (role admin)")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -44,17 +43,19 @@ def known_queue(view: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def job_detail(job: Job) -> dict[str, Any]:
-    """Everything about one job, with its data masked."""
-    detail = JobSchema().dump(job)
-    detail.update(
-        data=mask(job.data),
-        opts=job.opts,
-        owner=job.owner,
-        worker=job.worker,
-        attemptLog=get_queue(job.queue).store.attempts(job.id),
-    )
-    return detail
+@dataclass
+class JobDetail:
+    """A job with its attempt log, as GET /admin/jobs/<id> shows it."""
+
+    job: Job
+    attempt_log: list[dict[str, Any]]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.job, name)
+
+
+def job_detail(job: Job) -> JobDetail:
+    return JobDetail(job, get_queue(job.queue).store.attempts(job.id))
 
 
 def _actor() -> str:
@@ -160,7 +161,7 @@ class AdminJob(MethodView):
 
     @blp.doc(**ADMIN_DOC)
     @blp.response(200, JobDetailSchema)
-    def get(self, job_id: str) -> dict[str, Any]:
+    def get(self, job_id: str) -> JobDetail:
         """Everything about one job: masked data, options, every attempt, result."""
         job = get_job(job_id)
         if job is None:
@@ -186,7 +187,7 @@ class RetryJob(MethodView):
     @blp.doc(**ADMIN_DOC)
     @blp.arguments(RetryBodySchema, required=False)
     @blp.response(200, JobDetailSchema)
-    def post(self, body: dict[str, Any] | None, job_id: str) -> dict[str, Any]:
+    def post(self, body: dict[str, Any] | None, job_id: str) -> JobDetail:
         """Run a failed job again; {"data": {...}} retries it with corrected data."""
         data = (body or {}).get("data")
         try:

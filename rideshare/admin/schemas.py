@@ -3,6 +3,7 @@
 from marshmallow import Schema, fields, validate
 
 from rideshare.jobs.control import CLEANABLE_STATES
+from rideshare.jobs.masking import mask
 from rideshare.jobs.schemas import JobSchema
 from rideshare.jobs.store import STATES
 
@@ -60,11 +61,11 @@ class AttemptSchema(Schema):
 
 
 class JobDetailSchema(JobSchema):
-    data = fields.Raw(metadata={"description": "Job data, sensitive fields masked"})
+    data = fields.Function(lambda detail: mask(detail.job.data), metadata={"description": "Job data, sensitive fields masked"})
     opts = fields.Raw(metadata={"description": "Job options"})
     owner = fields.String(allow_none=True)
     worker = fields.String(allow_none=True)
-    attemptLog = fields.List(fields.Nested(AttemptSchema))
+    attemptLog = fields.List(fields.Nested(AttemptSchema), attribute="attempt_log")
 
 
 class JobPageSchema(Schema):
