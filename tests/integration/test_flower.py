@@ -1,0 +1,79 @@
+"""Flower against the live worker, through Flower's own HTTP API with basic auth."""
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from devstack.processes import free_port, stop, wait_for_port
+from rideshare.jobs import add_email_job
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def get(url: str, auth: str | None = None) -> tuple[int, object]:
+    request = urllib.request.Request(url)
+    if auth:
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return exc.code, None
+
+
+@pytest.fixture
+def flower(stack, tmp_path):
+    port = free_port()
+    log = tmp_path / "flower.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasks", "flower", "--address=127.0.0.1", f"--port={port}"],
+            cwd=REPO,
+            env={**os.environ, **stack.env, "FLOWER_BASIC_AUTH": "ops:s3cret"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_port("127.0.0.1", port, timeout=30, proc=proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+
+
+def test_flower_shows_the_worker_and_the_three_queues(app, stack, flower):
+    assert get(f"{flower}/api/workers")[0] == 401
+
+    deadline = time.monotonic() + 30
+    workers: dict = {}
+    while time.monotonic() < deadline:
+        status, workers = get(f"{flower}/api/workers?refresh=1", "ops:s3cret")
+        if status == 200 and workers:
+            break
+        time.sleep(0.5)
+    [(name, info)] = [(n, i) for n, i in workers.items() if n.startswith("test-")]
+    consumed = {q["name"] for q in info["active_queues"]}
+    assert consumed == {"email", "analytics", "payment"}
+
+    status, lengths = get(f"{flower}/api/queues/length", "ops:s3cret")
+    assert status == 200
+    assert {q["name"] for q in lengths["active_queues"]} == {"email", "analytics", "payment"}
+
+    job = add_email_job({"to": "flower@example.com", "subject": "Hi", "text": "hello"})
+    stack.wait_for_job(job.id)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        status, info = get(f"{flower}/api/task/info/{job.id}", "ops:s3cret")
+        if status == 200 and info.get("state") == "SUCCESS":
+            break
+        time.sleep(0.3)
+    assert info["name"] == "email.send"
+    assert info["state"] == "SUCCESS"
