@@ -43,6 +43,8 @@ def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "ALERT_WEBHOOK_URL": env.get("ALERT_WEBHOOK_URL", ""),
         # When set, GET /metrics wants "Authorization: Bearer <METRICS_TOKEN>".
         "METRICS_TOKEN": env.get("METRICS_TOKEN", ""),
+        # Set true behind HTTPS so the dashboard's session cookie is never sent in clear.
+        "SESSION_COOKIE_SECURE": env.get("SESSION_COOKIE_SECURE", "false").lower() in ("1", "true", "yes"),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 64 * 1024),
         "VAR_DIR": str(var_dir),
     }

@@ -14,6 +14,11 @@ if [ -z "${TEST_POSTGRES_URL:-}" ] && ! pg_isready -q -h 127.0.0.1 -p 5432 2>/de
     pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
   fi
 fi
+# Chromium for the dashboard's browser test: Debian's package, driven by playwright.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+    || echo "could not install chromium; the browser test will be skipped" >&2
+fi
 # Redis: the tests use 127.0.0.1:6379 (or TEST_REDIS_URL) when it answers and
 # otherwise start their own redis-server, so nothing to do here.
 

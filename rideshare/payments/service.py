@@ -100,7 +100,7 @@ def charge_payment(payment_id: int) -> dict[str, Any]:
     try:
         intent = gateway.charge(**charge_args)
     except stripe.CardError as exc:
-        reason = f"card_declined: {exc.code or 'declined'}"
+        reason = f"card_declined: {exc.user_message or exc.code or 'declined'}"
         mark_failed(payment_id, reason)
         raise PermanentJobError(reason) from exc
     if intent.status != "succeeded":
