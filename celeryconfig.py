@@ -7,7 +7,11 @@ Flower and the API all read the same broker, queues and routes.
 import os
 from urllib.parse import quote
 
+from dotenv import load_dotenv
 from kombu import Exchange, Queue
+
+# The same .env the app reads, loaded before any setting below is computed.
+load_dotenv(override=False)
 
 
 def redis_url_from_env(environ: os._Environ | dict = os.environ) -> str:

@@ -52,9 +52,18 @@ def redis_server_binary() -> str:
 
 
 def start_redis(
-    data_dir: Path, port: int, *, password: str | None = None, appendonly: bool = True
+    data_dir: Path,
+    port: int,
+    *,
+    password: str | None = None,
+    appendonly: bool = True,
+    start_new_session: bool = False,
 ) -> subprocess.Popen:
-    """A redis-server on 127.0.0.1:port keeping its data (AOF) in data_dir."""
+    """A redis-server on 127.0.0.1:port keeping its data (AOF) in data_dir.
+
+    start_new_session keeps it out of the terminal's process group, so Ctrl-C
+    reaches only the parent, which then stops it last.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [
         redis_server_binary(),
@@ -67,22 +76,36 @@ def start_redis(
     ]
     if password:
         args += ["--requirepass", password]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        start_new_session=start_new_session,
+    )
     wait_for_port("127.0.0.1", port, proc=proc)
     return proc
 
 
-def start_python(module: str, argv: Sequence[str], *, env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen:
+def start_python(
+    module: str,
+    argv: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    start_new_session: bool = False,
+) -> subprocess.Popen:
     """Run `python -m module argv...` with this interpreter."""
     if log is None:
         return subprocess.Popen([sys.executable, "-m", module, *argv], env={**os.environ, **(env or {})},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                start_new_session=start_new_session)
     with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             [sys.executable, "-m", module, *argv],
             env={**os.environ, **(env or {})},
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=start_new_session,
         )
 
 

@@ -6,6 +6,7 @@ from typing import Any
 from dotenv import load_dotenv
 from flask import Flask
 from flask_smorest import Api
+from werkzeug.exceptions import MethodNotAllowed
 
 from rideshare import cli
 from rideshare.celery_app import celery_init_app
@@ -53,6 +54,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(dashboard.bp)
+
+    @app.errorhandler(MethodNotAllowed)
+    def method_not_allowed(exc: MethodNotAllowed) -> tuple[dict[str, Any], int, dict[str, str]]:
+        # flask-smorest's JSON error drops werkzeug's Allow header, which a 405 must carry.
+        payload, code, headers = api.handle_http_exception(exc)
+        return payload, code, {**headers, "Allow": ", ".join(sorted(exc.valid_methods or ()))}
 
     @app.errorhandler(QueueUnavailable)
     def queue_unavailable(exc: QueueUnavailable) -> tuple[dict[str, Any], int, dict[str, str]]:

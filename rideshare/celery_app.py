@@ -15,6 +15,9 @@ def celery_init_app(app: Flask) -> Celery:
     """Build the Celery app from celeryconfig, register the tasks, and bind the job queues."""
     celery = Celery(app.name)
     celery.config_from_object("celeryconfig")
+    # The broker follows the app's settings (defaults, env, .env, test config), so
+    # jobs are always published to the Redis whose job store recorded them.
+    celery.conf.broker_url = app.config["BROKER_URL"] or app.config["REDIS_URL"]
     celery.conf.update(app.config.get("CELERY", {}))
     celery.flask_app = app  # JobTask enters this app's context around every job
     celery.set_default()

@@ -21,6 +21,8 @@ def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "TOKEN_TTL_SECONDS": _int(env, "TOKEN_TTL_SECONDS", 3600),
         "DATABASE_URL": env.get("DATABASE_URL") or f"sqlite:///{var_dir / 'rideshare.sqlite3'}",
         "REDIS_URL": redis_url_from_env(env),
+        # The broker; defaults to the job store's Redis (see celeryconfig.broker_url).
+        "BROKER_URL": env.get("BROKER_URL", ""),
         # BullMQ-compatible job defaults (milliseconds, as in the original design).
         "JOB_RETRY_ATTEMPTS": _int(env, "JOB_RETRY_ATTEMPTS", 3),
         "JOB_RETRY_DELAY": _int(env, "JOB_RETRY_DELAY", 5000),

@@ -4,7 +4,7 @@ from celery import shared_task
 from sqlalchemy.exc import OperationalError
 
 from rideshare.jobs.options import Backoff
-from rideshare.jobs.queue import Job
+from rideshare.jobs.queue import Job, QueueUnavailable
 from rideshare.jobs.task import JobTask
 from rideshare.payments.gateway import TRANSIENT_ERRORS
 from rideshare.payments.schemas import PaymentJobSchema
@@ -18,7 +18,8 @@ from rideshare.payments.service import charge_payment, payment_failed_for_good, 
     attempts=5,
     backoff=Backoff("exponential", 5000),
     # Gateway 5xx, rate limits, timeouts and lost connections; a decline is permanent.
-    retry_on=(*TRANSIENT_ERRORS, OperationalError),
+    # QueueUnavailable: the receipt email could not be queued after the charge.
+    retry_on=(*TRANSIENT_ERRORS, OperationalError, QueueUnavailable),
     data_schema=PaymentJobSchema,
     on_final_failure=lambda task, job, reason: payment_failed_for_good(job, reason),
     # An operator's retry reopens the failed payment, with a new PaymentMethod if given.

@@ -33,13 +33,14 @@ class Payments(MethodView):
                 currency=body["currency"],
                 payment_method=body["paymentMethod"],
                 receipt_email=body.get("receiptEmail"),
+                payer_must_be_rider=not current_user().is_admin,
             )
         except UnknownRide:
-            abort(422, errors={"json": {"rideId": [f"ride {body['rideId']} does not exist"]}})
+            abort(422, errors={"json": {"rideId": [f"ride {body['rideId']} does not exist or is not yours"]}})
         return {"message": "Payment queued successfully", "jobId": job.id, "paymentId": payment.id}
 
 
-@blp.route("/payments/<int:payment_id>")
+@blp.route("/payments/<int(max=2147483647):payment_id>")
 class PaymentResource(MethodView):
     decorators = [login_required]
 

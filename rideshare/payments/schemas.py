@@ -2,28 +2,28 @@
 
 from marshmallow import Schema, fields, validate
 
-from rideshare.validation import money
+from rideshare.validation import identifier, money, pattern
 
 
 class PaymentCreateSchema(Schema):
     amount = money("Amount to charge, in major units (25.50)")
     currency = fields.String(
         load_default="USD",
-        validate=validate.Regexp(r"^[A-Za-z]{3}$", error="must be a 3-letter ISO 4217 code"),
+        validate=pattern(r"[A-Za-z]{3}", "must be a 3-letter ISO 4217 code"),
         metadata={"description": "ISO 4217 code", "example": "USD"},
     )
     paymentMethod = fields.String(
         required=True,
         validate=[
             validate.Length(max=255),
-            validate.Regexp(
-                r"^pm_[A-Za-z0-9_]+$",
-                error="must be a Stripe PaymentMethod id (pm_...); card details are never accepted",
+            pattern(
+                r"pm_[A-Za-z0-9_]+",
+                "must be a Stripe PaymentMethod id (pm_...); card details are never accepted",
             ),
         ],
         metadata={"description": "Stripe PaymentMethod id", "example": "pm_card_visa"},
     )
-    rideId = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+    rideId = identifier("The ride being paid for")
     receiptEmail = fields.Email(
         validate=validate.Length(max=254),
         metadata={"description": "Where the receipt is emailed once the charge succeeds"},
@@ -52,8 +52,8 @@ class PaymentSchema(Schema):
 class PaymentJobSchema(Schema):
     """The data of a payment job: the payment row to charge, and for a retry, a new method."""
 
-    paymentId = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+    paymentId = identifier("The payment row to charge")
     paymentMethod = fields.String(
-        validate=[validate.Length(max=255), validate.Regexp(r"^pm_[A-Za-z0-9_]+$", error="must be a Stripe PaymentMethod id (pm_...)")],
+        validate=[validate.Length(max=255), pattern(r"pm_[A-Za-z0-9_]+", "must be a Stripe PaymentMethod id (pm_...)")],
         metadata={"description": "Retry only: charge this PaymentMethod instead"},
     )

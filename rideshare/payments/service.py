@@ -1,6 +1,7 @@
 """charge_payment: take a pending payment through Stripe, then write its receipt."""
 
 import logging
+import secrets
 from decimal import Decimal
 from typing import Any
 
@@ -35,6 +36,7 @@ def create_payment(
     currency: str,
     payment_method: str,
     receipt_email: str | None = None,
+    payer_must_be_rider: bool = True,
     **job_options: Any,
 ) -> tuple[Payment, Job]:
     """Store a pending payment and queue its charge; nothing is left behind if queueing fails."""
@@ -43,7 +45,9 @@ def create_payment(
 
     db = get_db()
     with db.session() as session:
-        if session.get(Ride, ride_id) is None:
+        ride = session.get(Ride, ride_id)
+        # A rider pays for their own rides; an admin may pay for any (user_id=None skips the check).
+        if ride is None or (payer_must_be_rider and ride.rider_id != user_id):
             raise UnknownRide(ride_id)
         payment = Payment(
             user_id=user_id,
@@ -55,7 +59,8 @@ def create_payment(
         )
         session.add(payment)
         session.flush()
-        payment.job_id = f"payment-{payment.id}"
+        # Unique beyond this database's ids, so a reset database never meets old jobs.
+        payment.job_id = f"payment-{payment.id}-{secrets.token_hex(4)}"
     # Queued only after the row is committed, so the worker always finds it.
     try:
         job = add_payment_job({"paymentId": payment.id}, job_id=payment.job_id, owner=user_id, **job_options)
@@ -144,7 +149,7 @@ def _send_receipt(payment_id: int) -> dict[str, Any]:
                         f" for ride {payment.ride_id}.</p>"
                     ),
                 },
-                job_id=f"receipt-{payment.id}",
+                job_id=f"receipt-{payment.job_id}",
                 owner=payment.user_id,
             )
             receipt.email_job_id = job.id
@@ -176,10 +181,16 @@ def reopen_for_retry(job: Job, data: dict[str, Any]) -> None:
 
 
 def payment_failed_for_good(job: Job, reason: str) -> None:
-    """The payment job is out of attempts: fail the payment and alert operators."""
+    """The payment job is out of attempts: fail the payment (unless it was charged) and alert."""
     payment_id = job.data.get("paymentId")
-    if payment_id is not None:
-        mark_failed(int(payment_id), reason)
-    raise_alert(
-        "payment failed", job_id=job.id, queue=job.queue, payment_id=payment_id, reason=reason
-    )
+    if payment_id is None:
+        raise_alert("payment job failed", job_id=job.id, queue=job.queue, reason=reason)
+        return
+    mark_failed(int(payment_id), reason)
+    with get_db().session() as session:
+        payment = session.get(Payment, int(payment_id))
+    if payment is not None and payment.status == SUCCEEDED:
+        # Charged, but the bookkeeping after the charge (the receipt email) gave up.
+        raise_alert("receipt not sent", job_id=job.id, queue=job.queue, payment_id=payment_id, reason=reason)
+        return
+    raise_alert("payment failed", job_id=job.id, queue=job.queue, payment_id=payment_id, reason=reason)

@@ -1,5 +1,6 @@
 """POST /rides and POST /rides/<id>/complete."""
 
+import secrets
 from typing import Any
 
 from flask.views import MethodView
@@ -37,7 +38,7 @@ class Rides(MethodView):
         return ride
 
 
-@blp.route("/rides/<int:ride_id>/complete")
+@blp.route("/rides/<int(max=2147483647):ride_id>/complete")
 class CompleteRide(MethodView):
     decorators = [login_required]
 
@@ -52,7 +53,10 @@ class CompleteRide(MethodView):
         completed_at = utcnow()
         with db.session() as session:
             ride = session.get(Ride, ride_id)
-            if ride is None:
+            user = current_user()
+            # Only the ride's rider or driver (or an admin) may complete it; to anyone
+            # else it does not exist.
+            if ride is None or not (user.is_admin or user.id in (ride.rider_id, ride.driver_id)):
                 abort(404, message=f"ride {ride_id} not found")
             if body["driverId"] != ride.driver_id:
                 abort(422, errors={"json": {"driverId": ["is not this ride's driver"]}})
@@ -87,7 +91,8 @@ class CompleteRide(MethodView):
                         "duration": body["duration"],
                     },
                 },
-                job_id=event_id,
+                # Unique beyond this database's ids; the event id is what analytics dedupes on.
+                job_id=f"{event_id}-{secrets.token_hex(4)}",
                 owner=current_user().id,
             )
         except QueueUnavailable:
