@@ -1,6 +1,6 @@
 """Run localstripe bound to 127.0.0.1 only (its own CLI listens on every interface).
 
-    python -m devstack.localstripe_server --port 8420
+python -m devstack.localstripe_server --port 8420
 """
 
 import argparse
@@ -14,9 +14,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8420)
-    parser.add_argument(
-        "--persist", action="store_true", help="keep state in /tmp/localstripe.pickle across restarts"
-    )
+    parser.add_argument("--persist", action="store_true", help="keep state in /tmp/localstripe.pickle across restarts")
     args = parser.parse_args()
     if args.persist:
         server.store.try_load_from_disk()

@@ -67,12 +67,18 @@ def start_redis(
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [
         redis_server_binary(),
-        "--bind", "127.0.0.1",
-        "--port", str(port),
-        "--dir", str(data_dir),
-        "--save", "",
-        "--appendonly", "yes" if appendonly else "no",
-        "--appendfsync", "everysec",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dir",
+        str(data_dir),
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--appendfsync",
+        "everysec",
     ]
     if password:
         args += ["--requirepass", password]
@@ -96,9 +102,13 @@ def start_python(
 ) -> subprocess.Popen:
     """Run `python -m module argv...` with this interpreter."""
     if log is None:
-        return subprocess.Popen([sys.executable, "-m", module, *argv], env={**os.environ, **(env or {})},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                                start_new_session=start_new_session)
+        return subprocess.Popen(
+            [sys.executable, "-m", module, *argv],
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            start_new_session=start_new_session,
+        )
     with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
             [sys.executable, "-m", module, *argv],

@@ -67,9 +67,7 @@ def redact(url: str) -> str:
 
 def process_table() -> dict[int, tuple[int, str]]:
     """pid -> (ppid, command) for every process, from ps (Linux and macOS)."""
-    out = subprocess.run(
-        ["ps", "-A", "-o", "pid=,ppid=,command="], capture_output=True, text=True, check=False
-    ).stdout
+    out = subprocess.run(["ps", "-A", "-o", "pid=,ppid=,command="], capture_output=True, text=True, check=False).stdout
     table = {}
     for line in out.splitlines():
         fields = line.split(None, 2)
@@ -188,9 +186,7 @@ def _signal(pid: int, sig: int) -> None:
 
 def _free_or_fail(port: int, what: str, setting: str) -> None:
     if port_open("127.0.0.1", port):
-        raise StartupError(
-            f"port {port} on 127.0.0.1 is already in use; cannot start {what} ({setting})"
-        )
+        raise StartupError(f"port {port} on 127.0.0.1 is already in use; cannot start {what} ({setting})")
 
 
 def start_services(stack: Stack, env: dict[str, str], var_dir: Path) -> list[str]:
@@ -226,16 +222,13 @@ def start_services(stack: Stack, env: dict[str, str], var_dir: Path) -> list[str
             lines.append(f"Redis     {url} (started here, AOF in {var_dir / 'redis'})")
         else:
             raise StartupError(
-                f"Redis at {host}:{port} is not reachable; start it, "
-                "or unset REDIS_HOST to run one here"
+                f"Redis at {host}:{port} is not reachable; start it, or unset REDIS_HOST to run one here"
             )
         env["REDIS_URL"] = redis_url_from_env(env)
 
     # SMTP: the sink keeps every message as an .eml file.
     if env.get("SMTP_HOST"):
-        lines.append(
-            f"Mail      SMTP {env['SMTP_HOST']}:{env.get('SMTP_PORT') or 1025} (SMTP_HOST)"
-        )
+        lines.append(f"Mail      SMTP {env['SMTP_HOST']}:{env.get('SMTP_PORT') or 1025} (SMTP_HOST)")
     else:
         port = int(env.get("SMTP_PORT") or SMTP_SINK_PORT)
         _free_or_fail(port, "the SMTP sink", "set SMTP_HOST/SMTP_PORT to use another server")
@@ -340,9 +333,7 @@ def wait_until_listening(stack: Stack, ports: list[int], timeout: float = 90.0) 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if stack.honcho is not None and stack.honcho.poll() is not None:
-            raise StartupError(
-                f"the app processes exited (honcho exit {stack.honcho.returncode}); see above"
-            )
+            raise StartupError(f"the app processes exited (honcho exit {stack.honcho.returncode}); see above")
         stack.remember_tree()
         if all(port_open("127.0.0.1", port) for port in ports):
             return
@@ -387,9 +378,7 @@ def run() -> int:
             "Ctrl-C stops everything started here.",
         ]
         print(
-            "\n".join(
-                ["", "=" * 72, "rideshare stack is up", *(f"  {b}" for b in banner), "=" * 72, ""]
-            ),
+            "\n".join(["", "=" * 72, "rideshare stack is up", *(f"  {b}" for b in banner), "=" * 72, ""]),
             flush=True,
         )
         tick = 0

@@ -1,6 +1,6 @@
 """An SMTP sink on 127.0.0.1 that accepts every message and prints a line for each.
 
-    python -m devstack.smtp_sink --port 1025 [--maildir var/mail]
+python -m devstack.smtp_sink --port 1025 [--maildir var/mail]
 """
 
 import argparse

@@ -63,7 +63,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     @app.errorhandler(QueueUnavailable)
     def queue_unavailable(exc: QueueUnavailable) -> tuple[dict[str, Any], int, dict[str, str]]:
-        body = {"code": 503, "status": "Service Unavailable", "message": "The job queue is unavailable; nothing was queued. Try again shortly."}
+        body = {
+            "code": 503,
+            "status": "Service Unavailable",
+            "message": "The job queue is unavailable; nothing was queued. Try again shortly.",
+        }
         return body, 503, {"Retry-After": "5"}
 
     return app

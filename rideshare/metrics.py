@@ -47,7 +47,9 @@ class JobStoreCollector(Collector):
         yield histogram
 
         depth = GaugeMetricFamily("rideshare_queue_jobs", "Jobs in each state", labels=["queue", "state"])
-        delayed = GaugeMetricFamily("rideshare_queue_delayed_jobs", "Jobs waiting on a delay or a retry backoff", labels=["queue"])
+        delayed = GaugeMetricFamily(
+            "rideshare_queue_delayed_jobs", "Jobs waiting on a delay or a retry backoff", labels=["queue"]
+        )
         paused = GaugeMetricFamily("rideshare_queue_paused", "1 while the queue is paused", labels=["queue"])
         for queue in QUEUES:
             counts = self.store.counts(queue)

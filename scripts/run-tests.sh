@@ -22,4 +22,5 @@ fi
 # Redis: the tests use 127.0.0.1:6379 (or TEST_REDIS_URL) when it answers and
 # otherwise start their own redis-server, so nothing to do here.
 
+ruff check --quiet .
 exec python -m pytest "$@"

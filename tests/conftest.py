@@ -118,7 +118,9 @@ class Stack:
     def job(self, job_id: str) -> JobRecord | None:
         return self.app.extensions["jobs"].store.get(job_id)
 
-    def wait_for_job(self, job_id: str, states: tuple[str, ...] = ("completed", "failed"), timeout: float = 30) -> JobRecord:
+    def wait_for_job(
+        self, job_id: str, states: tuple[str, ...] = ("completed", "failed"), timeout: float = 30
+    ) -> JobRecord:
         """Poll the job store until the job reaches one of states."""
         deadline = time.monotonic() + timeout
         job = None
@@ -153,14 +155,36 @@ def app_from_env(env: dict[str, str], **overrides: Any) -> Flask:
     return create_app({**config, **overrides})
 
 
-def start_worker(env: dict[str, str], log: Path, *, queues: str = "email,analytics,payment", concurrency: int = 4, name: str | None = None) -> subprocess.Popen:
+def start_worker(
+    env: dict[str, str],
+    log: Path,
+    *,
+    queues: str = "email,analytics,payment",
+    concurrency: int = 4,
+    name: str | None = None,
+) -> subprocess.Popen:
     """A real `celery -A tasks worker` process, waited on until it is ready."""
     node = name or f"test-{secrets.token_hex(3)}@%h"
     with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", queues,
-             "-c", str(concurrency), "-n", node, "--loglevel", "INFO",
-             "--without-mingle", "--without-gossip"],
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tasks",
+                "worker",
+                "-Q",
+                queues,
+                "-c",
+                str(concurrency),
+                "-n",
+                node,
+                "--loglevel",
+                "INFO",
+                "--without-mingle",
+                "--without-gossip",
+            ],
             cwd=REPO,
             env={**os.environ, **env},
             stdout=out,
@@ -178,7 +202,9 @@ def start_worker(env: dict[str, str], log: Path, *, queues: str = "email,analyti
 
 
 @pytest.fixture(scope="session")
-def stack(database_url: str, redis_url: str, services: Services, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(
+    database_url: str, redis_url: str, services: Services, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
     """The API app in-process and a real Celery worker on all three queues."""
     tmp = tmp_path_factory.mktemp("stack")
     env = stack_env(database_url, redis_url, services, tmp)

@@ -28,7 +28,10 @@ from rideshare.jobs.queue import InvalidJobData, Job, get_job, get_queue
 
 blp = Blueprint("admin", __name__, url_prefix="/admin", description="Queue and job control (role admin)")
 F = TypeVar("F", bound=Callable[..., Any])
-ADMIN_DOC = {"security": [{"bearerAuth": []}], "responses": {"401": {"description": "No valid token"}, "403": {"description": "Not an admin"}}}
+ADMIN_DOC = {
+    "security": [{"bearerAuth": []}],
+    "responses": {"401": {"description": "No valid token"}, "403": {"description": "Not an admin"}},
+}
 
 
 def known_queue(view: F) -> F:
@@ -128,7 +131,9 @@ class Clean(MethodView):
     @blp.response(200, CleanedSchema)
     def post(self, body: dict[str, Any], queue: str) -> dict[str, Any]:
         """Remove jobs that have been in a state longer than graceMs, up to limit."""
-        removed = control.clean_queue(queue, actor=_actor(), state=body["state"], grace_ms=body["graceMs"], limit=body["limit"])
+        removed = control.clean_queue(
+            queue, actor=_actor(), state=body["state"], grace_ms=body["graceMs"], limit=body["limit"]
+        )
         return {"removed": removed, "count": len(removed)}
 
 

@@ -19,15 +19,18 @@ from rideshare.auth import admin_required, csrf_token, decode_token, principal_f
 from rideshare.jobs import control
 from rideshare.jobs.masking import mask
 from rideshare.jobs.queue import InvalidJobData, QueueUnavailable, get_job
-from rideshare.jobs.schemas import JobSchema
+from rideshare.jobs.schemas import JobSchema, ms_to_iso
 
 bp = Blueprint("dashboard", __name__, url_prefix="/admin", template_folder="../templates")
+bp.add_app_template_filter(ms_to_iso, "ms_iso")
 
 
 def unmask_edits(original: dict[str, Any], edited: dict[str, Any]) -> dict[str, Any]:
     """Edited data where every field left as shown (masked) keeps its real value."""
     shown = mask(original)
-    return {key: original[key] if key in original and value == shown.get(key) else value for key, value in edited.items()}
+    return {
+        key: original[key] if key in original and value == shown.get(key) else value for key, value in edited.items()
+    }
 
 
 @bp.get("/")

@@ -61,7 +61,9 @@ class AttemptSchema(Schema):
 
 
 class JobDetailSchema(JobSchema):
-    data = fields.Function(lambda detail: mask(detail.job.data), metadata={"description": "Job data, sensitive fields masked"})
+    data = fields.Function(
+        lambda detail: mask(detail.job.data), metadata={"description": "Job data, sensitive fields masked"}
+    )
     opts = fields.Raw(metadata={"description": "Job options"})
     owner = fields.String(allow_none=True)
     worker = fields.String(allow_none=True)

@@ -119,7 +119,13 @@ def resolve_options(defaults: JobOptions, given: Mapping[str, Any]) -> JobOption
             except ValueError as exc:
                 errors[name] = str(exc)
     unknown = set(given) - {
-        "delay", "attempts", "backoff", "timeout", "priority", "remove_on_complete", "remove_on_fail"
+        "delay",
+        "attempts",
+        "backoff",
+        "timeout",
+        "priority",
+        "remove_on_complete",
+        "remove_on_fail",
     }
     for name in sorted(unknown):
         errors[name] = "unknown job option"

@@ -17,9 +17,7 @@ class JobSchema(Schema):
     id = fields.String(metadata={"description": "Job id"})
     queue = fields.String(metadata={"description": "email, analytics or payment"})
     name = fields.String(metadata={"description": "The Celery task that runs the job"})
-    state = fields.String(
-        metadata={"description": "waiting, delayed, active, completed or failed"}
-    )
+    state = fields.String(metadata={"description": "waiting, delayed, active, completed or failed"})
     attempts = fields.Integer(metadata={"description": "Attempts started so far"})
     result = fields.Raw(allow_none=True, metadata={"description": "The return value, once completed"})
     failedReason = fields.String(allow_none=True, attribute="failed_reason")

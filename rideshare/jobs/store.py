@@ -49,7 +49,9 @@ end
 """
 
 # ARGV: state, score, queue, field/value pairs...
-_LUA_CREATE = _LUA_COMMON + """
+_LUA_CREATE = (
+    _LUA_COMMON
+    + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local fields = {}
 for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
@@ -58,11 +60,14 @@ redis.call('ZADD', state_key(ARGV[1]), ARGV[2], redis.call('HGET', KEYS[1], 'id'
 redis.call('HINCRBY', KEYS[8], ARGV[3] .. ':added', 1)
 return 1
 """
+)
 
 # Moves a job to 'active' and returns its fields; finished jobs come back unchanged,
 # and a job of a paused queue is left waiting ('paused').
 # ARGV: now, worker
-_LUA_START = _LUA_COMMON + """
+_LUA_START = (
+    _LUA_COMMON
+    + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return nil end
 if redis.call('EXISTS', KEYS[11]) == 1 and state ~= 'completed' and state ~= 'failed' then
@@ -78,13 +83,16 @@ redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'state', 'active', 'processedOn', ARGV[1], 'worker', ARGV[2])
 return redis.call('HGETALL', KEYS[1])
 """
+)
 
 # Ends an attempt: records it and its metrics, moves the job to its next state
 # (completed, failed, or delayed for a retry), then trims that state's set to
 # the job's retention.
 # ARGV: prefix, state, score, now, keep_count (-1 = all), keep_age_ms (-1 = any),
 #       attempt_json, queue, duration_ms, histogram field, field/value pairs...
-_LUA_FINISH = _LUA_COMMON + """
+_LUA_FINISH = (
+    _LUA_COMMON
+    + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return nil end
 local prefix, target, score = ARGV[1], ARGV[2], ARGV[3]
@@ -130,10 +138,13 @@ if keep_count > 0 then
 end
 return state
 """
+)
 
 # Puts a failed job back to waiting, optionally with new data.
 # ARGV: now, data ('' = keep)
-_LUA_RETRY = _LUA_COMMON + """
+_LUA_RETRY = (
+    _LUA_COMMON
+    + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return nil end
 if state ~= 'failed' then return state end
@@ -144,9 +155,12 @@ redis.call('HSET', KEYS[1], 'state', 'waiting', 'failedReason', '', 'finishedAt'
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'data', ARGV[2]) end
 return 'retried'
 """
+)
 
 # Removes one job wherever it is, unless it is active. ARGV: (none)
-_LUA_DELETE = _LUA_COMMON + """
+_LUA_DELETE = (
+    _LUA_COMMON
+    + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return nil end
 if state == 'active' then return state end
@@ -155,17 +169,23 @@ redis.call('ZREM', state_key(state), id)
 redis.call('DEL', KEYS[1], KEYS[2])
 return 'deleted'
 """
+)
 
 # Removes up to limit jobs of one state older than a cut-off. ARGV: prefix, state, cutoff, limit
-_LUA_CLEAN = _LUA_COMMON + """
+_LUA_CLEAN = (
+    _LUA_COMMON
+    + """
 local zset = state_key(ARGV[2])
 local ids = redis.call('ZRANGEBYSCORE', zset, '-inf', ARGV[3], 'LIMIT', 0, tonumber(ARGV[4]))
 for _, id in ipairs(ids) do remove_job(ARGV[1], zset, id) end
 return ids
 """
+)
 
 # Forgets a job the broker never received. ARGV: queue
-_LUA_DISCARD = _LUA_COMMON + """
+_LUA_DISCARD = (
+    _LUA_COMMON
+    + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 0 end
 redis.call('ZREM', state_key(state), redis.call('HGET', KEYS[1], 'id'))
@@ -173,6 +193,7 @@ redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('HINCRBY', KEYS[8], ARGV[1] .. ':added', -1)
 return 1
 """
+)
 
 
 def now_ms() -> int:
@@ -434,9 +455,7 @@ class JobStore:
         else:
             self.redis.delete(key)
 
-    def list_jobs(
-        self, queue: str, states: Iterable[str], *, offset: int = 0, limit: int = 50
-    ) -> list[JobRecord]:
+    def list_jobs(self, queue: str, states: Iterable[str], *, offset: int = 0, limit: int = 50) -> list[JobRecord]:
         """Jobs of the given states, newest first (by the time they entered the state)."""
         entries: list[tuple[float, str]] = []
         with self.redis.pipeline(transaction=False) as pipe:

@@ -54,7 +54,11 @@ class JobRequest(Request):
             job = queue.store.get(self.id)
             if job is not None and job.state == "active":
                 task.record_failure(
-                    queue, job, f"timeout: killed after {timeout:g} s", "", final=True,
+                    queue,
+                    job,
+                    f"timeout: killed after {timeout:g} s",
+                    "",
+                    final=True,
                     duration_ms=timeout * 1000,
                 )
 
@@ -177,9 +181,7 @@ class JobTask(Task):
                     "data": mask(job.data),
                 },
             )
-            raise self.retry(
-                exc=exc, countdown=wait_ms / 1000, max_retries=None, priority=opts.priority
-            ) from exc
+            raise self.retry(exc=exc, countdown=wait_ms / 1000, max_retries=None, priority=opts.priority) from exc
         self.record_failure(queue, job, reason, tb, final=True, duration_ms=duration_ms)
 
     def record_failure(
@@ -211,9 +213,7 @@ class JobTask(Task):
         if final:
             self.on_final_failure(job, reason)
 
-    def _attempt(
-        self, job: Job, finished_at: int, duration_ms: float, error: str = "", tb: str = ""
-    ) -> dict[str, Any]:
+    def _attempt(self, job: Job, finished_at: int, duration_ms: float, error: str = "", tb: str = "") -> dict[str, Any]:
         return {
             "attempt": job.attempts,
             "startedAt": job.processed_on,
@@ -227,4 +227,3 @@ class JobTask(Task):
 
 def _json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
-

@@ -1,5 +1,6 @@
 """A worker bootstep: heartbeats for the admin API, and pause/resume of queues."""
 
+import contextlib
 import logging
 import os
 from typing import Any
@@ -39,10 +40,8 @@ class QueueControl(bootsteps.StartStopStep):
 
     def shutdown(self, consumer: Any) -> None:
         self.stop(consumer)
-        try:
+        with contextlib.suppress(RedisError):
             self._store(consumer).forget_worker(consumer.hostname)
-        except RedisError:
-            pass
 
     @staticmethod
     def _store(consumer: Any) -> Any:

@@ -84,9 +84,7 @@ def send_email(job: Job) -> dict[str, Any]:
     with get_db().session() as session:
         delivery = session.scalar(select(EmailDelivery).where(EmailDelivery.job_id == job.id))
         if delivery is None:
-            delivery = EmailDelivery(
-                job_id=job.id, to_addr=data["to"], subject=data["subject"][:200], attempts=0
-            )
+            delivery = EmailDelivery(job_id=job.id, to_addr=data["to"], subject=data["subject"][:200], attempts=0)
             session.add(delivery)
         if delivery.status == SENT:
             return {"messageId": delivery.message_id, "reply": delivery.last_reply, "duplicate": True}

@@ -29,9 +29,7 @@ def run_migrations_online() -> None:
     try:
         with engine.connect() as connection:
             # Batch mode lets later ALTERs work on SQLite too.
-            context.configure(
-                connection=connection, target_metadata=target_metadata, render_as_batch=True
-            )
+            context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
             with context.begin_transaction():
                 context.run_migrations()
     finally:

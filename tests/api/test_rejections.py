@@ -247,9 +247,18 @@ def test_ride_with_an_unknown_field_is_rejected(client, stack, headers):
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("riderId", "r" * 65), ("driverId", "d" * 65), ("pickup", "p" * 201), ("dropoff", "x" * 201),
-     ("riderId", ""), ("pickup", ""), ("driverId", 7), ("dropoff", None),
-     ("pickup", "Main St\r\nX-Injected: 1"), ("riderId", "42\x00")],
+    [
+        ("riderId", "r" * 65),
+        ("driverId", "d" * 65),
+        ("pickup", "p" * 201),
+        ("dropoff", "x" * 201),
+        ("riderId", ""),
+        ("pickup", ""),
+        ("driverId", 7),
+        ("dropoff", None),
+        ("pickup", "Main St\r\nX-Injected: 1"),
+        ("riderId", "42\x00"),
+    ],
 )
 def test_ride_with_a_bad_field_names_it(client, stack, headers, field, value):
     with nothing_written(stack):
@@ -269,8 +278,9 @@ def test_ride_at_the_length_limits_is_accepted(client, stack, headers):
 def test_ride_with_a_non_json_body_is_422_naming_the_fields(client, stack, headers):
     """A body that is not declared JSON is read as no body at all."""
     with nothing_written(stack):
-        response = client.post("/rides", data="riderId=42&driverId=d-7", headers=headers,
-                               content_type="application/x-www-form-urlencoded")
+        response = client.post(
+            "/rides", data="riderId=42&driverId=d-7", headers=headers, content_type="application/x-www-form-urlencoded"
+        )
     assert_error(response, 422, {"riderId", "driverId", "pickup", "dropoff"})
 
 
@@ -514,8 +524,18 @@ def test_another_users_payment_is_404_but_an_admin_can_read_it(client, stack, au
         ({}, {"email", "name"}),
         ({"email": "ann@example.com", "name": "Ann", "bcc": "eve@example.com"}, {"bcc"}),
     ],
-    ids=["bad email", "no domain", "trailing newline", "email too long", "missing name", "empty name",
-         "name too long", "name not a string", "empty body", "unknown field"],
+    ids=[
+        "bad email",
+        "no domain",
+        "trailing newline",
+        "email too long",
+        "missing name",
+        "empty name",
+        "name too long",
+        "name not a string",
+        "empty body",
+        "unknown field",
+    ],
 )
 def test_welcome_email_with_bad_fields_names_them(client, stack, body, fields):
     with nothing_written(stack):
@@ -592,8 +612,15 @@ def test_unknown_route_is_json_404(client, stack, headers, path):
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/payments"), ("DELETE", "/rides"), ("GET", "/rides"), ("PUT", "/rides/1/complete"),
-     ("GET", "/send-welcome-email"), ("DELETE", "/jobs/x"), ("POST", "/healthz")],
+    [
+        ("GET", "/payments"),
+        ("DELETE", "/rides"),
+        ("GET", "/rides"),
+        ("PUT", "/rides/1/complete"),
+        ("GET", "/send-welcome-email"),
+        ("DELETE", "/jobs/x"),
+        ("POST", "/healthz"),
+    ],
 )
 def test_wrong_method_is_json_405(client, stack, headers, method, path):
     with nothing_written(stack):
@@ -687,7 +714,9 @@ def test_welcome_email_while_the_queue_is_down_is_503(request, stack, down):
 
 
 @pytest.mark.parametrize("down", ["redis_down_app", "broker_down_app"])
-def test_completion_while_the_queue_is_down_is_503_and_can_be_retried(request, app, client, stack, headers, ride_id, down):
+def test_completion_while_the_queue_is_down_is_503_and_can_be_retried(
+    request, app, client, stack, headers, ride_id, down
+):
     down_app = request.getfixturevalue(down)
     untouched = ride_row(app, ride_id)
     with nothing_written(stack):
@@ -778,7 +807,10 @@ def test_openapi_payment_request_requires_amount_method_and_ride(spec):
 def test_openapi_other_request_schemas_list_their_required_fields(spec):
     assert set(request_schema(spec, "/rides")["required"]) == {"riderId", "driverId", "pickup", "dropoff"}
     assert set(request_schema(spec, "/rides/{ride_id}/complete")["required"]) == {
-        "driverId", "fare", "distance", "duration"
+        "driverId",
+        "fare",
+        "distance",
+        "duration",
     }
     assert set(request_schema(spec, "/send-welcome-email")["required"]) == {"email", "name"}
 

@@ -5,9 +5,9 @@ import time
 
 import pytest
 
+from rideshare.db import get_db
 from rideshare.jobs import add_email_job, get_job, get_job_counts
 from rideshare.payments.models import Payment
-from rideshare.db import get_db
 from tests.integration.test_payments import create_ride, intents_for, post_payment
 
 pytestmark = pytest.mark.integration
@@ -23,7 +23,9 @@ def test_retry_with_corrected_data_turns_a_failed_payment_into_a_succeeded_one(a
     job = stack.wait_for_job(accepted["jobId"])
     assert job.state == "failed"
 
-    bad = client.post(f"/admin/jobs/{job.id}/retry", json={"data": {"paymentId": "x", "paymentMethod": "4242"}}, headers=admin)
+    bad = client.post(
+        f"/admin/jobs/{job.id}/retry", json={"data": {"paymentId": "x", "paymentMethod": "4242"}}, headers=admin
+    )
     assert bad.status_code == 422
     assert set(bad.json["errors"]["json"]["data"]) == {"paymentId", "paymentMethod"}
     assert get_job(job.id).state == "failed"
@@ -132,7 +134,9 @@ def test_list_search_delete_clean_and_audit(app, client, stack, auth_headers):
     assert client.delete(f"/admin/jobs/{failed.id}", headers=admin).status_code == 204
     assert client.get(f"/admin/jobs/{failed.id}", headers=admin).status_code == 404
 
-    cleaned = client.post("/admin/queues/email/clean", json={"state": "completed", "graceMs": 0, "limit": 1000}, headers=admin)
+    cleaned = client.post(
+        "/admin/queues/email/clean", json={"state": "completed", "graceMs": 0, "limit": 1000}, headers=admin
+    )
     assert cleaned.status_code == 200
     assert get_job_counts("email")["completed"] == 0
     assert client.post("/admin/queues/email/clean", json={"state": "active"}, headers=admin).status_code == 422
@@ -163,7 +167,7 @@ def test_metrics_count_jobs_per_queue(app, client, stack):
     text = client.get("/metrics").data.decode()
 
     def value(body: str, name: str) -> float:
-        line = next(l for l in body.splitlines() if l.startswith(name))
+        line = next(row for row in body.splitlines() if row.startswith(name))
         return float(line.rsplit(" ", 1)[1])
 
     added = 'rideshare_jobs_added_total{queue="email"}'

@@ -21,7 +21,11 @@ def other_db(url: str) -> str:
 
 
 def test_counts_match_a_mixed_run(stack, tmp_path):
-    env = {**stack.env, "REDIS_URL": other_db(stack.env["REDIS_URL"]), "JOB_KEY_PREFIX": f"counts{secrets.token_hex(3)}"}
+    env = {
+        **stack.env,
+        "REDIS_URL": other_db(stack.env["REDIS_URL"]),
+        "JOB_KEY_PREFIX": f"counts{secrets.token_hex(3)}",
+    }
     app = app_from_env(env)
     app.extensions["jobs"].store.redis.flushdb()
 
@@ -36,7 +40,14 @@ def test_counts_match_a_mixed_run(stack, tmp_path):
             stack.services.smtp.handler.plan(data["to"], "550 rejected")
             bad.append(add_email_job(data))
         delayed = [add_email_job(mail("later"), delay=120_000) for _ in range(2)]
-        assert get_job_counts("email") == {"waiting": 5, "delayed": 2, "active": 0, "completed": 0, "failed": 0, "paused": 0}
+        assert get_job_counts("email") == {
+            "waiting": 5,
+            "delayed": 2,
+            "active": 0,
+            "completed": 0,
+            "failed": 0,
+            "paused": 0,
+        }
 
         worker = start_worker(env, tmp_path / "worker.log", queues="email", concurrency=2)
         try:
@@ -48,11 +59,25 @@ def test_counts_match_a_mixed_run(stack, tmp_path):
             stop(worker)
         waiting = [add_email_job(mail("queued")) for _ in range(4)]
 
-        assert get_job_counts("email") == {"waiting": 4, "delayed": 2, "active": 0, "completed": 3, "failed": 2, "paused": 0}
+        assert get_job_counts("email") == {
+            "waiting": 4,
+            "delayed": 2,
+            "active": 0,
+            "completed": 3,
+            "failed": 2,
+            "paused": 0,
+        }
         assert {get_job(j.id).state for j in ok} == {"completed"}
         assert {get_job(j.id).state for j in bad} == {"failed"}
         assert {get_job(j.id).state for j in delayed} == {"delayed"}
         assert {get_job(j.id).state for j in waiting} == {"waiting"}
-        assert get_job_counts("payment") == {"waiting": 0, "delayed": 0, "active": 0, "completed": 0, "failed": 0, "paused": 0}
+        assert get_job_counts("payment") == {
+            "waiting": 0,
+            "delayed": 0,
+            "active": 0,
+            "completed": 0,
+            "failed": 0,
+            "paused": 0,
+        }
     app.extensions["jobs"].store.redis.flushdb()
     app.extensions["db"].engine.dispose()

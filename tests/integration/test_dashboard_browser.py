@@ -5,7 +5,6 @@ import os
 import re
 import shutil
 import threading
-from pathlib import Path
 
 import pytest
 from werkzeug.serving import make_server
@@ -41,8 +40,15 @@ def page(tmp_path):
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
             headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--disable-quic",
+            ],
         )
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         yield context.new_page()
@@ -50,7 +56,9 @@ def page(tmp_path):
         browser.close()
 
 
-def test_sign_in_see_counts_and_retry_a_failed_job_with_edited_data(app, client, stack, auth_headers, live_server, page):
+def test_sign_in_see_counts_and_retry_a_failed_job_with_edited_data(
+    app, client, stack, auth_headers, live_server, page
+):
     user = auth_headers("42")
     accepted = post_payment(client, user, create_ride(client, user), paymentMethod="pm_card_chargeCustomerFail")
     assert stack.wait_for_job(accepted["jobId"]).state == "failed"
@@ -92,7 +100,5 @@ def test_sign_in_see_counts_and_retry_a_failed_job_with_edited_data(app, client,
     page.goto(f"{live_server}/admin/")
     before = page.inner_text('tr[data-queue="payment"] [data-count="completed"]')
     post_payment(client, user, create_ride(client, user))
-    page.wait_for_function(
-        f"""() => document.querySelector('tr[data-queue="payment"] [data-count="completed"]').textContent !== '{before}'""",
-        timeout=15_000,
-    )
+    cell = 'tr[data-queue="payment"] [data-count="completed"]'
+    page.wait_for_function(f"""() => document.querySelector('{cell}').textContent !== '{before}'""", timeout=15_000)

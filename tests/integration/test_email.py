@@ -33,7 +33,11 @@ def test_welcome_email_arrives_with_text_and_html(app, client, stack):
     assert job.attempts == 1
     [received] = stack.services.smtp.handler.messages_to(to)
     assert received.message["Subject"] == "Welcome Ann!"
-    parts = {part.get_content_type(): part.get_payload(decode=True).decode() for part in received.message.walk() if not part.is_multipart()}
+    parts = {
+        part.get_content_type(): part.get_payload(decode=True).decode()
+        for part in received.message.walk()
+        if not part.is_multipart()
+    }
     assert "welcome to our ride-sharing service" in parts["text/plain"]
     assert "<h1>Welcome Ann!</h1>" in parts["text/html"]
     row = delivery(job_id)
@@ -45,9 +49,7 @@ def test_welcome_email_arrives_with_text_and_html(app, client, stack):
 def test_transient_smtp_reply_is_retried_after_the_backoff(app, stack):
     to = address()
     stack.services.smtp.handler.plan(to, "451 4.3.0 try again later")
-    job = add_email_job(
-        {"to": to, "subject": "Receipt", "text": "hello"}, backoff={"type": "fixed", "delay": 1500}
-    )
+    job = add_email_job({"to": to, "subject": "Receipt", "text": "hello"}, backoff={"type": "fixed", "delay": 1500})
     job = stack.wait_for_job(job.id)
 
     assert job.state == "completed"
@@ -64,7 +66,9 @@ def test_transient_smtp_reply_is_retried_after_the_backoff(app, stack):
 def test_permanent_smtp_reply_fails_at_once(app, stack):
     to = address()
     stack.services.smtp.handler.plan(to, "550 5.1.1 no such mailbox")
-    job = add_email_job({"to": to, "subject": "Receipt", "text": "hello"}, attempts=3, backoff={"type": "fixed", "delay": 100})
+    job = add_email_job(
+        {"to": to, "subject": "Receipt", "text": "hello"}, attempts=3, backoff={"type": "fixed", "delay": 100}
+    )
     job = stack.wait_for_job(job.id)
 
     assert job.state == "failed"
@@ -78,7 +82,9 @@ def test_permanent_smtp_reply_fails_at_once(app, stack):
 def test_transient_failures_stop_after_the_last_attempt(app, stack):
     to = address()
     stack.services.smtp.handler.plan(to, "421 busy", "421 busy", "421 busy")
-    job = add_email_job({"to": to, "subject": "Hi", "text": "hello"}, attempts=2, backoff={"type": "fixed", "delay": 100})
+    job = add_email_job(
+        {"to": to, "subject": "Hi", "text": "hello"}, attempts=2, backoff={"type": "fixed", "delay": 100}
+    )
     job = stack.wait_for_job(job.id)
 
     assert (job.state, job.attempts) == ("failed", 2)

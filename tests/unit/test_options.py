@@ -52,8 +52,19 @@ def test_backoff_parse(value, expected):
 
 @pytest.mark.parametrize(
     "value",
-    [-1, True, False, 1.5, "1000", None, [1000], {"type": "linear", "delay": 100},
-     {"type": "fixed", "delay": -1}, {"type": "fixed", "delay": 1.5}, {"type": "fixed", "delay": "100"}],
+    [
+        -1,
+        True,
+        False,
+        1.5,
+        "1000",
+        None,
+        [1000],
+        {"type": "linear", "delay": 100},
+        {"type": "fixed", "delay": -1},
+        {"type": "fixed", "delay": 1.5},
+        {"type": "fixed", "delay": "100"},
+    ],
 )
 def test_backoff_parse_rejects(value):
     with pytest.raises(ValueError, match="exponential"):
@@ -79,8 +90,14 @@ def test_none_means_not_given():
 def test_given_options_override_the_defaults_and_the_rest_stay():
     opts = resolve_options(
         DEFAULTS,
-        {"delay": 1000, "attempts": 5, "backoff": {"type": "fixed", "delay": 200}, "priority": 0,
-         "remove_on_complete": True, "remove_on_fail": {"age": 60, "count": 10}},
+        {
+            "delay": 1000,
+            "attempts": 5,
+            "backoff": {"type": "fixed", "delay": 200},
+            "priority": 0,
+            "remove_on_complete": True,
+            "remove_on_fail": {"age": 60, "count": 10},
+        },
     )
     assert opts == JobOptions(
         delay=1000,

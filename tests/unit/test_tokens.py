@@ -109,6 +109,9 @@ def test_expired_token_is_401_saying_so(app):
 def test_a_token_for_an_unknown_role_is_401(app):
     now = int(time.time())
     forged = jwt.encode({"sub": "42", "role": "root", "exp": now + 60}, SECRET, algorithm="HS256")
-    with app.test_request_context(headers={"Authorization": f"Bearer {forged}"}), pytest.raises(HTTPException) as caught:
+    with (
+        app.test_request_context(headers={"Authorization": f"Bearer {forged}"}),
+        pytest.raises(HTTPException) as caught,
+    ):
         principal_from_request()
     assert caught.value.data["message"] == "token has an unknown role"
