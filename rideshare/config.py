@@ -31,6 +31,12 @@ def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         # removeOnFail: 50); a job's own remove_on_complete/remove_on_fail wins.
         "JOB_KEEP_COMPLETED": _int(env, "JOB_KEEP_COMPLETED", 100),
         "JOB_KEEP_FAILED": _int(env, "JOB_KEEP_FAILED", 50),
+        # A job whose worker died is delivered again once its lease (timeout + 7 s) runs
+        # out; after this many such stalls it fails as a poison job.
+        "JOB_MAX_STALLS": _int(env, "JOB_MAX_STALLS", 2),
+        # A job waiting this long is published again, in case its message was lost
+        # (older copies are skipped by their delivery number).
+        "JOB_STALE_WAITING_MS": _int(env, "JOB_STALE_WAITING_MS", 300_000),
         "JOB_KEY_PREFIX": env.get("JOB_KEY_PREFIX", "rideshare"),
         "SMTP_HOST": env.get("SMTP_HOST", "127.0.0.1"),
         "SMTP_PORT": _int(env, "SMTP_PORT", 1025),

@@ -15,7 +15,7 @@ from rideshare.admin.models import AuditEntry
 from rideshare.db import get_db
 from rideshare.jobs.options import JobOptions
 from rideshare.jobs.queue import Job, QueueUnavailable, get_job, get_queue
-from rideshare.jobs.store import STATES, now_ms
+from rideshare.jobs.store import STATES
 
 log = logging.getLogger("rideshare.admin")
 
@@ -65,14 +65,14 @@ def _retry(job: Job, data: Mapping[str, Any] | None) -> Job:
         queue.validate(data)
     queue.task.on_manual_retry(job, dict(data) if data is not None else job.data)
     outcome = queue.store.retry(job.id, queue.name, data)
-    if outcome != "retried":
+    if not isinstance(outcome, int):
         raise JobStateConflict(job.id, outcome or "gone", "retry")
     retried = queue.store.get(job.id)
     try:
-        queue.publish(retried, JobOptions.from_dict(retried.opts), delay_ms=0)
+        queue.publish(retried.id, outcome, JobOptions.from_dict(retried.opts))
     except (KombuOperationalError, RedisError, OSError) as exc:
-        # Put it back where it was, so the failed job is not silently stuck in waiting.
-        queue.store.finish(retried, "failed", score=now_ms(), fields={"failedReason": job.failed_reason or ""})
+        # It stays waiting: the scheduler's sweep of waiting jobs whose message went
+        # missing publishes it once the broker is back.
         raise QueueUnavailable(f"broker unreachable: {exc}") from exc
     return retried
 

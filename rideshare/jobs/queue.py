@@ -2,7 +2,10 @@
 
 A Python mirror of the original design's ``utils/queue.js``. Adding a job
 stores it in the job store first, then publishes a Celery message that
-carries only the job id; the worker reads the data from the store.
+carries only the job id and its delivery number; the worker reads the data
+from the store. A delayed job (or a retry waiting on its backoff) is held in
+the job store, not in the broker, and published when it is due: no message
+waits out a delay inside a worker, where a broker redelivery could run it twice.
 """
 
 import logging
@@ -24,6 +27,11 @@ Job = JobRecord
 
 # Seconds between the soft time limit (the task sees an exception) and the hard kill.
 HARD_KILL_GRACE_S = 5.0
+# A running job's lease outlives its hard kill by this much; after that its worker
+# is taken for dead and the job is delivered again.
+LEASE_MARGIN_MS = 2_000
+# A delivery the broker refused is tried again after this long.
+RETRY_PUBLISH_MS = 1_000
 MAX_JOB_ID_LENGTH = 64
 
 
@@ -92,8 +100,14 @@ class JobQueue:
             if existing is not None:
                 return existing
             raise QueueUnavailable(f"job {job_id} vanished while it was being added")
+        if opts.delay:
+            log.info(
+                "job.created",
+                extra={"job_id": job_id, "queue": self.name, "task": self.task_name, "delay_ms": opts.delay},
+            )
+            return record  # published by a worker's scheduler when due
         try:
-            self.publish(record, opts)
+            self.publish(record.id, 1, opts)
         except (KombuOperationalError, RedisError, OSError) as exc:
             # Never leave a job the broker does not hold: undo the store write.
             try:
@@ -121,22 +135,54 @@ class JobQueue:
         if errors:
             raise InvalidJobData(errors)
 
-    def publish(self, record: JobRecord, opts: JobOptions, delay_ms: int | None = None) -> None:
-        """Send the job's message to the broker; it carries only the job id."""
+    def publish(self, job_id: str, seq: int, opts: JobOptions, producer: Any = None) -> None:
+        """Send one delivery of a job to the broker: the job id and its delivery number."""
         timeout_s = opts.timeout / 1000
-        delay = opts.delay if delay_ms is None else delay_ms
         self.celery.send_task(
             self.task_name,
-            args=[record.id],
-            task_id=record.id,
+            args=[job_id, seq],
+            task_id=job_id,
             queue=self.name,
             routing_key=self.name,
-            countdown=delay / 1000 if delay else None,
             priority=opts.priority,
             soft_time_limit=timeout_s,
             time_limit=timeout_s + HARD_KILL_GRACE_S,
             ignore_result=True,
+            producer=producer,
         )
+
+    @staticmethod
+    def lease_ms(opts: JobOptions) -> int:
+        """How long a started job may stay active before its worker is taken for dead."""
+        return int(opts.timeout + HARD_KILL_GRACE_S * 1000 + LEASE_MARGIN_MS)
+
+    def publish_many(self, deliveries: list[tuple[str, int]]) -> int:
+        """Publish (job id, delivery number) pairs; returns how many were sent."""
+        if not deliveries:
+            return 0
+        jobs = self.store.get_many([job_id for job_id, _ in deliveries])
+        done: list[str] = []
+        try:
+            with self.celery.producer_or_acquire() as producer:
+                for (job_id, seq), job in zip(deliveries, jobs, strict=True):
+                    if job is not None:
+                        opts = JobOptions.from_dict(job.opts)
+                        self.publish(job_id, seq, opts, producer=producer)
+                    done.append(job_id)
+        except (KombuOperationalError, RedisError, OSError):
+            # Hand the unsent ones back to the delayed set, due in a second, so the
+            # next scheduler tick tries again once the broker answers.
+            self.store.defer([job_id for job_id, _ in deliveries[len(done) :]], self.name, RETRY_PUBLISH_MS)
+            raise
+        return len(done)
+
+    def promote_due(self) -> int:
+        """Publish the delayed jobs (delays, retry backoffs) that are due; returns how many."""
+        return self.publish_many(self.store.promote(self.name))
+
+    def recover(self, max_stalls: int, stale_ms: int) -> int:
+        """Deliver again the jobs whose worker died, and waiting jobs whose message went missing."""
+        return self.publish_many(self.store.recover(self.name, max_stalls=max_stalls, stale_ms=stale_ms))
 
     def get_job(self, job_id: str) -> Job | None:
         """The job with this id if it belongs to this queue."""

@@ -10,6 +10,7 @@ Layout under a prefix P (default ``rideshare``):
 - ``P:<queue>:hist``: processing-time histogram buckets, with sum and count;
 - ``P:<queue>:durations``: the last 1,000 processing times (ms);
 - ``P:<queue>:tp:<completed|failed>:<10 s bucket>``: finishes per 10 s, kept 2 h;
+- ``P:<queue>:leases``: active job ids, scored by when their lease runs out;
 - ``P:workers``: a heartbeat per worker with the queues it consumes.
 
 A job moves between the sorted sets inside one Lua script, so the counts per
@@ -34,7 +35,11 @@ THROUGHPUT_BUCKET_MS = 10_000
 WORKER_TTL_MS = 30_000
 
 # Helpers shared by the scripts. KEYS: job, attempts, the five state sets,
-# metrics, histogram, durations, paused flag (see JobStore._keys).
+# metrics, histogram, durations, paused flag, leases (see JobStore._keys).
+#
+# Delivery: every message carries the job's delivery number ('seq'). Each
+# publish bumps it, so an older message for the same job (a broker
+# redelivery, a restored unacked message) no longer matches and is skipped.
 _LUA_COMMON = """
 local function remove_job(prefix, zset, id)
   redis.call('ZREM', zset, id)
@@ -62,26 +67,97 @@ return 1
 """
 )
 
-# Moves a job to 'active' and returns its fields; finished jobs come back unchanged,
-# and a job of a paused queue is left waiting ('paused').
-# ARGV: now, worker
+# Moves a job to 'active' under a lease and returns its fields. Finished jobs
+# come back unchanged; otherwise the answer is 'stale' (an older message),
+# 'paused' (the queue is paused), or 'leased' (another delivery of this same
+# message may still be running: the lease sweep takes it over if it died).
+# ARGV: now, worker, seq ('' = skip the check), lease_ms
 _LUA_START = (
     _LUA_COMMON
     + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return nil end
-if redis.call('EXISTS', KEYS[11]) == 1 and state ~= 'completed' and state ~= 'failed' then
-  return 'paused'
-end
 if state == 'completed' or state == 'failed' then
   return redis.call('HGETALL', KEYS[1])
 end
+if ARGV[3] ~= '' and ARGV[3] ~= redis.call('HGET', KEYS[1], 'seq') then return 'stale' end
+if redis.call('EXISTS', KEYS[11]) == 1 and state ~= 'active' then return 'paused' end
+local now = tonumber(ARGV[1])
+if state == 'active' and tonumber(redis.call('HGET', KEYS[1], 'leaseUntil') or 0) > now then
+  return 'leased'
+end
 local id = redis.call('HGET', KEYS[1], 'id')
 redis.call('ZREM', state_key(state), id)
-redis.call('ZADD', KEYS[5], ARGV[1], id)
+redis.call('ZADD', KEYS[5], now, id)
+local lease = now + tonumber(ARGV[4])
+redis.call('ZADD', KEYS[12], lease, id)
 redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'state', 'active', 'processedOn', ARGV[1], 'worker', ARGV[2])
+redis.call('HSET', KEYS[1], 'state', 'active', 'processedOn', now, 'worker', ARGV[2], 'leaseUntil', lease)
 return redis.call('HGETALL', KEYS[1])
+"""
+)
+
+# Due delayed jobs (delays and retry backoffs) become waiting, each with a new
+# delivery number for the message the caller then publishes.
+# ARGV: now, limit. Returns id, seq, id, seq, ...
+_LUA_PROMOTE = (
+    _LUA_COMMON
+    + """
+local out = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))) do
+  local job = KEYS[1] .. id
+  redis.call('ZREM', KEYS[4], id)
+  if redis.call('HGET', job, 'state') == 'delayed' then
+    redis.call('ZADD', KEYS[3], ARGV[1], id)
+    redis.call('HSET', job, 'state', 'waiting')
+    out[#out + 1] = id
+    out[#out + 1] = redis.call('HINCRBY', job, 'seq', 1)
+  end
+end
+return out
+"""
+)
+
+# Jobs whose lease ran out while active: their worker died (SIGKILL, OOM, a
+# lost host). Each goes back to waiting with a new delivery number, until it
+# has stalled more than max_stalls times; then it fails (a poison message).
+# Waiting jobs older than stale_ms get a new delivery number too, in case
+# their message was lost between the store and the broker.
+# ARGV: now, limit, max_stalls, stale_ms (-1 = skip). Returns id, seq, ... to publish.
+_LUA_RECOVER = (
+    _LUA_COMMON
+    + """
+local now, limit, max_stalls = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local out = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[12], '-inf', now, 'LIMIT', 0, limit)) do
+  local job = KEYS[1] .. id
+  redis.call('ZREM', KEYS[12], id)
+  if redis.call('HGET', job, 'state') == 'active' and tonumber(redis.call('HGET', job, 'leaseUntil') or 0) <= now then
+    redis.call('ZREM', KEYS[5], id)
+    local stalls = redis.call('HINCRBY', job, 'stalls', 1)
+    if stalls > max_stalls then
+      redis.call('ZADD', KEYS[7], now, id)
+      redis.call('HSET', job, 'state', 'failed', 'finishedAt', now,
+        'failedReason', 'stalled: its worker was lost ' .. stalls .. ' times (poison job?)')
+      redis.call('HINCRBY', KEYS[8], redis.call('HGET', job, 'queue') .. ':failed', 1)
+      redis.call('HINCRBY', job, 'seq', 1)
+    else
+      redis.call('ZADD', KEYS[3], now, id)
+      redis.call('HSET', job, 'state', 'waiting')
+      out[#out + 1] = id
+      out[#out + 1] = redis.call('HINCRBY', job, 'seq', 1)
+    end
+  end
+end
+local stale_ms = tonumber(ARGV[4])
+if stale_ms >= 0 and redis.call('EXISTS', KEYS[11]) == 0 then
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - stale_ms, 'LIMIT', 0, limit)) do
+    redis.call('ZADD', KEYS[3], now, id)
+    out[#out + 1] = id
+    out[#out + 1] = redis.call('HINCRBY', KEYS[1] .. id, 'seq', 1)
+  end
+end
+return out
 """
 )
 
@@ -100,9 +176,11 @@ local now, keep_count, keep_age = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber
 local queue, duration = ARGV[8], ARGV[9]
 local id = redis.call('HGET', KEYS[1], 'id')
 redis.call('ZREM', state_key(state), id)
+redis.call('ZREM', KEYS[12], id)
 local zset = state_key(target)
 redis.call('ZADD', zset, score, id)
 redis.call('HSET', KEYS[1], 'state', target)
+redis.call('HINCRBY', KEYS[1], 'seq', 1)
 for i = 11, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[7] ~= '' then redis.call('RPUSH', KEYS[2], ARGV[7]) end
 -- Metrics: counters, processing-time histogram and recent durations, throughput.
@@ -140,7 +218,8 @@ return state
 """
 )
 
-# Puts a failed job back to waiting, optionally with new data.
+# Puts a failed job back to waiting, optionally with new data; returns the new
+# delivery number, or the state the job is in instead.
 # ARGV: now, data ('' = keep)
 _LUA_RETRY = (
     _LUA_COMMON
@@ -151,9 +230,26 @@ if state ~= 'failed' then return state end
 local id = redis.call('HGET', KEYS[1], 'id')
 redis.call('ZREM', KEYS[7], id)
 redis.call('ZADD', KEYS[3], ARGV[1], id)
-redis.call('HSET', KEYS[1], 'state', 'waiting', 'failedReason', '', 'finishedAt', '')
+redis.call('HSET', KEYS[1], 'state', 'waiting', 'failedReason', '', 'finishedAt', '', 'stalls', 0)
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'data', ARGV[2]) end
-return 'retried'
+return redis.call('HINCRBY', KEYS[1], 'seq', 1)
+"""
+)
+
+# Waiting jobs whose message could not be published go back to delayed, due soon.
+# ARGV: due, ids...
+_LUA_DEFER = (
+    _LUA_COMMON
+    + """
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  if redis.call('HGET', KEYS[1] .. id, 'state') == 'waiting' then
+    redis.call('ZREM', KEYS[3], id)
+    redis.call('ZADD', KEYS[4], ARGV[1], id)
+    redis.call('HSET', KEYS[1] .. id, 'state', 'delayed')
+  end
+end
+return #ARGV - 1
 """
 )
 
@@ -256,6 +352,8 @@ class JobRecord:
     processed_on: int | None = None
     finished_at: int | None = None
     worker: str | None = None
+    seq: int = 0
+    stalls: int = 0
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -278,6 +376,8 @@ class JobRecord:
             processed_on=opt_int("processedOn"),
             finished_at=opt_int("finishedAt"),
             worker=raw.get("worker") or None,
+            seq=int(raw.get("seq") or 0),
+            stalls=int(raw.get("stalls") or 0),
         )
 
 
@@ -312,6 +412,9 @@ class JobStore:
         self._start = client.register_script(_LUA_START)
         self._finish = client.register_script(_LUA_FINISH)
         self._retry = client.register_script(_LUA_RETRY)
+        self._promote = client.register_script(_LUA_PROMOTE)
+        self._defer = client.register_script(_LUA_DEFER)
+        self._recover = client.register_script(_LUA_RECOVER)
         self._delete = client.register_script(_LUA_DELETE)
         self._clean = client.register_script(_LUA_CLEAN)
         self._discard = client.register_script(_LUA_DISCARD)
@@ -332,6 +435,7 @@ class JobStore:
             f"{q}:hist",
             f"{q}:durations",
             f"{q}:paused",
+            f"{q}:leases",
         ]
 
     # -- the life of one job -------------------------------------------------
@@ -347,6 +451,9 @@ class JobStore:
             "owner": record.owner or "",
             "attempts": 0,
             "createdAt": record.created_at,
+            # A waiting job is published at once as delivery 1; a delayed one gets its
+            # number when it is promoted.
+            "seq": 1 if record.state == "waiting" else 0,
         }
         flat = [v for kv in fields.items() for v in kv]
         keys = self._keys(record.id, record.queue)
@@ -365,16 +472,39 @@ class JobStore:
         """The attempt log of a job, oldest first."""
         return [json.loads(a) for a in self.redis.lrange(f"{self.prefix}:job:{job_id}:attempts", 0, -1)]
 
-    def start(self, job_id: str, queue: str, worker: str) -> JobRecord | str | None:
-        """Mark a job active and return it; a finished job comes back unchanged.
+    def start(
+        self, job_id: str, queue: str, worker: str, *, seq: int | None = None, lease_ms: int = 60_000
+    ) -> JobRecord | str | None:
+        """Mark a job active under a lease of lease_ms and return it.
 
-        Returns None for an unknown job and "paused" (leaving the job as it
-        was) while its queue is paused.
+        A finished job comes back unchanged. Otherwise the job is left as it is
+        and the answer is None (unknown job), "stale" (the message's delivery
+        number seq is not the job's latest), "paused" (its queue is paused) or
+        "leased" (this delivery may still be running elsewhere).
         """
-        raw = self._start(keys=self._keys(job_id, queue), args=[now_ms(), worker])
-        if raw == "paused":
-            return "paused"
+        raw = self._start(
+            keys=self._keys(job_id, queue), args=[now_ms(), worker, "" if seq is None else seq, lease_ms]
+        )
+        if isinstance(raw, str):
+            return raw
         return JobRecord.from_hash(_pairs(raw)) if raw else None
+
+    def promote(self, queue: str, limit: int = 500) -> list[tuple[str, int]]:
+        """Move due delayed jobs to waiting; returns (id, delivery number) pairs to publish."""
+        raw = self._promote(keys=self._keys("", queue), args=[now_ms(), limit])
+        return [(raw[i], int(raw[i + 1])) for i in range(0, len(raw), 2)]
+
+    def defer(self, job_ids: list[str], queue: str, delay_ms: int) -> None:
+        """Put waiting jobs whose message was not published back to delayed, due after delay_ms."""
+        if job_ids:
+            self._defer(keys=self._keys("", queue), args=[now_ms() + delay_ms, *job_ids])
+
+    def recover(
+        self, queue: str, *, max_stalls: int, stale_ms: int = -1, limit: int = 500
+    ) -> list[tuple[str, int]]:
+        """Requeue jobs whose worker died (or fail them past max_stalls); returns pairs to publish."""
+        raw = self._recover(keys=self._keys("", queue), args=[now_ms(), limit, max_stalls, stale_ms])
+        return [(raw[i], int(raw[i + 1])) for i in range(0, len(raw), 2)]
 
     def finish(
         self,
@@ -406,8 +536,8 @@ class JobStore:
             ],
         )
 
-    def retry(self, job_id: str, queue: str, data: Mapping[str, Any] | None = None) -> str | None:
-        """Move a failed job back to waiting: 'retried', the state it is in instead, or None."""
+    def retry(self, job_id: str, queue: str, data: Mapping[str, Any] | None = None) -> int | str | None:
+        """Move a failed job back to waiting: its new delivery number, the state it is in instead, or None."""
         return self._retry(keys=self._keys(job_id, queue), args=[now_ms(), _json(data) if data is not None else ""])
 
     def delete(self, job_id: str, queue: str) -> str | None:

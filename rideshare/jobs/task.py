@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Reject, SoftTimeLimitExceeded
+from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 from celery.worker.request import Request
 from flask import Flask, has_app_context
 from marshmallow import Schema
@@ -104,12 +104,20 @@ class JobTask(Task):
     def on_manual_retry(self, job: Job, data: dict[str, Any]) -> None:
         """Called before an operator's retry puts a failed job back in its queue."""
 
-    def __call__(self, job_id: str) -> Any:
+    def __call__(self, job_id: str, seq: int | None = None) -> Any:
         with self.app_context():
-            return self._run_job(get_queue(self.queue), job_id)
+            return self._run_job(get_queue(self.queue), job_id, seq)
 
-    def _run_job(self, queue: JobQueue, job_id: str) -> Any:
-        job = queue.store.start(job_id, queue.name, worker=self.request.hostname or "")
+    def _run_job(self, queue: JobQueue, job_id: str, seq: int | None) -> Any:
+        # The message's soft time limit is the job's timeout option.
+        soft_s = (self.request.timelimit or (None, None))[1]
+        lease_ms = queue.lease_ms(JobOptions(timeout=int(soft_s * 1000) if soft_s else queue.defaults.timeout))
+        job = queue.store.start(job_id, queue.name, worker=self.request.hostname or "", seq=seq, lease_ms=lease_ms)
+        if job in ("stale", "leased"):
+            # An older delivery (stale), or a copy of one that may still be running
+            # (leased): the job's latest delivery, or the lease sweep, runs it.
+            log.info("job.skipped_delivery", extra={"job_id": job_id, "queue": queue.name, "reason": job})
+            return None
         if job == "paused":
             # Hand the message back; the worker stops consuming a paused queue
             # within a poll interval, so it waits in the broker until resumed.
@@ -159,8 +167,8 @@ class JobTask(Task):
         if retryable and job.attempts < opts.attempts:
             wait_ms = opts.backoff.wait_ms(job.attempts)
             finished_at = now_ms()
-            # Record the retry before publishing it, so the new delivery cannot
-            # start and then be overwritten by this one's bookkeeping.
+            # The retry waits in the job store's delayed set; a worker's scheduler
+            # publishes it when due. This delivery ends here (and is acked).
             queue.store.finish(
                 job,
                 "delayed",
@@ -181,7 +189,8 @@ class JobTask(Task):
                     "data": mask(job.data),
                 },
             )
-            raise self.retry(exc=exc, countdown=wait_ms / 1000, max_retries=None, priority=opts.priority) from exc
+            # Retry, not self.retry(): nothing is re-sent, Celery and Flower just see RETRY.
+            raise Retry(reason, exc, when=wait_ms / 1000) from exc
         self.record_failure(queue, job, reason, tb, final=True, duration_ms=duration_ms)
 
     def record_failure(
