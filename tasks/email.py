@@ -3,6 +3,7 @@
 import smtplib
 
 from celery import shared_task
+from sqlalchemy.exc import OperationalError
 
 from rideshare.jobs.options import Backoff
 from rideshare.jobs.queue import Job
@@ -18,7 +19,8 @@ from rideshare.mail.service import mark_delivery_failed, send_email
     attempts=3,
     backoff=Backoff("exponential", 2000),
     # SMTP 4xx replies and dropped connections raise TransientJobError; 5xx is permanent.
-    retry_on=(smtplib.SMTPServerDisconnected,),
+    # OperationalError: the database that records deliveries is unreachable.
+    retry_on=(smtplib.SMTPServerDisconnected, OperationalError),
     data_schema=EmailJobSchema,
     on_final_failure=lambda task, job, reason: mark_delivery_failed(job, reason),
 )

@@ -8,6 +8,7 @@ the job store, not in the broker, and published when it is due: no message
 waits out a delay inside a worker, where a broker redelivery could run it twice.
 """
 
+import json
 import logging
 import uuid
 from collections.abc import Mapping
@@ -33,6 +34,8 @@ LEASE_MARGIN_MS = 2_000
 # A delivery the broker refused is tried again after this long.
 RETRY_PUBLISH_MS = 1_000
 MAX_JOB_ID_LENGTH = 64
+# Job data is kept whole in Redis; anything bigger belongs in SQL, passed by id.
+MAX_JOB_DATA_BYTES = 32 * 1024
 
 
 class QueueUnavailable(RuntimeError):
@@ -127,7 +130,13 @@ class JobQueue:
         return self.celery.tasks[self.task_name]
 
     def validate(self, data: Mapping[str, Any]) -> None:
-        """Check data against the task's schema; raises InvalidJobData naming each bad field."""
+        """Check data against the task's schema and size; raises InvalidJobData naming each bad field."""
+        try:
+            size = len(json.dumps(data, separators=(",", ":")).encode())
+        except (TypeError, ValueError) as exc:
+            raise InvalidJobData({"_data": [f"must be JSON-serialisable: {exc}"]}) from exc
+        if size > MAX_JOB_DATA_BYTES:
+            raise InvalidJobData({"_data": [f"is {size} bytes; the most a job takes is {MAX_JOB_DATA_BYTES}"]})
         schema = getattr(self.task, "data_schema", None)
         if schema is None:
             return

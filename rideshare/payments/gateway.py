@@ -29,19 +29,28 @@ def stripe_client() -> stripe.StripeClient:
     return client
 
 
-def charge(
+def create_intent(
     *, amount_minor: int, currency: str, payment_method: str, idempotency_key: str, metadata: dict[str, Any]
 ) -> stripe.PaymentIntent:
-    """Create and confirm a PaymentIntent; raises stripe.CardError on a decline."""
+    """Create a PaymentIntent without confirming it: nothing is charged yet."""
     return stripe_client().v1.payment_intents.create(
         params={
             "amount": amount_minor,
             "currency": currency.lower(),
             "payment_method": payment_method,
-            "confirm": True,
-            "metadata": metadata,
             # Cards only, confirmed server-side: nothing here can redirect a rider.
             "payment_method_types": ["card"],
+            "metadata": metadata,
         },
         options={"idempotency_key": idempotency_key},
     )
+
+
+def retrieve_intent(intent_id: str) -> stripe.PaymentIntent:
+    """Where a PaymentIntent stands now."""
+    return stripe_client().v1.payment_intents.retrieve(intent_id)
+
+
+def confirm_intent(intent_id: str, *, idempotency_key: str) -> stripe.PaymentIntent:
+    """Confirm (charge) a PaymentIntent; raises stripe.CardError on a decline."""
+    return stripe_client().v1.payment_intents.confirm(intent_id, options={"idempotency_key": idempotency_key})

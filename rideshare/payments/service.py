@@ -3,7 +3,7 @@
 import logging
 import secrets
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
 
 import stripe
 from sqlalchemy import delete
@@ -17,7 +17,7 @@ from rideshare.jobs.queue import (
     add_email_job,
     add_payment_job,
 )
-from rideshare.jobs.task import PermanentJobError
+from rideshare.jobs.task import PermanentJobError, TransientJobError
 from rideshare.payments import gateway
 from rideshare.payments.models import FAILED, PENDING, PROCESSING, SUCCEEDED, Payment, Receipt
 
@@ -83,7 +83,14 @@ def _summary(payment: Payment) -> dict[str, Any]:
 
 
 def charge_payment(payment_id: int) -> dict[str, Any]:
-    """Charge the payment once; a payment that already succeeded is never charged again."""
+    """Charge the payment once, however often this runs.
+
+    Two steps, each recorded before the next: create the PaymentIntent
+    (unconfirmed, so nothing is charged) and store its id, then confirm it.
+    A rerun after a crash finds the stored intent and asks Stripe how it
+    stands instead of creating another: no second charge even from a gateway
+    that ignores idempotency keys. The row's state guards the rest.
+    """
     db = get_db()
     with db.session() as session:
         payment = session.get(Payment, payment_id, with_for_update=True)
@@ -95,39 +102,65 @@ def charge_payment(payment_id: int) -> dict[str, Any]:
             raise PermanentJobError(f"payment {payment_id} already failed: {payment.failure_reason}")
         payment.status = PROCESSING
         payment.attempts += 1
-        charge_args = {
+        intent_id = payment.stripe_payment_intent_id
+        key = payment.idempotency_key
+        create_args = {
             "amount_minor": payment.amount_minor,
             "currency": payment.currency,
             "payment_method": payment.payment_method,
-            "idempotency_key": payment.idempotency_key,
-            "metadata": {"payment_id": str(payment.id), "ride_id": str(payment.ride_id)},
+            "idempotency_key": key,
+            "metadata": {
+                "payment_id": str(payment.id),
+                "ride_id": str(payment.ride_id),
+                "charge_round": str(payment.charge_round),
+            },
         }
-    try:
-        intent = gateway.charge(**charge_args)
-    except stripe.CardError as exc:
-        reason = f"card_declined: {exc.user_message or exc.code or 'declined'}"
-        mark_failed(payment_id, reason)
-        raise PermanentJobError(reason) from exc
+    if intent_id is None:
+        created = gateway.create_intent(**create_args)
+        with db.session() as session:
+            payment = session.get(Payment, payment_id, with_for_update=True)
+            if payment.stripe_payment_intent_id is None:
+                payment.stripe_payment_intent_id = created.id
+            intent_id = payment.stripe_payment_intent_id
+    intent = gateway.retrieve_intent(intent_id)
+    if intent.status == "requires_confirmation":
+        try:
+            intent = gateway.confirm_intent(intent_id, idempotency_key=f"{key}-confirm")
+        except stripe.CardError as exc:
+            _decline(payment_id, exc)
+        except stripe.InvalidRequestError:
+            # Confirmed meanwhile by another delivery: read where it stands.
+            intent = gateway.retrieve_intent(intent_id)
+    if intent.status == "requires_payment_method":
+        _decline(payment_id, None)
+    if intent.status == "processing":
+        raise TransientJobError(f"payment intent {intent.id} is still processing")
     if intent.status != "succeeded":
         reason = f"payment intent {intent.id} is {intent.status}"
         mark_failed(payment_id, reason)
         raise PermanentJobError(reason)
     with db.session() as session:
         payment = session.get(Payment, payment_id, with_for_update=True)
-        payment.status = SUCCEEDED
-        payment.stripe_payment_intent_id = intent.id
-        payment.failure_reason = None
-        session.add(
-            Receipt(
-                payment_id=payment.id,
-                number=f"RCPT-{payment.id:08d}",
-                amount=payment.amount,
-                currency=payment.currency,
-                stripe_payment_intent_id=intent.id,
+        if payment.status != SUCCEEDED:
+            payment.status = SUCCEEDED
+            payment.failure_reason = None
+            session.add(
+                Receipt(
+                    payment_id=payment.id,
+                    number=f"RCPT-{payment.id:08d}",
+                    amount=payment.amount,
+                    currency=payment.currency,
+                    stripe_payment_intent_id=intent.id,
+                )
             )
-        )
     log.info("payment.succeeded", extra={"payment_id": payment_id, "payment_intent": intent.id})
     return _send_receipt(payment_id)
+
+
+def _decline(payment_id: int, exc: stripe.CardError | None) -> NoReturn:
+    reason = "card_declined: " + ((exc and (exc.user_message or exc.code)) or "declined")
+    mark_failed(payment_id, reason)
+    raise PermanentJobError(reason) from exc
 
 
 def _send_receipt(payment_id: int) -> dict[str, Any]:
@@ -176,6 +209,7 @@ def reopen_for_retry(job: Job, data: dict[str, Any]) -> None:
         payment.status = PENDING
         payment.failure_reason = None
         payment.charge_round += 1
+        payment.stripe_payment_intent_id = None  # a new round, a new PaymentIntent
         if data.get("paymentMethod"):
             payment.payment_method = data["paymentMethod"]
 
