@@ -69,4 +69,4 @@ broker_transport_options = {
 }
 
 worker_max_tasks_per_child = int(os.environ.get("CELERY_MAX_TASKS_PER_CHILD", "1000"))
-imports = ("tasks.email", "tasks.analytics", "tasks.payment")
+imports = ("tasks.email", "tasks.analytics", "tasks.payment", "tasks.dead_letter")

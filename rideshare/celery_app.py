@@ -5,6 +5,7 @@ import importlib
 from celery import Celery
 from flask import Flask
 
+from rideshare.jobs import transport
 from rideshare.jobs.queue import JobQueue, JobService
 from rideshare.jobs.store import JobStore, Retention
 from rideshare.jobs.task import JobTask
@@ -13,6 +14,7 @@ from rideshare.jobs.worker import QueueControl
 
 def celery_init_app(app: Flask) -> Celery:
     """Build the Celery app from celeryconfig, register the tasks, and bind the job queues."""
+    transport.install()  # unreadable messages become dead letters, not a dead worker
     celery = Celery(app.name)
     celery.config_from_object("celeryconfig")
     # The broker follows the app's settings (defaults, env, .env, test config), so

@@ -482,9 +482,7 @@ class JobStore:
         number seq is not the job's latest), "paused" (its queue is paused) or
         "leased" (this delivery may still be running elsewhere).
         """
-        raw = self._start(
-            keys=self._keys(job_id, queue), args=[now_ms(), worker, "" if seq is None else seq, lease_ms]
-        )
+        raw = self._start(keys=self._keys(job_id, queue), args=[now_ms(), worker, "" if seq is None else seq, lease_ms])
         if isinstance(raw, str):
             return raw
         return JobRecord.from_hash(_pairs(raw)) if raw else None
@@ -499,9 +497,7 @@ class JobStore:
         if job_ids:
             self._defer(keys=self._keys("", queue), args=[now_ms() + delay_ms, *job_ids])
 
-    def recover(
-        self, queue: str, *, max_stalls: int, stale_ms: int = -1, limit: int = 500
-    ) -> list[tuple[str, int]]:
+    def recover(self, queue: str, *, max_stalls: int, stale_ms: int = -1, limit: int = 500) -> list[tuple[str, int]]:
         """Requeue jobs whose worker died (or fail them past max_stalls); returns pairs to publish."""
         raw = self._recover(keys=self._keys("", queue), args=[now_ms(), limit, max_stalls, stale_ms])
         return [(raw[i], int(raw[i + 1])) for i in range(0, len(raw), 2)]

@@ -98,7 +98,7 @@ def test_priority_queues_on_redis():
 
 
 def test_the_worker_imports_every_task_module():
-    assert set(celeryconfig.imports) == {"tasks.email", "tasks.analytics", "tasks.payment"}
+    assert set(celeryconfig.imports) == {"tasks.email", "tasks.analytics", "tasks.payment", "tasks.dead_letter"}
 
 
 # --- redis_url_from_env ------------------------------------------------------

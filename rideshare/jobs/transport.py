@@ -1,0 +1,71 @@
+"""Poison messages on the Redis transport: an unreadable message becomes a dead letter, not a crash.
+
+kombu's Redis channel decodes each message with a bare ``json.loads``; one
+payload that is not a kombu envelope (a stray LPUSH, a truncated write)
+raises inside the worker's event loop and stops the worker. Here such a
+payload is turned into a message for the ``rideshare.dead_letter`` task,
+which files it under ``<prefix>:deadletter`` and logs it, so every other
+job keeps flowing.
+"""
+
+import base64
+import json
+import uuid
+from typing import Any
+
+import kombu.transport.redis as kombu_redis
+
+DEAD_LETTER_TASK = "rideshare.dead_letter"
+EXCERPT_BYTES = 2000
+_original_loads = kombu_redis.loads
+
+
+def _dead_letter_envelope(raw: str, error: str) -> dict[str, Any]:
+    task_id = uuid.uuid4().hex
+    body = json.dumps([[raw[:EXCERPT_BYTES], error], {}, {"callbacks": None, "errbacks": None, "chain": None}])
+    return {
+        "body": base64.b64encode(body.encode()).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py",
+            "task": DEAD_LETTER_TASK,
+            "id": task_id,
+            "root_id": task_id,
+            "parent_id": None,
+            "group": None,
+            "retries": 0,
+            "eta": None,
+            "expires": None,
+            "timelimit": [None, None],
+            "argsrepr": "(<undecodable message>)",
+            "kwargsrepr": "{}",
+            "ignore_result": True,
+        },
+        "properties": {
+            "correlation_id": task_id,
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": ""},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+
+
+def tolerant_loads(text: str, *args: Any, **kwargs: Any) -> Any:
+    """kombu's loads, but a payload that is not a message envelope becomes a dead letter."""
+    try:
+        value = _original_loads(text, *args, **kwargs)
+    except (ValueError, TypeError) as exc:
+        return _dead_letter_envelope(str(text), f"not JSON: {exc}")
+    if isinstance(value, list):
+        return value  # the unacked-restore records are [message, exchange, routing_key]
+    if not isinstance(value, dict) or "properties" not in value or "body" not in value:
+        return _dead_letter_envelope(str(text), "not a message envelope")
+    return value
+
+
+def install() -> None:
+    """Make the Redis transport tolerant of poison payloads (idempotent)."""
+    kombu_redis.loads = tolerant_loads

@@ -1,0 +1,131 @@
+"""Workers killed mid-task: nothing lost, nothing charged twice, poison jobs bounded."""
+
+import random
+import signal
+import threading
+import time
+from decimal import Decimal
+
+import pytest
+import stripe
+
+from rideshare.db import get_db
+from rideshare.jobs import add_email_job
+from rideshare.payments.models import Payment
+from rideshare.payments.service import create_payment
+from rideshare.rides.models import Ride
+from tests.faults.conftest import children
+
+pytestmark = pytest.mark.faults
+
+
+def succeeded_charges(localstripe_url: str) -> dict[str, int]:
+    """Succeeded PaymentIntents per payment id, as localstripe holds them."""
+    client = stripe.StripeClient("sk_test_inspect", base_addresses={"api": localstripe_url})
+    counts: dict[str, int] = {}
+    for intent in client.v1.payment_intents.list(params={"limit": 100}).auto_paging_iter():
+        if intent.status == "succeeded":
+            key = intent.metadata.to_dict().get("payment_id")
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def test_sigkilled_payment_workers_lose_nothing_and_charge_once(rig):
+    rig.services.stripe.latency = 0.05  # each gateway call takes 50 ms, so kills land mid-task
+    with rig.app.app_context():
+        with get_db().session() as session:
+            ride = Ride(rider_id="42", driver_id="d-1", pickup="A", dropoff="B")
+            session.add(ride)
+        worker = rig.worker("payment", concurrency=4)
+        payments = [
+            create_payment(
+                user_id="42",
+                ride_id=ride.id,
+                amount=Decimal("10.00"),
+                currency="USD",
+                payment_method="pm_card_visa",
+                timeout=2000,
+            )
+            for _ in range(200)
+        ]
+        kills = 0
+        for _ in range(6):
+            time.sleep(0.6)
+            pool = children(worker.pid)
+            if pool:
+                import os
+
+                os.kill(random.choice(pool), signal.SIGKILL)
+                kills += 1
+        jobs = rig.wait_all([job.id for _, job in payments], timeout=120)
+
+        with get_db().session() as session:
+            rows = {p.id: p.status for p in session.query(Payment).all()}
+    charges = succeeded_charges(rig.services.localstripe_url)
+    states = [job.state for job in jobs]
+    print(
+        f"\nfault: payments={len(payments)} kills={kills} states={ {s: states.count(s) for s in set(states)} }"
+        f" charges={sum(charges.values())} double={sum(1 for c in charges.values() if c > 1)}"
+    )
+    assert kills >= 5
+    assert states.count("completed") == 200, "every payment job completes"
+    assert set(rows.values()) == {"succeeded"}
+    assert len(rows) == 200
+    assert charges == {str(pid): 1 for pid in rows}, "exactly one charge per payment"
+    assert rig.store.counts("payment")["active"] == 0
+
+
+def test_a_job_that_keeps_killing_its_worker_fails_after_bounded_deliveries(rig):
+    with rig.app.app_context():
+        worker = rig.worker("email", concurrency=1, JOB_MAX_STALLS="2")
+        data = {"to": "poison@example.com", "subject": "boom", "text": "x"}
+        rig.services.smtp.handler.plan(data["to"], ("stall", 30), ("stall", 30), ("stall", 30), ("stall", 30))
+        job = add_email_job(data, timeout=1000)
+        deliveries = 0
+        stop_at = time.monotonic() + 60
+        seen_attempt = 0
+
+        def killer() -> None:
+            nonlocal deliveries, seen_attempt
+            while time.monotonic() < stop_at:
+                current = rig.store.get(job.id)
+                if current is None or current.state == "failed":
+                    return
+                if current.state == "active" and current.attempts > seen_attempt:
+                    seen_attempt = current.attempts
+                    for pid in children(worker.pid):
+                        import os
+
+                        os.kill(pid, signal.SIGKILL)
+                    deliveries += 1
+                time.sleep(0.05)
+
+        thread = threading.Thread(target=killer)
+        thread.start()
+        [final] = rig.wait_all([job.id], timeout=70)
+        thread.join(5)
+    print(f"\nfault: poison job killed its worker {deliveries} times, then: {final.failed_reason}")
+    assert final.state == "failed"
+    assert final.failed_reason.startswith("stalled")
+    assert final.attempts == 3  # 1 + JOB_MAX_STALLS deliveries, then no more
+    assert rig.services.smtp.handler.messages_to(data["to"]) == []
+
+
+def test_sigterm_during_work_loses_and_duplicates_nothing(rig):
+    with rig.app.app_context():
+        worker = rig.worker("email", concurrency=4)
+        jobs = []
+        for i in range(60):
+            data = {"to": f"term-{i}-{rig.env['JOB_KEY_PREFIX']}@example.com", "subject": "s", "text": "t"}
+            rig.services.smtp.handler.plan(data["to"], ("stall", 0.3))
+            jobs.append(add_email_job(data))
+        time.sleep(1.0)
+        worker.send_signal(signal.SIGTERM)  # warm shutdown mid-stream
+        worker.wait(30)
+        replacement = rig.worker("email", concurrency=4)
+        final = rig.wait_all([j.id for j in jobs], timeout=60)
+    received = [len(rig.services.smtp.handler.messages_to(j.data["to"])) for j in jobs]
+    print(f"\nfault: SIGTERM with {len(jobs)} jobs in flight: sent once={received.count(1)}")
+    assert {j.state for j in final} == {"completed"}
+    assert received == [1] * len(jobs)
+    assert replacement.poll() is None
