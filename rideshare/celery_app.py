@@ -20,6 +20,8 @@ def celery_init_app(app: Flask) -> Celery:
     # The broker follows the app's settings (defaults, env, .env, test config), so
     # jobs are always published to the Redis whose job store recorded them.
     celery.conf.broker_url = app.config["BROKER_URL"] or app.config["REDIS_URL"]
+    if not celery.conf.broker_url.startswith("redis"):
+        celery.conf.broker_transport = None
     celery.conf.update(app.config.get("CELERY", {}))
     celery.flask_app = app  # JobTask enters this app's context around every job
     celery.set_default()

@@ -1,4 +1,6 @@
-"""Poison messages on the Redis transport: an unreadable message becomes a dead letter, not a crash.
+"""The Redis transport, hardened: poison messages and broker restarts no longer stop a worker.
+
+Poison messages: an unreadable message becomes a dead letter, not a crash.
 
 kombu's Redis channel decodes each message with a bare ``json.loads``; one
 payload that is not a kombu envelope (a stray LPUSH, a truncated write)
@@ -10,10 +12,12 @@ job keeps flowing.
 
 import base64
 import json
+import logging
 import uuid
 from typing import Any
 
 import kombu.transport.redis as kombu_redis
+from redis import exceptions as redis_exceptions
 
 DEAD_LETTER_TASK = "rideshare.dead_letter"
 EXCERPT_BYTES = 2000
@@ -69,3 +73,35 @@ def tolerant_loads(text: str, *args: Any, **kwargs: Any) -> Any:
 def install() -> None:
     """Make the Redis transport tolerant of poison payloads (idempotent)."""
     kombu_redis.loads = tolerant_loads
+
+
+class Channel(kombu_redis.Channel):
+    """Survives the broker going away and coming back.
+
+    When Redis dies, the worker drops its channel and reconnects with a new
+    one. kombu 5.7 then still uses the old channel twice: closing it tries
+    to hand unacked messages back, and a job that finishes afterwards acks
+    through it. Both build a Redis client from a connection that is gone and
+    raise AttributeError, which Celery treats as unrecoverable: the worker
+    exits. Here both raise a connection error instead, which kombu and
+    Celery log and survive. The messages concerned stay in Redis's unacked
+    set and come back by the visibility timeout as stale copies; the jobs
+    they carry are delivered again by the job store's lease sweep.
+    """
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        if self.connection is None or self.connection.client is None:
+            raise redis_exceptions.ConnectionError("channel belongs to a closed broker connection")
+        return super()._connparams(asynchronous=asynchronous)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except redis_exceptions.ConnectionError as exc:
+            logging.getLogger("rideshare.jobs").warning("broker.close_without_restore", extra={"error": str(exc)})
+
+
+class Transport(kombu_redis.Transport):
+    """kombu's Redis transport with the Channel above (broker_transport in celeryconfig)."""
+
+    Channel = Channel
