@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from flask import request
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 from sqlalchemy.orm import selectinload
@@ -10,7 +11,13 @@ from rideshare.auth import current_user, login_required
 from rideshare.db import get_db
 from rideshare.payments.models import Payment
 from rideshare.payments.schemas import PaymentAcceptedSchema, PaymentCreateSchema, PaymentSchema
-from rideshare.payments.service import UnknownRide, create_payment
+from rideshare.payments.service import (
+    IdempotencyConflict,
+    IdempotencyInProgress,
+    UnknownRide,
+    create_payment,
+    request_fingerprint,
+)
 
 blp = Blueprint("payments", __name__, description="Payments")
 
@@ -23,10 +30,25 @@ class Payments(MethodView):
     @blp.arguments(PaymentCreateSchema)
     @blp.response(202, PaymentAcceptedSchema)
     @blp.alt_response(503, description="The job could not be queued; nothing was stored")
+    @blp.doc(
+        parameters=[
+            {
+                "in": "header",
+                "name": "Idempotency-Key",
+                "required": False,
+                "schema": {"type": "string", "maxLength": 255},
+                "description": "Repeat a request safely: the same key and body return the first response",
+            }
+        ]
+    )
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Queue a payment for a ride; the payment worker charges it through Stripe."""
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and not (0 < len(key) <= 255):
+            abort(422, errors={"headers": {"Idempotency-Key": ["must be 1 to 255 characters"]}})
         try:
             payment, job = create_payment(
+                idempotency=(key, request_fingerprint(body)) if key else None,
                 user_id=current_user().id,
                 ride_id=body["rideId"],
                 amount=body["amount"],
@@ -35,6 +57,13 @@ class Payments(MethodView):
                 receipt_email=body.get("receiptEmail"),
                 payer_must_be_rider=not current_user().is_admin,
             )
+        except IdempotencyConflict:
+            abort(
+                422,
+                errors={"headers": {"Idempotency-Key": ["was used before with a different request body"]}},
+            )
+        except IdempotencyInProgress:
+            abort(409, message="a request with this Idempotency-Key is still in progress", headers={"Retry-After": "1"})
         except UnknownRide:
             abort(422, errors={"json": {"rideId": [f"ride {body['rideId']} does not exist or is not yours"]}})
         return {"message": "Payment queued successfully", "jobId": job.id, "paymentId": payment.id}

@@ -3,7 +3,7 @@
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import ForeignKey, Numeric, String
+from sqlalchemy import ForeignKey, Numeric, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from rideshare.db import Base, utcnow
@@ -59,3 +59,18 @@ class Receipt(Base):
     issued_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     payment: Mapped[Payment] = relationship(back_populates="receipt")
+
+
+class IdempotencyKey(Base):
+    """An Idempotency-Key a caller sent with POST /payments, and the payment it created."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("user_id", "key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(255))
+    # SHA-256 of the validated request body: the same key with another body is refused.
+    request_hash: Mapped[str] = mapped_column(String(64))
+    payment_id: Mapped[int | None] = mapped_column(ForeignKey("payments.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

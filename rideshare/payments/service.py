@@ -1,12 +1,16 @@
 """charge_payment: take a pending payment through Stripe, then write its receipt."""
 
+import hashlib
+import json
 import logging
 import secrets
+import time
 from decimal import Decimal
 from typing import Any, NoReturn
 
 import stripe
-from sqlalchemy import delete
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
 
 from rideshare.alerts import raise_alert
 from rideshare.db import get_db
@@ -16,16 +20,76 @@ from rideshare.jobs.queue import (
     QueueUnavailable,
     add_email_job,
     add_payment_job,
+    get_job,
 )
 from rideshare.jobs.task import PermanentJobError, TransientJobError
 from rideshare.payments import gateway
-from rideshare.payments.models import FAILED, PENDING, PROCESSING, SUCCEEDED, Payment, Receipt
+from rideshare.payments.models import (
+    FAILED,
+    PENDING,
+    PROCESSING,
+    SUCCEEDED,
+    IdempotencyKey,
+    Payment,
+    Receipt,
+)
+from rideshare.rides.models import Ride
 
 log = logging.getLogger("rideshare.payments")
 
 
 class UnknownRide(LookupError):
     """The payment names a ride that does not exist."""
+
+
+class IdempotencyConflict(ValueError):
+    """An Idempotency-Key was used before with a different request."""
+
+
+class IdempotencyInProgress(RuntimeError):
+    """The first request with this Idempotency-Key has not finished yet."""
+
+
+# How long a repeated request waits for the first one's job to be queued.
+REPLAY_WAIT_S = 5.0
+
+
+def request_fingerprint(body: dict[str, Any]) -> str:
+    """SHA-256 of a validated request body, independent of key order and number formatting."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def replay(user_id: str, key: str, fingerprint: str) -> tuple[Payment, Job] | None:
+    """The payment and job an earlier request with this key created, or None if there was none.
+
+    If that request is still between storing its payment and queueing its job,
+    wait for it (up to REPLAY_WAIT_S), then IdempotencyInProgress.
+    """
+    deadline = time.monotonic() + REPLAY_WAIT_S
+    while True:
+        found = _replay_once(user_id, key, fingerprint)
+        if found != "pending":
+            return found
+        if time.monotonic() > deadline:
+            raise IdempotencyInProgress(key)
+        time.sleep(0.05)
+
+
+def _replay_once(user_id: str, key: str, fingerprint: str) -> tuple[Payment, Job] | str | None:
+    with get_db().session() as session:
+        record = session.scalar(
+            select(IdempotencyKey).where(IdempotencyKey.user_id == user_id, IdempotencyKey.key == key)
+        )
+        if record is None:
+            return None
+        if record.request_hash != fingerprint:
+            raise IdempotencyConflict(key)
+        payment = session.get(Payment, record.payment_id) if record.payment_id else None
+    if payment is None:
+        return None  # the earlier request failed (it answered 503) and left nothing
+    job = get_job(payment.job_id)
+    return (payment, job) if job is not None else "pending"
 
 
 def create_payment(
@@ -37,13 +101,55 @@ def create_payment(
     payment_method: str,
     receipt_email: str | None = None,
     payer_must_be_rider: bool = True,
+    idempotency: tuple[str, str] | None = None,
     **job_options: Any,
 ) -> tuple[Payment, Job]:
-    """Store a pending payment and queue its charge; nothing is left behind if queueing fails."""
-    # Imported here: rides import nothing from payments, and payments need rides only to check.
-    from rideshare.rides.models import Ride
+    """Store a pending payment and queue its charge; nothing is left behind if queueing fails.
 
+    idempotency=(key, request fingerprint) records the key with the payment in
+    one transaction; a second request with that key gets the first one's payment.
+    """
+    # Imported here: rides import nothing from payments, and payments need rides only to check.
+
+    if idempotency is not None:
+        earlier = replay(user_id, *idempotency)
+        if earlier is not None:
+            return earlier
     db = get_db()
+    try:
+        payment = _insert_payment(
+            db, user_id, ride_id, amount, currency, payment_method, receipt_email, payer_must_be_rider, idempotency
+        )
+    except IntegrityError:
+        if idempotency is None:
+            raise
+        # A concurrent request with the same Idempotency-Key won the insert.
+        earlier = replay(user_id, *idempotency)
+        if earlier is None:
+            raise IdempotencyInProgress(idempotency[0]) from None
+        return earlier
+    # Queued only after the row is committed, so the worker always finds it.
+    try:
+        job = add_payment_job({"paymentId": payment.id}, job_id=payment.job_id, owner=user_id, **job_options)
+    except QueueUnavailable:
+        with db.session() as session:
+            session.execute(delete(IdempotencyKey).where(IdempotencyKey.payment_id == payment.id))
+            session.execute(delete(Payment).where(Payment.id == payment.id))
+        raise
+    return payment, job
+
+
+def _insert_payment(
+    db: Any,
+    user_id: str,
+    ride_id: int,
+    amount: Decimal,
+    currency: str,
+    payment_method: str,
+    receipt_email: str | None,
+    payer_must_be_rider: bool,
+    idempotency: tuple[str, str] | None,
+) -> Payment:
     with db.session() as session:
         ride = session.get(Ride, ride_id)
         # A rider pays for their own rides; an admin may pay for any (user_id=None skips the check).
@@ -61,14 +167,11 @@ def create_payment(
         session.flush()
         # Unique beyond this database's ids, so a reset database never meets old jobs.
         payment.job_id = f"payment-{payment.id}-{secrets.token_hex(4)}"
-    # Queued only after the row is committed, so the worker always finds it.
-    try:
-        job = add_payment_job({"paymentId": payment.id}, job_id=payment.job_id, owner=user_id, **job_options)
-    except QueueUnavailable:
-        with db.session() as session:
-            session.execute(delete(Payment).where(Payment.id == payment.id))
-        raise
-    return payment, job
+        if idempotency is not None:
+            session.add(
+                IdempotencyKey(user_id=user_id, key=idempotency[0], request_hash=idempotency[1], payment_id=payment.id)
+            )
+    return payment
 
 
 def _summary(payment: Payment) -> dict[str, Any]:
