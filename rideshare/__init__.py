@@ -8,7 +8,7 @@ from flask import Flask
 from flask_smorest import Api
 from werkzeug.exceptions import MethodNotAllowed
 
-from rideshare import cli
+from rideshare import cli, ratelimit
 from rideshare.celery_app import celery_init_app
 from rideshare.config import settings_from_env
 from rideshare.db import Database
@@ -36,6 +36,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     configure_logging()
 
     Database().init_app(app)
+    ratelimit.init_app(app)
     celery_init_app(app)
     cli.init_app(app)
 

@@ -53,6 +53,9 @@ def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "METRICS_TOKEN": env.get("METRICS_TOKEN", ""),
         # Set true behind HTTPS so the dashboard's session cookie is never sent in clear.
         "SESSION_COOKIE_SECURE": env.get("SESSION_COOKIE_SECURE", "false").lower() in ("1", "true", "yes"),
+        # Job-creating routes, per user and per IP (Flask-Limiter syntax).
+        "RATE_LIMIT_JOBS": env.get("RATE_LIMIT_JOBS", "120/minute"),
+        "RATELIMIT_ENABLED": env.get("RATELIMIT_ENABLED", "true").lower() not in ("0", "false", "no"),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 64 * 1024),
         "VAR_DIR": str(var_dir),
     }

@@ -25,6 +25,7 @@ from rideshare.admin.schemas import (
 from rideshare.auth import admin_required, current_user
 from rideshare.jobs import control
 from rideshare.jobs.queue import InvalidJobData, Job, get_job, get_queue
+from rideshare.ratelimit import job_limits
 
 blp = Blueprint("admin", __name__, url_prefix="/admin", description="Queue and job control (role admin)")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -112,7 +113,7 @@ class QueueJobs(MethodView):
 
 @blp.route("/queues/<string:queue>/retry-failed")
 class RetryFailed(MethodView):
-    decorators = [known_queue, admin_required]
+    decorators = [*job_limits, known_queue, admin_required]
 
     @blp.doc(**ADMIN_DOC)
     @blp.response(200, RetriedSchema)
@@ -187,7 +188,7 @@ class AdminJob(MethodView):
 
 @blp.route("/jobs/<string:job_id>/retry")
 class RetryJob(MethodView):
-    decorators = [admin_required]
+    decorators = [*job_limits, admin_required]
 
     @blp.doc(**ADMIN_DOC)
     @blp.arguments(RetryBodySchema, required=False)

@@ -10,13 +10,14 @@ from rideshare.auth import current_user, login_optional
 from rideshare.jobs.queue import add_email_job
 from rideshare.jobs.schemas import JobAcceptedSchema
 from rideshare.mail.schemas import WelcomeEmailSchema
+from rideshare.ratelimit import job_limits
 
 blp = Blueprint("mail", __name__, description="Email")
 
 
 @blp.route("/send-welcome-email")
 class WelcomeEmail(MethodView):
-    decorators = [login_optional]
+    decorators = [*job_limits, login_optional]
 
     @blp.arguments(WelcomeEmailSchema)
     @blp.response(202, JobAcceptedSchema)

@@ -18,13 +18,14 @@ from rideshare.payments.service import (
     create_payment,
     request_fingerprint,
 )
+from rideshare.ratelimit import job_limits
 
 blp = Blueprint("payments", __name__, description="Payments")
 
 
 @blp.route("/payments")
 class Payments(MethodView):
-    decorators = [login_required]
+    decorators = [*job_limits, login_required]
 
     @blp.doc(security=[{"bearerAuth": []}])
     @blp.arguments(PaymentCreateSchema)

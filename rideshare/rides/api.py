@@ -12,6 +12,7 @@ from rideshare.auth import current_user, login_required
 from rideshare.db import get_db, utcnow
 from rideshare.jobs.queue import QueueUnavailable, add_analytics_job
 from rideshare.jobs.schemas import JobAcceptedSchema
+from rideshare.ratelimit import job_limits
 from rideshare.rides.models import Ride
 from rideshare.rides.schemas import RideCompleteSchema, RideCreateSchema, RideSchema
 
@@ -40,7 +41,7 @@ class Rides(MethodView):
 
 @blp.route("/rides/<int(max=2147483647):ride_id>/complete")
 class CompleteRide(MethodView):
-    decorators = [login_required]
+    decorators = [*job_limits, login_required]
 
     @blp.doc(security=[{"bearerAuth": []}])
     @blp.arguments(RideCompleteSchema)
