@@ -7,6 +7,7 @@ from flask import Flask
 
 from rideshare.jobs import transport
 from rideshare.jobs.queue import JobQueue, JobService
+from rideshare.jobs.sealing import Sealer
 from rideshare.jobs.store import JobStore, Retention
 from rideshare.jobs.task import JobTask
 from rideshare.jobs.worker import QueueControl
@@ -29,7 +30,9 @@ def celery_init_app(app: Flask) -> Celery:
     for module in celery.conf.imports:
         importlib.import_module(module)
 
-    store = JobStore.from_url(app.config["REDIS_URL"], prefix=app.config["JOB_KEY_PREFIX"])
+    store = JobStore.from_url(
+        app.config["REDIS_URL"], prefix=app.config["JOB_KEY_PREFIX"], sealer=Sealer.from_config(app.config)
+    )
     retention = (
         Retention(count=app.config["JOB_KEEP_COMPLETED"]),
         Retention(count=app.config["JOB_KEEP_FAILED"]),

@@ -37,6 +37,9 @@ def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         # A job waiting this long is published again, in case its message was lost
         # (older copies are skipped by their delivery number).
         "JOB_STALE_WAITING_MS": _int(env, "JOB_STALE_WAITING_MS", 300_000),
+        # Fernet keys for sensitive job data, newest first (rotate by prepending); empty:
+        # derived from SECRET_KEY.
+        "JOB_DATA_KEYS": env.get("JOB_DATA_KEYS", ""),
         "JOB_KEY_PREFIX": env.get("JOB_KEY_PREFIX", "rideshare"),
         "SMTP_HOST": env.get("SMTP_HOST", "127.0.0.1"),
         "SMTP_PORT": _int(env, "SMTP_PORT", 1025),

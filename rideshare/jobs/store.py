@@ -27,6 +27,8 @@ from typing import Any
 
 import redis
 
+from rideshare.jobs.sealing import Sealer
+
 STATES = ("waiting", "delayed", "active", "completed", "failed")
 FINISHED = ("completed", "failed")
 # Upper bounds (seconds) of the processing-time histogram, as Prometheus expects.
@@ -405,9 +407,10 @@ def _json(value: Any) -> str:
 class JobStore:
     """Reads and moves jobs; every state change is one atomic script call."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "rideshare") -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "rideshare", sealer: Sealer | None = None) -> None:
         self.redis = client
         self.prefix = prefix
+        self.sealer = sealer
         self._create = client.register_script(_LUA_CREATE)
         self._start = client.register_script(_LUA_START)
         self._finish = client.register_script(_LUA_FINISH)
@@ -420,9 +423,18 @@ class JobStore:
         self._discard = client.register_script(_LUA_DISCARD)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "rideshare") -> "JobStore":
+    def from_url(cls, url: str, prefix: str = "rideshare", sealer: Sealer | None = None) -> "JobStore":
         client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
-        return cls(client, prefix)
+        return cls(client, prefix, sealer)
+
+    def _seal(self, data: Any) -> str:
+        return _json(self.sealer.seal(data) if self.sealer else data)
+
+    def _record(self, raw: Mapping[str, str]) -> JobRecord:
+        record = JobRecord.from_hash(raw)
+        if self.sealer:
+            record.data = self.sealer.unseal(record.data)
+        return record
 
     def _keys(self, job_id: str, queue: str) -> list[str]:
         job = f"{self.prefix}:job:{job_id}"
@@ -446,7 +458,7 @@ class JobStore:
             "id": record.id,
             "queue": record.queue,
             "name": record.name,
-            "data": _json(record.data),
+            "data": self._seal(record.data),
             "opts": _json(record.opts),
             "owner": record.owner or "",
             "attempts": 0,
@@ -466,7 +478,7 @@ class JobStore:
     def get(self, job_id: str) -> JobRecord | None:
         """The job with this id, or None if it was never created or has been removed."""
         raw = self.redis.hgetall(f"{self.prefix}:job:{job_id}")
-        return JobRecord.from_hash(raw) if raw else None
+        return self._record(raw) if raw else None
 
     def attempts(self, job_id: str) -> list[dict[str, Any]]:
         """The attempt log of a job, oldest first."""
@@ -485,7 +497,7 @@ class JobStore:
         raw = self._start(keys=self._keys(job_id, queue), args=[now_ms(), worker, "" if seq is None else seq, lease_ms])
         if isinstance(raw, str):
             return raw
-        return JobRecord.from_hash(_pairs(raw)) if raw else None
+        return self._record(_pairs(raw)) if raw else None
 
     def promote(self, queue: str, limit: int = 500) -> list[tuple[str, int]]:
         """Move due delayed jobs to waiting; returns (id, delivery number) pairs to publish."""
@@ -534,7 +546,9 @@ class JobStore:
 
     def retry(self, job_id: str, queue: str, data: Mapping[str, Any] | None = None) -> int | str | None:
         """Move a failed job back to waiting: its new delivery number, the state it is in instead, or None."""
-        return self._retry(keys=self._keys(job_id, queue), args=[now_ms(), _json(data) if data is not None else ""])
+        return self._retry(
+            keys=self._keys(job_id, queue), args=[now_ms(), self._seal(data) if data is not None else ""]
+        )
 
     def delete(self, job_id: str, queue: str) -> str | None:
         """Remove a job: 'deleted', 'active' if it is running (left alone), or None."""
@@ -601,7 +615,7 @@ class JobStore:
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
                 pipe.hgetall(f"{self.prefix}:job:{job_id}")
-            return [JobRecord.from_hash(raw) if raw else None for raw in pipe.execute()]
+            return [self._record(raw) if raw else None for raw in pipe.execute()]
 
     def activity(self, queue: str) -> QueueActivity:
         """Completed and failed jobs in the last minute and hour; mean and p95 of recent jobs."""

@@ -48,6 +48,19 @@ def test_retry_with_corrected_data_turns_a_failed_payment_into_a_succeeded_one(a
     again = client.post(f"/admin/jobs/{job.id}/retry", headers=admin)
     assert again.status_code == 409
 
+    # The new payment method is encrypted at rest: no plaintext in any Redis value.
+    store = app.extensions["jobs"].store
+    assert "pm_card_visa" not in store.redis.hget(f"{store.prefix}:job:{job.id}", "data")
+    assert store.get(job.id).data["paymentMethod"] == "pm_card_visa"
+    for key in store.redis.scan_iter(count=1000):
+        kind = store.redis.type(key)
+        values = {
+            "hash": lambda k: list(store.redis.hgetall(k).values()),
+            "list": lambda k: store.redis.lrange(k, 0, -1),
+            "string": lambda k: [store.redis.get(k)],
+        }.get(kind, lambda k: [])(key)
+        assert not any("pm_card_visa" in str(v) for v in values), key
+
 
 def test_job_detail_masks_data_and_shows_every_attempt(app, client, stack, auth_headers):
     data = mail()
