@@ -414,6 +414,7 @@ def test_payment_without_fields_names_amount_method_and_ride(client, stack, head
         ("currency", "US"),
         ("currency", "USDX"),
         ("currency", "U$D"),
+        ("currency", "ABC"),
         ("paymentMethod", "4242424242424242"),
         ("paymentMethod", "pm_"),
         ("paymentMethod", "pm_card visa"),
