@@ -52,5 +52,5 @@ def text(description: str, max_length: int, required: bool = True) -> fields.Str
     return fields.String(
         required=required,
         validate=[validate.Length(min=1, max=max_length), single_line],
-        metadata={"description": description},
+        metadata={"description": description, "pattern": r"^[^\x00-\x1f\x7f]+$"},
     )
