@@ -29,9 +29,6 @@ def redis_url_from_env(environ: os._Environ | dict = os.environ) -> str:
 QUEUES = ("email", "analytics", "payment")
 
 broker_url = os.environ.get("BROKER_URL") or redis_url_from_env()
-# On Redis, kombu's transport with two fixes (rideshare/jobs/transport.py): a worker
-# survives the broker restarting, and an unreadable message becomes a dead letter.
-broker_transport = "rideshare.jobs.transport:Transport" if broker_url.startswith("redis") else None
 broker_connection_retry_on_startup = True
 
 # Every queue is declared; a typo in a route must fail, not create a queue nobody consumes.

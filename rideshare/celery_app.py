@@ -15,14 +15,14 @@ from rideshare.jobs.worker import QueueControl
 
 def celery_init_app(app: Flask) -> Celery:
     """Build the Celery app from celeryconfig, register the tasks, and bind the job queues."""
-    transport.install()  # unreadable messages become dead letters, not a dead worker
+    # redis:// brokers get kombu's transport with two fixes: a worker survives the
+    # broker restarting, and an unreadable message becomes a dead letter.
+    transport.install()
     celery = Celery(app.name)
     celery.config_from_object("celeryconfig")
     # The broker follows the app's settings (defaults, env, .env, test config), so
     # jobs are always published to the Redis whose job store recorded them.
     celery.conf.broker_url = app.config["BROKER_URL"] or app.config["REDIS_URL"]
-    if not celery.conf.broker_url.startswith("redis"):
-        celery.conf.broker_transport = None
     celery.conf.update(app.config.get("CELERY", {}))
     celery.flask_app = app  # JobTask enters this app's context around every job
     celery.set_default()

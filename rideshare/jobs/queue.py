@@ -154,7 +154,8 @@ class JobQueue:
             queue=self.name,
             routing_key=self.name,
             priority=opts.priority,
-            soft_time_limit=timeout_s,
+            # The timeout itself is enforced inside the job (JobTask's own timer);
+            # the hard limit kills a job that ignores it.
             time_limit=timeout_s + HARD_KILL_GRACE_S,
             ignore_result=True,
             producer=producer,

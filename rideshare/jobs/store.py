@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from rideshare.jobs.sealing import Sealer
 
@@ -424,7 +426,15 @@ class JobStore:
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "rideshare", sealer: Sealer | None = None) -> "JobStore":
-        client = redis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+        # Fail fast when Redis is away: a job's bookkeeping must not outlast its timeout.
+        client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            health_check_interval=30,
+            socket_connect_timeout=2,
+            socket_timeout=10,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+        )
         return cls(client, prefix, sealer)
 
     def _seal(self, data: Any) -> str:

@@ -2,9 +2,12 @@
 
 import json
 import logging
+import signal
+import threading
 import time
 import traceback
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from celery import Task
@@ -15,7 +18,7 @@ from marshmallow import Schema
 
 from rideshare.jobs.masking import mask
 from rideshare.jobs.options import Backoff, JobOptions
-from rideshare.jobs.queue import Job, JobQueue, get_queue
+from rideshare.jobs.queue import HARD_KILL_GRACE_S, Job, JobQueue, get_queue
 from rideshare.jobs.store import FINISHED, now_ms
 
 log = logging.getLogger("rideshare.jobs")
@@ -31,8 +34,42 @@ class TransientJobError(Exception):
     """An error worth another attempt after the backoff."""
 
 
+class JobTimeout(Exception):
+    """The job ran past its timeout option."""
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise JobTimeout in the job's code once seconds have passed.
+
+    Our own SIGALRM timer, armed only around the job's code, instead of
+    Celery's soft time limit: that one is a signal the pool sends whenever
+    the limit falls, and if it lands while the pool process is writing a
+    result to its parent the pipe is left torn and the worker exits
+    (billiard UnpicklingError). The hard time limit stays as a backstop.
+    Only in a process's main thread (the prefork pool); elsewhere the hard
+    limit alone applies.
+    """
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise JobTimeout(f"ran past its timeout of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def describe(exc: BaseException) -> str:
     """A one-line failure reason for the job record."""
+    if isinstance(exc, JobTimeout):
+        return f"timeout: {exc}"
     if isinstance(exc, SoftTimeLimitExceeded):
         return "timeout: job ran past its time limit"
     if isinstance(exc, PermanentJobError | TransientJobError) and str(exc):
@@ -47,7 +84,7 @@ class JobRequest(Request):
     def on_timeout(self, soft: bool, timeout: float) -> None:
         super().on_timeout(soft, timeout)
         if soft:
-            return  # the task itself sees SoftTimeLimitExceeded and records it
+            return  # the job's own timer (time_limit) raises JobTimeout inside it
         task: JobTask = self.task
         with task.app_context():
             queue = get_queue(task.queue)
@@ -109,9 +146,10 @@ class JobTask(Task):
             return self._run_job(get_queue(self.queue), job_id, seq)
 
     def _run_job(self, queue: JobQueue, job_id: str, seq: int | None) -> Any:
-        # The message's soft time limit is the job's timeout option.
-        soft_s = (self.request.timelimit or (None, None))[1]
-        lease_ms = queue.lease_ms(JobOptions(timeout=int(soft_s * 1000) if soft_s else queue.defaults.timeout))
+        # The message's hard time limit is the job's timeout option plus the grace.
+        hard_s = (self.request.timelimit or (None, None))[0]
+        timeout_ms = int((hard_s - HARD_KILL_GRACE_S) * 1000) if hard_s else queue.defaults.timeout
+        lease_ms = queue.lease_ms(JobOptions(timeout=timeout_ms))
         job = queue.store.start(job_id, queue.name, worker=self.request.hostname or "", seq=seq, lease_ms=lease_ms)
         if job in ("stale", "leased"):
             # An older delivery (stale), or a copy of one that may still be running
@@ -135,7 +173,8 @@ class JobTask(Task):
         )
         started = time.perf_counter()
         try:
-            result = self.run(job)
+            with time_limit(timeout_ms / 1000):
+                result = self.run(job)
         except Exception as exc:
             self._handle_error(queue, job, exc, started)
             raise
@@ -161,7 +200,7 @@ class JobTask(Task):
         tb = "".join(traceback.format_exception(exc))[-4000:]
         opts = JobOptions.from_dict(job.opts)
         retryable = not isinstance(exc, PermanentJobError) and isinstance(
-            exc, (TransientJobError, SoftTimeLimitExceeded, *self.retry_on)
+            exc, (TransientJobError, JobTimeout, SoftTimeLimitExceeded, *self.retry_on)
         )
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
         if retryable and job.attempts < opts.attempts:

@@ -17,6 +17,7 @@ import uuid
 from typing import Any
 
 import kombu.transport.redis as kombu_redis
+from kombu.transport import TRANSPORT_ALIASES
 from redis import exceptions as redis_exceptions
 
 DEAD_LETTER_TASK = "rideshare.dead_letter"
@@ -71,8 +72,13 @@ def tolerant_loads(text: str, *args: Any, **kwargs: Any) -> Any:
 
 
 def install() -> None:
-    """Make the Redis transport tolerant of poison payloads (idempotent)."""
+    """Use the hardened transport for redis:// brokers (idempotent).
+
+    By alias rather than by broker_transport, so broker URLs keep their
+    redis:// scheme, which Flower and other tools read.
+    """
     kombu_redis.loads = tolerant_loads
+    TRANSPORT_ALIASES["redis"] = "rideshare.jobs.transport:Transport"
 
 
 class Channel(kombu_redis.Channel):
@@ -102,6 +108,6 @@ class Channel(kombu_redis.Channel):
 
 
 class Transport(kombu_redis.Transport):
-    """kombu's Redis transport with the Channel above (broker_transport in celeryconfig)."""
+    """kombu's Redis transport with the Channel above (installed for redis:// by install())."""
 
     Channel = Channel
