@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -21,7 +22,15 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from devstack.processes import free_port, port_open, start_python, start_redis, stop, wait_for_port
+from devstack.processes import (
+    free_port,
+    port_open,
+    redis_server_binary,
+    start_python,
+    start_redis,
+    stop,
+    wait_for_port,
+)
 from rideshare import create_app
 from rideshare.auth import issue_token
 from rideshare.cli import upgrade_database
@@ -36,24 +45,35 @@ POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgre
 TEST_REDIS_DB = "14"
 
 
+# The suite's own Redis requires a password with characters that need quoting in a
+# URL, so every client (API, job store, rate limiter, workers, Flower) is shown to
+# honour REDIS_PASSWORD on every run.
+TEST_REDIS_PASSWORD = "test/pass@word:1"
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Redis for the broker and the job store: configured, local, or started here."""
+    """A Redis for the broker and the job store: TEST_REDIS_URL, else one started here with a password."""
     if os.environ.get("TEST_REDIS_URL"):
         yield os.environ["TEST_REDIS_URL"]
         return
-    if port_open("127.0.0.1", 6379):
-        yield f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"
+    try:
+        redis_server_binary()
+    except RuntimeError:
+        if not port_open("127.0.0.1", 6379):
+            raise
+        yield f"redis://127.0.0.1:6379/{TEST_REDIS_DB}"  # no binary to start one: the local server
         return
     port = free_port()
-    proc = start_redis(tmp_path_factory.mktemp("redis"), port)
+    proc = start_redis(tmp_path_factory.mktemp("redis"), port, password=TEST_REDIS_PASSWORD)
     try:
-        yield f"redis://127.0.0.1:{port}/{TEST_REDIS_DB}"
+        yield f"redis://:{quote(TEST_REDIS_PASSWORD, safe='')}@127.0.0.1:{port}/{TEST_REDIS_DB}"
     finally:
         stop(proc)
 
 
-def _postgres_database() -> Iterator[str]:
+def postgres_database() -> Iterator[str]:
+    """A database of its own on the configured PostgreSQL (its URL), dropped afterwards; skips without one."""
     admin_url = POSTGRES_URL.replace("+psycopg", "")
     try:
         admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
@@ -74,7 +94,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'rideshare.sqlite3'}"
     else:
-        yield from _postgres_database()
+        yield from postgres_database()
 
 
 @dataclass

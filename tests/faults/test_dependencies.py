@@ -3,8 +3,8 @@
 import secrets
 import time
 from decimal import Decimal
+from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
 import pytest
 
 from devstack.processes import free_port
@@ -14,7 +14,7 @@ from rideshare.jobs import add_analytics_job, add_email_job
 from rideshare.payments.models import Payment
 from rideshare.payments.service import create_payment
 from rideshare.rides.models import Ride
-from tests.conftest import POSTGRES_URL, app_from_env
+from tests.conftest import app_from_env, postgres_database
 from tests.support.tcp_proxy import TCPProxy
 
 pytestmark = pytest.mark.faults
@@ -22,25 +22,13 @@ pytestmark = pytest.mark.faults
 
 @pytest.fixture
 def postgres_behind_a_proxy(rig):
-    """A database of our own on the machine's PostgreSQL, reached through a path the test can cut."""
-    admin_url = POSTGRES_URL.replace("+psycopg", "")
-    try:
-        admin = psycopg.connect(admin_url, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable: {exc}")
-    name = f"rideshare_fault_{secrets.token_hex(4)}"
-    admin.execute(f'CREATE DATABASE "{name}"')
-    host_port = POSTGRES_URL.split("@", 1)[1].split("/", 1)[0]
-    host, port = host_port.rsplit(":", 1)
-    proxy = TCPProxy(free_port(), (host, int(port)))
-    try:
+    """A database of our own on the configured PostgreSQL, reached through a path the test can cut."""
+    for url in postgres_database():
+        direct = urlsplit(url)
+        proxy = TCPProxy(free_port(), (direct.hostname, direct.port or 5432))
         with proxy:
-            user = POSTGRES_URL.split("://", 1)[1].split("@", 1)[0]
-            url = f"postgresql+psycopg://{user}@127.0.0.1:{proxy.port}/{name}?connect_timeout=2"
-            yield proxy, url
-    finally:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+            user = f"{direct.username}@" if direct.username else ""
+            yield proxy, urlunsplit(direct._replace(netloc=f"{user}127.0.0.1:{proxy.port}", query="connect_timeout=2"))
 
 
 def test_database_outage_during_tasks_retries_then_completes(rig, postgres_behind_a_proxy):
