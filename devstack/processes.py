@@ -129,3 +129,57 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15.
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def start_celery_worker(
+    env: dict[str, str],
+    log: Path,
+    *,
+    app: str = "tasks",
+    queues: str = "email,analytics,payment",
+    concurrency: int = 4,
+    pool: str = "prefork",
+    name: str | None = None,
+    cwd: Path | None = None,
+    timeout: float = 60.0,
+) -> subprocess.Popen:
+    """A real `celery -A app worker` process, returned once it says it is ready."""
+    import secrets
+
+    node = name or f"test-{secrets.token_hex(3)}@%h"
+    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                app,
+                "worker",
+                "-Q",
+                queues,
+                "-c",
+                str(concurrency),
+                "--pool",
+                pool,
+                "-n",
+                node,
+                "--loglevel",
+                "INFO",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            cwd=cwd,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        if " ready." in log.read_text(errors="replace"):
+            return proc
+        time.sleep(0.1)
+    stop(proc)
+    raise TimeoutError(f"worker not ready after {timeout} s:\n{log.read_text()[-3000:]}")

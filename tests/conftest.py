@@ -7,7 +7,6 @@ their usual loopback ports are used; otherwise the tests start their own.
 import os
 import secrets
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ from devstack.processes import (
     free_port,
     port_open,
     redis_server_binary,
+    start_celery_worker,
     start_python,
     start_redis,
     stop,
@@ -185,42 +185,8 @@ def start_worker(
     concurrency: int = 4,
     name: str | None = None,
 ) -> subprocess.Popen:
-    """A real `celery -A tasks worker` process, waited on until it is ready."""
-    node = name or f"test-{secrets.token_hex(3)}@%h"
-    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "tasks",
-                "worker",
-                "-Q",
-                queues,
-                "-c",
-                str(concurrency),
-                "-n",
-                node,
-                "--loglevel",
-                "INFO",
-                "--without-mingle",
-                "--without-gossip",
-            ],
-            cwd=REPO,
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        if " ready." in log.read_text(errors="replace"):
-            return proc
-        time.sleep(0.1)
-    stop(proc)
-    raise TimeoutError(f"worker not ready after 60 s:\n{log.read_text()[-3000:]}")
+    """A real `celery -A tasks worker` process from the repo root, waited on until it is ready."""
+    return start_celery_worker(env, log, queues=queues, concurrency=concurrency, name=name, cwd=REPO)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,337 @@
+"""The benchmark suite: one command, every figure measured against a baseline in the same run.
+
+    bash scripts/run-bench.sh [--quick]
+
+(a) API enqueue vs GET /healthz on the same gunicorn; (b) drain of CPU-light
+jobs through the full path vs a bare Celery no-op task; (c) I/O-bound email
+jobs (SMTP answers after 100 ms) per pool vs Little's-law ceiling; (d)
+enqueue-to-start latency; (e) memory. Writes docs/benchmarks.md and
+docs/benchmarks.png. Everything runs on loopback and stops by itself.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from devstack.processes import free_port, start_celery_worker, start_redis, stop, wait_for_port
+
+ROOT = Path(__file__).resolve().parent.parent
+SMTP_LATENCY_S = 0.1
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children, MB."""
+    total = 0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return round(total / 1024, 1)
+
+
+def start_delays(store: Any, jobs: list[Any]) -> list[float]:
+    """Milliseconds from each job's creation to the start of its first attempt."""
+    found = store.get_many([job.id for job in jobs])
+    return [job.processed_on - job.created_at for job in found if job is not None and job.processed_on]
+
+
+def percentile(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return round(values[min(len(values) - 1, int(p * len(values)))], 2) if values else 0.0
+
+
+class Bench:
+    def __init__(self, quick: bool) -> None:
+        self.quick = quick
+        self.tmp = Path(tempfile.mkdtemp(prefix="rideshare-bench-"))
+        port = free_port()
+        self.redis_proc = start_redis(self.tmp / "redis", port)
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+        self.redis = redis.Redis.from_url(self.redis_url)
+        self.smtp_port = free_port()
+        self.env = {
+            "REDIS_URL": self.redis_url,
+            "DATABASE_URL": f"sqlite:///{self.tmp / 'bench.sqlite3'}",
+            "RIDESHARE_VAR_DIR": str(self.tmp),
+            "SECRET_KEY": "bench-secret-key-of-at-least-thirty-two-bytes",
+            "RATELIMIT_ENABLED": "false",
+            "LOG_LEVEL": "WARNING",
+            "JOB_KEY_PREFIX": "bench",
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(self.smtp_port),
+        }
+        os.environ.update(self.env)
+        self.results: dict[str, Any] = {
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+        }
+        self.procs: list[subprocess.Popen] = []
+
+    def close(self) -> None:
+        for proc in self.procs:
+            stop(proc)
+        stop(self.redis_proc)
+
+    def worker(
+        self, app: str, *, pool: str = "prefork", concurrency: int = 2, env: dict | None = None
+    ) -> subprocess.Popen:
+        log = self.tmp / f"worker-{secrets.token_hex(3)}.log"
+        proc = start_celery_worker(
+            {**self.env, **(env or {})},
+            log,
+            app=app,
+            queues="analytics,email",
+            concurrency=concurrency,
+            pool=pool,
+            cwd=ROOT,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def retire(self, proc: subprocess.Popen) -> None:
+        stop(proc)
+        self.procs.remove(proc)
+
+    # (b) CPU-light drain -----------------------------------------------------------
+
+    def drain(self) -> None:
+        n = 3000 if self.quick else 20000
+        self.redis.flushdb()
+        from bench import bare
+
+        started = time.perf_counter()
+        for _ in range(n):
+            bare.noop.apply_async(queue="analytics")
+        bare_enqueue = n / (time.perf_counter() - started)
+        worker = self.worker("bench.bare")
+        started = time.perf_counter()
+        while int(self.redis.get("bench:bare:done") or 0) < n:
+            time.sleep(0.02)
+        bare_drain = n / (time.perf_counter() - started)
+        self.retire(worker)
+
+        self.redis.flushdb()
+        from bench.full import flask_app, noop_queue
+
+        with flask_app.app_context():
+            queue = noop_queue()
+            started = time.perf_counter()
+            for _ in range(n):
+                queue.add({})
+            full_enqueue = n / (time.perf_counter() - started)
+            worker = self.worker("bench.full")
+            idle_rss = rss_mb(worker.pid)
+            started = time.perf_counter()
+            while queue.store.metrics().get("analytics:completed", 0) < n:
+                time.sleep(0.02)
+            full_drain = n / (time.perf_counter() - started)
+            busy_rss = rss_mb(worker.pid)
+            # (d) enqueue-to-start latency, light load then a burst
+            # Kept after they complete (remove_on_complete=False), so their times can be read.
+            light = []
+            for _ in range(200):
+                light.append(queue.add({}, remove_on_complete=False))
+                time.sleep(0.01)
+            time.sleep(1)
+            burst = [queue.add({}, remove_on_complete=False) for _ in range(2000)]
+            deadline = time.monotonic() + 60
+            while queue.store.metrics().get("analytics:completed", 0) < n + 2200 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            light_ms = start_delays(queue.store, light)
+            burst_ms = start_delays(queue.store, burst)
+            self.retire(worker)
+            # (e) job-store memory per 10,000 retained jobs (broker lists left out)
+            self.redis.flushdb()
+            before = self.redis.info("memory")["used_memory"]
+            for _ in range(10_000):
+                queue.add({"to": "rider@example.com", "subject": "Your receipt", "text": "Thanks for riding."})
+            for key in self.redis.scan_iter("analytics*"):
+                self.redis.delete(key)
+            store_mb = (self.redis.info("memory")["used_memory"] - before) / 1e6
+        self.results["drain"] = {
+            "jobs": n,
+            "bare_enqueue": round(bare_enqueue),
+            "full_enqueue": round(full_enqueue),
+            "bare_drain": round(bare_drain),
+            "full_drain": round(full_drain),
+            "ratio": round(full_drain / bare_drain, 2),
+        }
+        self.results["latency"] = {
+            "light_p50": percentile(light_ms, 0.5),
+            "light_p99": percentile(light_ms, 0.99),
+            "burst_p50": percentile(burst_ms, 0.5),
+            "burst_p99": percentile(burst_ms, 0.99),
+        }
+        self.results["memory"] = {
+            "worker_idle_mb": idle_rss,
+            "worker_busy_mb": busy_rss,
+            "store_mb_per_10k": round(store_mb, 2),
+        }
+
+    # (c) I/O-bound drain -------------------------------------------------------------
+
+    def io_bound(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        class SlowSink:
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+                await asyncio.sleep(SMTP_LATENCY_S)
+                return "250 OK"
+
+        controller = Controller(SlowSink(), hostname="127.0.0.1", port=self.smtp_port)
+        controller.start()
+        rows = []
+        try:
+            for pool, concurrency in [("prefork", 2), ("prefork", 8), ("threads", 16), ("threads", 64)]:
+                self.redis.flushdb()
+                ceiling = concurrency / SMTP_LATENCY_S
+                n = int(max(100, min(ceiling * (4 if self.quick else 8), 4000)))
+                from rideshare import create_app
+
+                app = create_app()
+                with app.app_context():
+                    from rideshare.cli import upgrade_database
+                    from rideshare.jobs import add_email_job
+
+                    upgrade_database()
+                    for i in range(n):
+                        add_email_job({"to": f"r{i}@example.com", "subject": "s", "text": "t"}, remove_on_complete=True)
+                    worker = self.worker("tasks", pool=pool, concurrency=concurrency)
+                    started = time.perf_counter()
+                    store = app.extensions["jobs"].store
+                    deadline = time.monotonic() + 300
+                    while store.metrics().get("email:completed", 0) < n and time.monotonic() < deadline:
+                        time.sleep(0.02)
+                    rate = store.metrics().get("email:completed", 0) / (time.perf_counter() - started)
+                    self.retire(worker)
+                app.extensions["db"].engine.dispose()
+                rows.append(
+                    {
+                        "pool": pool,
+                        "concurrency": concurrency,
+                        "jobs": n,
+                        "rate": round(rate, 1),
+                        "ceiling": ceiling,
+                        "ratio": round(rate / ceiling, 2),
+                    }
+                )
+        finally:
+            controller.stop()
+        self.results["io"] = rows
+
+    # (a) API enqueue ----------------------------------------------------------------
+
+    def api(self) -> None:
+        self.redis.flushdb()
+        from rideshare import create_app
+        from rideshare.auth import issue_token
+        from rideshare.cli import upgrade_database
+
+        app = create_app()
+        with app.app_context():
+            upgrade_database()
+            token = issue_token("42", ttl_seconds=3600)
+        port = free_port()
+        gunicorn = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "rideshare:create_app()",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "2",
+                "--threads",
+                "8",
+                "--no-control-socket",
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        self.procs.append(gunicorn)
+        wait_for_port("127.0.0.1", port, timeout=30, proc=gunicorn)
+        base = f"http://127.0.0.1:{port}"
+        client = app.test_client()
+        ride = client.post(
+            "/rides",
+            json={"riderId": "42", "driverId": "d", "pickup": "A", "dropoff": "B"},
+            headers={"Authorization": f"Bearer {token}"},
+        ).json["id"]
+        seconds = "3" if self.quick else "8"
+
+        def load(path: str, method: str = "GET", body: dict | None = None) -> dict:
+            args = [
+                sys.executable,
+                "-m",
+                "bench.loadgen",
+                base + path,
+                "--method",
+                method,
+                "--seconds",
+                seconds,
+                "--connections",
+                "16",
+                "--header",
+                f"Authorization: Bearer {token}",
+            ]
+            if body is not None:
+                args += ["--json", json.dumps(body)]
+            return json.loads(subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+
+        healthz = load("/healthz")
+        welcome = load("/send-welcome-email", "POST", {"email": "a@example.com", "name": "Ann"})
+        payment = load("/payments", "POST", {"amount": "10.00", "paymentMethod": "pm_card_visa", "rideId": ride})
+        self.retire(gunicorn)
+        app.extensions["db"].engine.dispose()
+        self.results["api"] = {
+            "healthz": healthz,
+            "welcome": welcome,
+            "payment": payment,
+            "welcome_ratio": round(welcome["rps"] / healthz["rps"], 2),
+            "payment_ratio": round(payment["rps"] / healthz["rps"], 2),
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer jobs and shorter runs")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    args = parser.parse_args()
+    bench = Bench(args.quick)
+    try:
+        for name in ("drain", "io_bound", "api"):
+            print(f"[bench] {name} ...", flush=True)
+            getattr(bench, name)()
+            print(json.dumps(bench.results, indent=1), flush=True)
+    finally:
+        bench.close()
+    from bench.report import write_report
+
+    write_report(bench.results, args.out)
+    print(f"[bench] wrote {args.out / 'benchmarks.md'}")
+
+
+if __name__ == "__main__":
+    main()
