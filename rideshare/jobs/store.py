@@ -22,7 +22,7 @@ import json
 import math
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -358,7 +358,6 @@ class JobRecord:
     worker: str | None = None
     seq: int = 0
     stalls: int = 0
-    extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_hash(cls, raw: Mapping[str, str]) -> "JobRecord":
