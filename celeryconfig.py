@@ -31,8 +31,19 @@ QUEUES = ("email", "analytics", "payment")
 broker_url = os.environ.get("BROKER_URL") or redis_url_from_env()
 broker_connection_retry_on_startup = True
 
+
+def task_queues_for(url: str) -> tuple[Queue, ...]:
+    """The three queues; on RabbitMQ the payment queue is a quorum queue (replicated, durable)."""
+    rabbit = url.startswith(("amqp", "pyamqp"))
+
+    def arguments(name: str) -> dict[str, str] | None:
+        return {"x-queue-type": "quorum"} if rabbit and name == "payment" else None
+
+    return tuple(Queue(name, Exchange(name), routing_key=name, queue_arguments=arguments(name)) for name in QUEUES)
+
+
 # Every queue is declared; a typo in a route must fail, not create a queue nobody consumes.
-task_queues = tuple(Queue(name, Exchange(name), routing_key=name) for name in QUEUES)
+task_queues = task_queues_for(broker_url)
 task_create_missing_queues = False
 task_default_queue = "analytics"
 task_routes = {f"{name}.*": {"queue": name, "routing_key": name} for name in QUEUES}

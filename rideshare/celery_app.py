@@ -5,6 +5,7 @@ import importlib
 from celery import Celery
 from flask import Flask
 
+import celeryconfig
 from rideshare.jobs import transport
 from rideshare.jobs.queue import JobQueue, JobService
 from rideshare.jobs.sealing import Sealer
@@ -20,10 +21,15 @@ def celery_init_app(app: Flask) -> Celery:
     transport.install()
     celery = Celery(app.name)
     celery.config_from_object("celeryconfig")
-    # The broker follows the app's settings (defaults, env, .env, test config), so
-    # jobs are always published to the Redis whose job store recorded them.
+    # The broker follows the app's settings (defaults, env, .env, test config): by
+    # default the Redis whose job store records the jobs; BROKER_URL may name another
+    # broker (RabbitMQ), the job store staying in Redis.
     celery.conf.broker_url = app.config["BROKER_URL"] or app.config["REDIS_URL"]
     celery.conf.update(app.config.get("CELERY", {}))
+    # Queues as this broker wants them (a quorum queue for payments on RabbitMQ).
+    celery.conf.task_queues = celeryconfig.task_queues_for(celery.conf.broker_url)
+    if not celery.conf.broker_url.startswith("redis"):
+        celery.conf.broker_transport_options = {}  # the Redis transport's options mean nothing elsewhere
     celery.flask_app = app  # JobTask enters this app's context around every job
     celery.set_default()
     celery.steps["consumer"].add(QueueControl)

@@ -1,0 +1,93 @@
+"""RabbitMQ as the broker (BROKER_URL=amqp://...), the job store staying in Redis.
+
+Each run gets a vhost of its own, so its queues meet no other test's workers.
+Skipped where no RabbitMQ answers on 127.0.0.1:5672 or rabbitmqctl is missing.
+"""
+
+import secrets
+import shutil
+import subprocess
+import time
+from decimal import Decimal
+
+import pytest
+
+from devstack.processes import port_open, stop
+from rideshare.cli import upgrade_database
+from rideshare.db import get_db
+from rideshare.jobs import add_email_job
+from rideshare.payments.service import create_payment
+from rideshare.rides.models import Ride
+from tests.conftest import app_from_env, start_worker
+from tests.integration.test_counts import other_db
+
+pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
+
+
+@pytest.fixture
+def rabbit_vhost():
+    if not port_open("127.0.0.1", 5672) or shutil.which("rabbitmqctl") is None:
+        pytest.skip("no RabbitMQ with rabbitmqctl on this machine")
+    vhost = f"rideshare-test-{secrets.token_hex(3)}"
+    ctl = ["rabbitmqctl", "-q"]
+    subprocess.run([*ctl, "add_vhost", vhost], check=True, timeout=60, capture_output=True)
+    subprocess.run(
+        [*ctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True, timeout=60, capture_output=True
+    )
+    try:
+        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    finally:
+        subprocess.run([*ctl, "delete_vhost", vhost], timeout=60, capture_output=True)
+
+
+def test_jobs_run_over_rabbitmq_with_a_quorum_payment_queue(stack, rabbit_vhost, tmp_path):
+    env = {
+        **stack.env,
+        "BROKER_URL": rabbit_vhost,
+        "REDIS_URL": other_db(stack.env["REDIS_URL"]),
+        "JOB_KEY_PREFIX": f"rabbit{secrets.token_hex(3)}",
+    }
+    app = app_from_env(env, CELERY={"broker_url": rabbit_vhost})
+    store = app.extensions["jobs"].store
+    store.redis.flushdb()
+    worker = None
+    try:
+        with app.app_context():
+            upgrade_database()
+            [payment_queue] = [q for q in app.extensions["celery"].conf.task_queues if q.name == "payment"]
+            assert payment_queue.queue_arguments == {"x-queue-type": "quorum"}
+            worker = start_worker(env, tmp_path / "worker.log")
+            with get_db().session() as session:
+                ride = Ride(rider_id="42", driver_id="d", pickup="A", dropoff="B")
+                session.add(ride)
+            _, charge = create_payment(
+                user_id="42", ride_id=ride.id, amount=Decimal("9.00"), currency="USD", payment_method="pm_card_visa"
+            )
+            now = add_email_job({"to": f"{env['JOB_KEY_PREFIX']}-a@example.com", "subject": "s", "text": "t"})
+            later = add_email_job(
+                {"to": f"{env['JOB_KEY_PREFIX']}-b@example.com", "subject": "s", "text": "t"}, delay=1500
+            )
+            retried_data = {"to": f"{env['JOB_KEY_PREFIX']}-c@example.com", "subject": "s", "text": "t"}
+            stack.services.smtp.handler.plan(retried_data["to"], "451 later")
+            retried = add_email_job(retried_data, backoff={"type": "fixed", "delay": 300})
+            ids = [charge.id, now.id, later.id, retried.id]
+            deadline = time.monotonic() + 60
+            while any(j is None or j.state != "completed" for j in store.get_many(ids)):
+                assert time.monotonic() < deadline, [(j.id, j.state) for j in store.get_many(ids) if j]
+                time.sleep(0.1)
+            final = {j.id: j for j in store.get_many(ids)}
+        listed = subprocess.run(
+            ["rabbitmqctl", "-q", "list_queues", "-p", rabbit_vhost.rsplit("/", 1)[1], "name", "type"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+        assert "payment\tquorum" in listed, listed
+        assert final[later.id].processed_on - final[later.id].created_at >= 1500
+        assert final[retried.id].attempts == 2
+        assert final[charge.id].result["status"] == "succeeded"
+    finally:
+        if worker is not None:
+            stop(worker)
+        store.redis.flushdb()
+        app.extensions["db"].engine.dispose()
