@@ -79,5 +79,7 @@ broker_transport_options = {
     "sep": ":",
 }
 
+# Recycle pool processes now and then, so a slow leak in a library cannot grow for ever.
 worker_max_tasks_per_child = int(os.environ.get("CELERY_MAX_TASKS_PER_CHILD", "1000"))
+worker_max_memory_per_child = int(os.environ.get("CELERY_MAX_MEMORY_PER_CHILD_KB", "262144"))
 imports = ("tasks.email", "tasks.analytics", "tasks.payment", "tasks.dead_letter")
