@@ -69,7 +69,7 @@ class Bench:
         self.smtp_port = free_port()
         self.env = {
             "REDIS_URL": self.redis_url,
-            "DATABASE_URL": f"sqlite:///{self.tmp / 'bench.sqlite3'}",
+            "DATABASE_URL": self.database_url(),
             "RIDESHARE_VAR_DIR": str(self.tmp),
             "SECRET_KEY": "bench-secret-key-of-at-least-thirty-two-bytes",
             "RATELIMIT_ENABLED": "false",
@@ -79,15 +79,36 @@ class Bench:
             "SMTP_PORT": str(self.smtp_port),
         }
         os.environ.update(self.env)
-        self.results: dict[str, Any] = {
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-        }
+        database = "PostgreSQL" if self.env["DATABASE_URL"].startswith("postgresql") else "SQLite"
+        machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {database}"
+        self.results: dict[str, Any] = {"machine": machine}
         self.procs: list[subprocess.Popen] = []
+
+    def database_url(self) -> str:
+        """PostgreSQL (a database of its own) when BENCH_POSTGRES_URL or the local one answers, else SQLite.
+
+        SQLite serialises writers, which caps the I/O-bound and payment figures long
+        before the job service does.
+        """
+        self.pg_admin = None
+        base = os.environ.get("BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+        try:
+            import psycopg
+
+            self.pg_admin = psycopg.connect(base.replace("+psycopg", ""), autocommit=True, connect_timeout=3)
+        except Exception:  # noqa: BLE001 - any failure means: no PostgreSQL here
+            return f"sqlite:///{self.tmp / 'bench.sqlite3'}"
+        self.pg_name = f"rideshare_bench_{secrets.token_hex(3)}"
+        self.pg_admin.execute(f'CREATE DATABASE "{self.pg_name}"')
+        return base.rsplit("/", 1)[0] + f"/{self.pg_name}"
 
     def close(self) -> None:
         for proc in self.procs:
             stop(proc)
         stop(self.redis_proc)
+        if self.pg_admin is not None:
+            self.pg_admin.execute(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
+            self.pg_admin.close()
 
     def worker(
         self, app: str, *, pool: str = "prefork", concurrency: int = 2, env: dict | None = None
