@@ -266,31 +266,6 @@ def start_services(stack: Stack, env: dict[str, str], var_dir: Path) -> list[str
     return lines
 
 
-def warn_if_job_store_outlived_database(env: dict[str, str], var_dir: Path) -> None:
-    """Warn when a new SQLite database meets a job store that still holds jobs.
-
-    Job ids such as payment-1 and ride-completed-1 come from SQL row ids: adding one
-    that already exists returns the old job and queues nothing.
-    """
-    if env.get("DATABASE_URL") or (var_dir / "rideshare.sqlite3").exists():
-        return
-    import redis
-
-    prefix = env.get("JOB_KEY_PREFIX") or "rideshare"
-    try:
-        client = redis.Redis.from_url(env["REDIS_URL"], socket_timeout=2)
-        stale = next(iter(client.scan_iter(match=f"{prefix}:job:*", count=1000)), None)
-    except redis.RedisError:
-        return
-    if stale is not None:
-        say(
-            f"warning: the database is new but {redact(env['REDIS_URL'])} still holds "
-            f"{prefix}:* jobs from an earlier one; ids like payment-1 would collide with them. "
-            f"Clear them (redis-cli --scan --pattern '{prefix}:*' | xargs redis-cli del) "
-            "or use another REDIS_DB or JOB_KEY_PREFIX."
-        )
-
-
 def migrate(env: dict[str, str]) -> None:
     """flask --app rideshare db upgrade, before the API and the workers start."""
     say("migrating the database schema")
@@ -362,7 +337,6 @@ def run() -> int:
         _free_or_fail(api_port, "the API", "set PORT")
         _free_or_fail(flower_port, "Flower", "set FLOWER_PORT")
         lines = start_services(stack, env, var_dir)
-        warn_if_job_store_outlived_database(env, var_dir)
         migrate(env)
         start_app(stack, env, api_port)
         wait_until_listening(stack, [api_port, flower_port])

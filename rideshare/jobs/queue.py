@@ -103,14 +103,9 @@ class JobQueue:
             if existing is not None:
                 return existing
             raise QueueUnavailable(f"job {job_id} vanished while it was being added")
-        if opts.delay:
-            log.info(
-                "job.created",
-                extra={"job_id": job_id, "queue": self.name, "task": self.task_name, "delay_ms": opts.delay},
-            )
-            return record  # published by a worker's scheduler when due
         try:
-            self.publish(record.id, 1, opts)
+            if not opts.delay:  # a delayed job is published by a worker's scheduler when due
+                self.publish(record.id, 1, opts)
         except (KombuOperationalError, RedisError, OSError) as exc:
             # Never leave a job the broker does not hold: undo the store write.
             try:

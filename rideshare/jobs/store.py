@@ -401,7 +401,8 @@ def _pairs(raw: Iterable[str]) -> dict[str, str]:
     return dict(zip(items[0::2], items[1::2], strict=True))
 
 
-def _json(value: Any) -> str:
+def to_json(value: Any) -> str:
+    """Compact JSON, as the job store keeps values (anything else as its str)."""
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
@@ -437,7 +438,7 @@ class JobStore:
         return cls(client, prefix, sealer)
 
     def _seal(self, data: Any) -> str:
-        return _json(self.sealer.seal(data) if self.sealer else data)
+        return to_json(self.sealer.seal(data) if self.sealer else data)
 
     def _record(self, raw: Mapping[str, str]) -> JobRecord:
         record = JobRecord.from_hash(raw)
@@ -468,7 +469,7 @@ class JobStore:
             "queue": record.queue,
             "name": record.name,
             "data": self._seal(record.data),
-            "opts": _json(record.opts),
+            "opts": to_json(record.opts),
             "owner": record.owner or "",
             "attempts": 0,
             "createdAt": record.created_at,
@@ -545,7 +546,7 @@ class JobStore:
                 now_ms(),
                 retention.count,
                 retention.age_ms,
-                _json(attempt) if attempt else "",
+                to_json(attempt) if attempt else "",
                 record.queue,
                 "" if duration_ms is None else duration_ms,
                 histogram_field(duration_ms or 0),
@@ -665,7 +666,7 @@ class JobStore:
 
     def heartbeat(self, worker: str, info: Mapping[str, Any]) -> None:
         """Record that worker is alive and which queues it consumes."""
-        self.redis.hset(f"{self.prefix}:workers", worker, _json({**info, "lastSeen": now_ms()}))
+        self.redis.hset(f"{self.prefix}:workers", worker, to_json({**info, "lastSeen": now_ms()}))
 
     def workers(self) -> dict[str, dict[str, Any]]:
         """Workers seen in the last 30 s, with their queues; stale entries are dropped."""

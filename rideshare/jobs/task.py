@@ -1,6 +1,5 @@
 """JobTask: the Celery task base that runs a stored job and records its whole life."""
 
-import json
 import logging
 import signal
 import threading
@@ -19,7 +18,7 @@ from marshmallow import Schema
 from rideshare.jobs.masking import mask
 from rideshare.jobs.options import Backoff, JobOptions
 from rideshare.jobs.queue import HARD_KILL_GRACE_S, Job, JobQueue, get_queue
-from rideshare.jobs.store import FINISHED, now_ms
+from rideshare.jobs.store import FINISHED, now_ms, to_json
 
 log = logging.getLogger("rideshare.jobs")
 
@@ -187,7 +186,7 @@ class JobTask(Task):
             retention=queue.retention_for(job, "completed"),
             attempt=self._attempt(job, finished_at, duration_ms),
             duration_ms=duration_ms,
-            fields={"result": _json(result), "finishedAt": finished_at, "failedReason": ""},
+            fields={"result": to_json(result), "finishedAt": finished_at, "failedReason": ""},
         )
         log.info(
             "job.completed",
@@ -271,7 +270,3 @@ class JobTask(Task):
             "error": error or None,
             "traceback": tb or None,
         }
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), default=str)

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import current_app
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from rideshare.db import get_db, utcnow
 from rideshare.jobs.queue import Job
@@ -70,9 +71,14 @@ def _deliver(msg: EmailMessage) -> str:
     return reply
 
 
+def _delivery(session: Session, job_id: str) -> EmailDelivery | None:
+    """The delivery row of one email job."""
+    return session.scalar(select(EmailDelivery).where(EmailDelivery.job_id == job_id))
+
+
 def _record(job_id: str, **values: Any) -> EmailDelivery:
     with get_db().session() as session:
-        delivery = session.scalar(select(EmailDelivery).where(EmailDelivery.job_id == job_id))
+        delivery = _delivery(session, job_id)
         for name, value in values.items():
             setattr(delivery, name, value)
         return delivery
@@ -82,7 +88,7 @@ def send_email(job: Job) -> dict[str, Any]:
     """Send the job's message once; a message the server already accepted is not sent again."""
     data = job.data
     with get_db().session() as session:
-        delivery = session.scalar(select(EmailDelivery).where(EmailDelivery.job_id == job.id))
+        delivery = _delivery(session, job.id)
         if delivery is None:
             delivery = EmailDelivery(job_id=job.id, to_addr=data["to"], subject=data["subject"][:200], attempts=0)
             session.add(delivery)
@@ -116,7 +122,7 @@ def send_email(job: Job) -> dict[str, Any]:
 def mark_delivery_failed(job: Job, reason: str) -> None:
     """Record that a delivery has failed for good."""
     with get_db().session() as session:
-        delivery = session.scalar(select(EmailDelivery).where(EmailDelivery.job_id == job.id))
+        delivery = _delivery(session, job.id)
         if delivery is not None and delivery.status != SENT:
             delivery.status = FAILED
             delivery.last_reply = reason[:500]
