@@ -59,9 +59,13 @@ result_accept_content = ["json"]
 task_ignore_result = True
 result_backend = None
 
-# Events feed Flower.
-worker_send_task_events = True
-task_send_sent_event = True
+# Task events feed Flower. Workers send them only once someone watches: Flower turns
+# them on in every worker when it starts and every 5 s after (its --enable_events),
+# since sending three events per job costs a quarter of a worker's throughput
+# (docs/benchmarks.md). CELERY_TASK_EVENTS=true sends them from the start.
+worker_send_task_events = os.environ.get("CELERY_TASK_EVENTS", "false").lower() in ("1", "true", "yes")
+# The publisher's "task-sent" event, so Flower lists jobs still waiting in the broker.
+task_send_sent_event = os.environ.get("CELERY_SENT_EVENTS", "true").lower() in ("1", "true", "yes")
 
 # Ack after the work is done, and hand a job back if its worker dies.
 task_acks_late = True

@@ -1,8 +1,9 @@
 """The Celery app, bound to the Flask app in one place."""
 
 import importlib
+from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 from flask import Flask
 
 import celeryconfig
@@ -33,6 +34,7 @@ def celery_init_app(app: Flask) -> Celery:
     celery.flask_app = app  # JobTask enters this app's context around every job
     celery.set_default()
     celery.steps["consumer"].add(QueueControl)
+    signals.celeryd_init.connect(_size_pools_for_worker(app, celery), weak=False)
     for module in celery.conf.imports:
         importlib.import_module(module)
 
@@ -51,3 +53,31 @@ def celery_init_app(app: Flask) -> Celery:
     app.extensions["celery"] = celery
     app.extensions["jobs"] = JobService(store, queues)
     return celery
+
+
+THREADED_POOLS = ("thread", "threads", "gevent", "eventlet")
+
+
+def worker_parallelism(options: dict[str, Any], conf: Any) -> tuple[str, int]:
+    """The pool name and the most jobs a worker may run at once, from its options and settings."""
+    pool = options.get("pool") or options.get("pool_cls") or conf.worker_pool
+    name = pool.__module__.rsplit(".", 1)[-1] if isinstance(pool, type) else str(pool).rsplit(":", 1)[-1]
+    most = int(options.get("concurrency") or conf.worker_concurrency or 0)
+    autoscale = options.get("autoscale")  # (max, min) from --autoscale
+    if autoscale:
+        bounds = autoscale if isinstance(autoscale, list | tuple) else str(autoscale).split(",")
+        most = max(most, *(int(b) for b in bounds))
+    return name.lower(), most
+
+
+def _size_pools_for_worker(app: Flask, celery: Celery) -> Any:
+    """On a threads/gevent pool every job runs in this process: one SQL connection per job."""
+
+    def on_worker_init(sender: Any = None, instance: Any = None, options: Any = None, **_: Any) -> None:
+        if instance is None or instance.app is not celery:
+            return
+        pool, most = worker_parallelism(options or {}, celery.conf)
+        if pool in THREADED_POOLS and most:
+            app.extensions["db"].grow_pool(most)
+
+    return on_worker_init

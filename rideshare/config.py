@@ -20,6 +20,10 @@ def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "SECRET_KEY": env.get("SECRET_KEY", "dev-only-insecure-secret-key-change-me-in-production"),
         "TOKEN_TTL_SECONDS": _int(env, "TOKEN_TTL_SECONDS", 3600),
         "DATABASE_URL": env.get("DATABASE_URL") or f"sqlite:///{var_dir / 'rideshare.sqlite3'}",
+        # SQL connections per process. A worker on a threads or gevent pool grows it to
+        # its concurrency (rideshare.celery_app), so no job thread waits for a connection.
+        "DB_POOL_SIZE": _int(env, "DB_POOL_SIZE", 5),
+        "DB_MAX_OVERFLOW": _int(env, "DB_MAX_OVERFLOW", 10),
         "REDIS_URL": redis_url_from_env(env),
         # The broker; defaults to the job store's Redis (see celeryconfig.broker_url).
         "BROKER_URL": env.get("BROKER_URL", ""),

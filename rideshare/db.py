@@ -1,5 +1,6 @@
 """SQLAlchemy 2 engine and session, bound to the Flask app with init_app."""
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -7,8 +8,11 @@ from pathlib import Path
 
 from flask import Flask, current_app
 from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+log = logging.getLogger("rideshare.db")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -37,13 +41,13 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime()}
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, pool_size: int = 5, max_overflow: int = 10) -> Engine:
     """An engine for url; SQLite gets WAL and a busy timeout so API and workers can share it."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30}, pool_size=pool_size, max_overflow=max_overflow)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -54,7 +58,7 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow)
 
 
 class Database:
@@ -65,9 +69,24 @@ class Database:
         self.sessionmaker: sessionmaker[Session] | None = None
 
     def init_app(self, app: Flask) -> None:
-        self.engine = make_engine(app.config["DATABASE_URL"])
-        self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        self.url = app.config["DATABASE_URL"]
+        self.max_overflow = app.config.get("DB_MAX_OVERFLOW", 10)
+        self.bind(make_engine(self.url, app.config.get("DB_POOL_SIZE", 5), self.max_overflow))
         app.extensions["db"] = self
+
+    def bind(self, engine: Engine) -> None:
+        self.engine = engine
+        self.sessionmaker = sessionmaker(engine, expire_on_commit=False)
+
+    def grow_pool(self, pool_size: int) -> None:
+        """Rebuild the engine with at least pool_size connections (before any job runs)."""
+        assert self.engine is not None, "Database.init_app was not called"
+        current = getattr(self.engine.pool, "size", lambda: pool_size)()
+        if pool_size <= current:
+            return
+        self.engine.dispose()
+        self.bind(make_engine(self.url, pool_size, self.max_overflow))
+        log.info("db.pool_sized", extra={"pool_size": pool_size, "max_overflow": self.max_overflow})
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -75,6 +94,11 @@ class Database:
         assert self.sessionmaker is not None, "Database.init_app was not called"
         with self.sessionmaker() as session, session.begin():
             yield session
+
+
+def dialect_insert(session: Session):  # type: ignore[no-untyped-def]
+    """The dialect's INSERT, which has ON CONFLICT on both SQLite and PostgreSQL."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def get_db() -> Database:

@@ -4,18 +4,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from rideshare.analytics.models import AnalyticsEvent, DailyRideStats, DriverStats
-from rideshare.db import get_db, utcnow
+from rideshare.db import dialect_insert, get_db, utcnow
 
 RIDE_COMPLETED = "ride_completed"
-
-
-def _insert(session: Session):  # type: ignore[no-untyped-def]
-    """The dialect's INSERT, which has ON CONFLICT on both SQLite and PostgreSQL."""
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def record_event(data: dict[str, Any]) -> dict[str, Any]:
@@ -26,7 +20,7 @@ def record_event(data: dict[str, Any]) -> dict[str, Any]:
     duration = int(body["duration"]) if body.get("duration") is not None else None
     occurred_at = datetime.fromisoformat(data["occurredAt"]) if data.get("occurredAt") else utcnow()
     with get_db().session() as session:
-        insert = _insert(session)
+        insert = dialect_insert(session)
         event_pk = session.scalar(
             insert(AnalyticsEvent)
             .values(
@@ -61,7 +55,7 @@ def _add_ride(
     duration: int | None,
 ) -> None:
     """Add one completed ride to its day's totals and its driver's."""
-    insert = _insert(session)
+    insert = dialect_insert(session)
     amounts = {
         "rides": 1,
         "revenue": fare or Decimal("0"),

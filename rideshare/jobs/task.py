@@ -1,5 +1,6 @@
 """JobTask: the Celery task base that runs a stored job and records its whole life."""
 
+import ctypes
 import logging
 import signal
 import threading
@@ -37,20 +38,84 @@ class JobTimeout(Exception):
     """The job ran past its timeout option."""
 
 
+class ThreadJobTimeout(JobTimeout):
+    """JobTimeout raised inside a pool thread by the watchdog (raised as a class, so no arguments)."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(args or ("ran past its timeout",)))
+
+
+class Watchdog:
+    """One thread that raises ThreadJobTimeout in job threads that run past their deadline.
+
+    For the threads pool, where neither SIGALRM nor Celery's time limits reach a
+    job. The exception is set with PyThreadState_SetAsyncExc, so it is raised at
+    the thread's next Python instruction: a job blocked in a socket call sees it
+    when the call returns, which the SMTP and Stripe timeouts bound.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._armed: dict[int, float] = {}  # thread id -> deadline (monotonic)
+        self._fired: set[int] = set()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, seconds: float) -> int:
+        ident = threading.get_ident()
+        with self._lock:
+            self._armed[ident] = time.monotonic() + seconds
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="job-watchdog", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+        return ident
+
+    def disarm(self, ident: int) -> None:
+        with self._lock:
+            self._armed.pop(ident, None)
+            if ident in self._fired:
+                # Fired as the job was finishing: drop the exception if it is still pending.
+                self._fired.discard(ident)
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
+
+    def _run(self) -> None:
+        with self._lock:
+            while True:
+                now = time.monotonic()
+                for ident, deadline in list(self._armed.items()):
+                    if deadline <= now:
+                        del self._armed[ident]
+                        self._fired.add(ident)
+                        exc = ctypes.py_object(ThreadJobTimeout)
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), exc)
+                next_deadline = min(self._armed.values(), default=now + 60)
+                self._wake.wait(max(0.01, next_deadline - now))
+
+
+WATCHDOG = Watchdog()
+
+
 @contextmanager
 def time_limit(seconds: float | None) -> Iterator[None]:
     """Raise JobTimeout in the job's code once seconds have passed.
 
-    Our own SIGALRM timer, armed only around the job's code, instead of
-    Celery's soft time limit: that one is a signal the pool sends whenever
-    the limit falls, and if it lands while the pool process is writing a
-    result to its parent the pipe is left torn and the worker exits
-    (billiard UnpicklingError). The hard time limit stays as a backstop.
-    Only in a process's main thread (the prefork pool); elsewhere the hard
-    limit alone applies.
+    In a process's main thread (prefork, solo) our own SIGALRM timer, armed
+    only around the job's code, instead of Celery's soft time limit: that
+    one is a signal the pool sends whenever the limit falls, and if it lands
+    while the pool process is writing a result to its parent the pipe is
+    left torn and the worker exits (billiard UnpicklingError). The hard time
+    limit stays as a backstop there. In a pool thread, the Watchdog.
     """
-    if not seconds or threading.current_thread() is not threading.main_thread():
+    if not seconds:
         yield
+        return
+    if threading.current_thread() is not threading.main_thread():
+        ident = WATCHDOG.arm(seconds)
+        try:
+            yield
+        finally:
+            WATCHDOG.disarm(ident)
         return
 
     def expire(signum: int, frame: Any) -> None:

@@ -1,15 +1,17 @@
 """send_email: one message over SMTP, its delivery recorded by job id."""
 
+import functools
 import smtplib
+import socket
 from email.message import EmailMessage
 from email.utils import make_msgid
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from rideshare.db import get_db, utcnow
+from rideshare.db import dialect_insert, get_db, utcnow
 from rideshare.jobs.queue import Job
 from rideshare.jobs.task import PermanentJobError, TransientJobError
 from rideshare.mail.models import FAILED, RETRYING, SENDING, SENT, EmailDelivery
@@ -44,10 +46,18 @@ def _expect(reply: tuple[int, bytes], ok: tuple[int, ...]) -> str:
     return f"{code} {decoded}"
 
 
+@functools.cache
+def _local_hostname() -> str:
+    """The name given in EHLO, looked up once per process (smtplib would resolve it per connection)."""
+    return socket.getfqdn()
+
+
 def _deliver(msg: EmailMessage) -> str:
     """Hand msg to the SMTP server; returns its reply to DATA."""
     cfg = current_app.config
-    smtp = smtplib.SMTP(cfg["SMTP_HOST"], cfg["SMTP_PORT"], timeout=cfg["SMTP_TIMEOUT"])
+    smtp = smtplib.SMTP(
+        cfg["SMTP_HOST"], cfg["SMTP_PORT"], local_hostname=_local_hostname(), timeout=cfg["SMTP_TIMEOUT"]
+    )
     try:
         smtp.ehlo()
         if cfg["SMTP_STARTTLS"]:
@@ -76,26 +86,39 @@ def _delivery(session: Session, job_id: str) -> EmailDelivery | None:
     return session.scalar(select(EmailDelivery).where(EmailDelivery.job_id == job_id))
 
 
-def _record(job_id: str, **values: Any) -> EmailDelivery:
+def _record(job_id: str, **values: Any) -> None:
+    """Set fields of a job's delivery row: one UPDATE."""
     with get_db().session() as session:
-        delivery = _delivery(session, job_id)
-        for name, value in values.items():
-            setattr(delivery, name, value)
-        return delivery
+        session.execute(
+            update(EmailDelivery).where(EmailDelivery.job_id == job_id).values(updated_at=utcnow(), **values)
+        )
+
+
+def _begin_attempt(job: Job) -> EmailDelivery | None:
+    """Mark the job's delivery as sending (one upsert); the row if it was already sent, else None."""
+    data = job.data
+    with get_db().session() as session:
+        insert = dialect_insert(session)
+        now = utcnow()
+        stmt = insert(EmailDelivery).values(
+            job_id=job.id, to_addr=data["to"], subject=data["subject"][:200], status=SENDING, attempts=1, updated_at=now
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[EmailDelivery.job_id],
+            set_={"status": SENDING, "attempts": EmailDelivery.attempts + 1, "updated_at": now},
+            where=EmailDelivery.status != SENT,
+        ).returning(EmailDelivery.id)
+        if session.execute(stmt).first() is not None:
+            return None
+        return _delivery(session, job.id)  # the upsert left a sent row alone
 
 
 def send_email(job: Job) -> dict[str, Any]:
     """Send the job's message once; a message the server already accepted is not sent again."""
     data = job.data
-    with get_db().session() as session:
-        delivery = _delivery(session, job.id)
-        if delivery is None:
-            delivery = EmailDelivery(job_id=job.id, to_addr=data["to"], subject=data["subject"][:200], attempts=0)
-            session.add(delivery)
-        if delivery.status == SENT:
-            return {"messageId": delivery.message_id, "reply": delivery.last_reply, "duplicate": True}
-        delivery.status = SENDING
-        delivery.attempts += 1
+    sent = _begin_attempt(job)
+    if sent is not None:
+        return {"messageId": sent.message_id, "reply": sent.last_reply, "duplicate": True}
     msg = build_message(data, current_app.config["MAIL_FROM"])
     try:
         reply = _deliver(msg)
@@ -122,7 +145,8 @@ def send_email(job: Job) -> dict[str, Any]:
 def mark_delivery_failed(job: Job, reason: str) -> None:
     """Record that a delivery has failed for good."""
     with get_db().session() as session:
-        delivery = _delivery(session, job.id)
-        if delivery is not None and delivery.status != SENT:
-            delivery.status = FAILED
-            delivery.last_reply = reason[:500]
+        session.execute(
+            update(EmailDelivery)
+            .where(EmailDelivery.job_id == job.id, EmailDelivery.status != SENT)
+            .values(status=FAILED, last_reply=reason[:500], updated_at=utcnow())
+        )

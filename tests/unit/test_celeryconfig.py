@@ -1,5 +1,6 @@
 """celeryconfig: queues, routes, serialization, delivery guarantees and the Redis URL."""
 
+import importlib
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -74,9 +75,20 @@ def test_loaded_app_uses_json_only(celery):
     assert celery.conf.task_create_missing_queues is False
 
 
-def test_events_are_sent_for_flower():
-    assert celeryconfig.worker_send_task_events is True
+def test_task_events_wait_for_flower_unless_asked_for(monkeypatch):
+    # Off by default (Flower turns them on in running workers); sent events stay on.
+    assert celeryconfig.worker_send_task_events is False
     assert celeryconfig.task_send_sent_event is True
+    monkeypatch.setenv("CELERY_TASK_EVENTS", "true")
+    monkeypatch.setenv("CELERY_SENT_EVENTS", "false")
+    try:
+        reloaded = importlib.reload(celeryconfig)
+        assert reloaded.worker_send_task_events is True
+        assert reloaded.task_send_sent_event is False
+    finally:
+        monkeypatch.delenv("CELERY_TASK_EVENTS")
+        monkeypatch.delenv("CELERY_SENT_EVENTS")
+        importlib.reload(celeryconfig)
 
 
 def test_acks_late_and_redelivery_on_worker_loss():
