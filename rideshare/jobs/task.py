@@ -94,6 +94,17 @@ class Watchdog:
 
 
 WATCHDOG = Watchdog()
+_deadline = threading.local()
+
+
+def job_time_left() -> float | None:
+    """Seconds until the running job's timeout, in the job's own thread; None outside a time limit.
+
+    A job blocked in a socket call in a pool thread sees its JobTimeout only when
+    the call returns, so network clients bound their own timeouts by this.
+    """
+    deadline = getattr(_deadline, "at", None)
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 @contextmanager
@@ -110,13 +121,25 @@ def time_limit(seconds: float | None) -> Iterator[None]:
     if not seconds:
         yield
         return
-    if threading.current_thread() is not threading.main_thread():
-        ident = WATCHDOG.arm(seconds)
-        try:
+    _deadline.at = time.monotonic() + seconds
+    try:
+        with _watchdog(seconds) if threading.current_thread() is not threading.main_thread() else _alarm(seconds):
             yield
-        finally:
-            WATCHDOG.disarm(ident)
-        return
+    finally:
+        _deadline.at = None
+
+
+@contextmanager
+def _watchdog(seconds: float) -> Iterator[None]:
+    ident = WATCHDOG.arm(seconds)
+    try:
+        yield
+    finally:
+        WATCHDOG.disarm(ident)
+
+
+@contextmanager
+def _alarm(seconds: float) -> Iterator[None]:
 
     def expire(signum: int, frame: Any) -> None:
         raise JobTimeout(f"ran past its timeout of {seconds:g} s")

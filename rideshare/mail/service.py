@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from rideshare.db import dialect_insert, get_db, utcnow
 from rideshare.jobs.queue import Job
-from rideshare.jobs.task import PermanentJobError, TransientJobError
+from rideshare.jobs.task import PermanentJobError, TransientJobError, job_time_left
 from rideshare.mail.models import FAILED, RETRYING, SENDING, SENT, EmailDelivery
 
 
@@ -55,9 +55,14 @@ def _local_hostname() -> str:
 def _deliver(msg: EmailMessage) -> str:
     """Hand msg to the SMTP server; returns its reply to DATA."""
     cfg = current_app.config
-    smtp = smtplib.SMTP(
-        cfg["SMTP_HOST"], cfg["SMTP_PORT"], local_hostname=_local_hostname(), timeout=cfg["SMTP_TIMEOUT"]
-    )
+    timeout = cfg["SMTP_TIMEOUT"]
+    left = job_time_left()
+    if left is not None:
+        # In a pool thread the job's timeout lands only once a socket call returns:
+        # wait on the server no longer than the job has left (plus a moment, so the
+        # job's own timeout, not the socket's, names the failure).
+        timeout = min(timeout, left + 0.5)
+    smtp = smtplib.SMTP(cfg["SMTP_HOST"], cfg["SMTP_PORT"], local_hostname=_local_hostname(), timeout=timeout)
     try:
         smtp.ehlo()
         if cfg["SMTP_STARTTLS"]:
