@@ -2,8 +2,11 @@
 
 Servers already configured (TEST_REDIS_URL, TEST_POSTGRES_URL) or running on
 their usual loopback ports are used; otherwise the tests start their own.
+TEST_BROKER=rabbitmq makes RabbitMQ (127.0.0.1:5672, a vhost per stack) the
+Celery broker instead of Redis; the job store stays in Redis.
 """
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -13,13 +16,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from kombu.utils.url import maybe_sanitize_url
 
 from devstack.processes import (
     free_port,
@@ -37,6 +41,7 @@ from rideshare.cli import upgrade_database
 from rideshare.config import settings_from_env
 from rideshare.jobs.store import JobRecord
 from tests.support.fault_proxy import FaultProxy
+from tests.support.rabbitmq import ON_RABBITMQ, rabbit_vhost, rabbitmq_missing
 from tests.support.smtp import SMTPServer
 from tests.support.webhook import WebhookSink
 
@@ -158,6 +163,9 @@ def stack_env(database_url: str, redis_url: str, services: Services, tmp: Path) 
     return {
         "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
+        # Empty: the broker is REDIS_URL's Redis (an outer BROKER_URL or .env cannot leak in);
+        # the stack sets a RabbitMQ vhost here on the RabbitMQ pass.
+        "BROKER_URL": "",
         "SECRET_KEY": "test-secret-key-of-at-least-thirty-two-bytes",
         "SMTP_HOST": "127.0.0.1",
         "SMTP_PORT": str(services.smtp.port),
@@ -173,8 +181,36 @@ def stack_env(database_url: str, redis_url: str, services: Services, tmp: Path) 
 
 
 def app_from_env(env: dict[str, str], **overrides: Any) -> Flask:
-    config = {**settings_from_env(env), "TESTING": True, "CELERY": {"broker_url": env["REDIS_URL"]}}
+    broker_url = env.get("BROKER_URL") or env["REDIS_URL"]
+    config = {**settings_from_env(env), "TESTING": True, "CELERY": {"broker_url": broker_url}}
     return create_app({**config, **overrides})
+
+
+def close_app(app: Flask) -> None:
+    """Let go of an app's database and broker connections (before its RabbitMQ vhost is deleted)."""
+    app.extensions["db"].engine.dispose()
+    app.extensions["celery"].close()
+
+
+def other_db(url: str) -> str:
+    """The same Redis server, another database number, so no other worker sees these queues."""
+    parts = urlsplit(url)
+    db = int(parts.path.strip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{(db + 1) % 16}"))
+
+
+@contextlib.contextmanager
+def fresh_broker(rabbitmq: bool = ON_RABBITMQ) -> Iterator[str]:
+    """BROKER_URL for a set of workers of its own: "" on Redis (the broker is REDIS_URL's Redis),
+    a fresh RabbitMQ vhost, deleted afterwards, on RabbitMQ; skips when no RabbitMQ is found."""
+    if not rabbitmq:
+        yield ""
+        return
+    missing = rabbitmq_missing()
+    if missing:
+        pytest.skip(f"RabbitMQ as the broker, but {missing}")
+    with rabbit_vhost() as url:
+        yield url
 
 
 def start_worker(
@@ -193,26 +229,47 @@ def start_worker(
 def stack(
     database_url: str, redis_url: str, services: Services, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
-    """The API app in-process and a real Celery worker on all three queues."""
+    """The API app in-process and a real Celery worker on all three queues.
+
+    The broker is the job store's Redis, or with TEST_BROKER=rabbitmq a RabbitMQ vhost of this stack's own.
+    """
     tmp = tmp_path_factory.mktemp("stack")
     env = stack_env(database_url, redis_url, services, tmp)
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    client.flushdb()
-    # Each stack starts with an empty localstripe, so charge counts are per database.
-    urllib.request.urlopen(
-        urllib.request.Request(f"{services.localstripe_url}/_config/data", method="DELETE"), timeout=5
-    ).close()
-    app = app_from_env(env)
-    with app.app_context():
-        upgrade_database()
-    log = tmp / "worker.log"
-    worker = start_worker(env, log)
-    try:
+    with contextlib.ExitStack() as cleanup:
+        env["BROKER_URL"] = cleanup.enter_context(fresh_broker())
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        cleanup.callback(client.close)
+        client.flushdb()
+        # Each stack starts with an empty localstripe, so charge counts are per database.
+        urllib.request.urlopen(
+            urllib.request.Request(f"{services.localstripe_url}/_config/data", method="DELETE"), timeout=5
+        ).close()
+        app = app_from_env(env)
+        cleanup.callback(close_app, app)
+        broker = env["BROKER_URL"] or redis_url
+        assert app.extensions["celery"].conf.broker_url == broker
+        with app.app_context():
+            upgrade_database()
+        log = tmp / "worker.log"
+        worker = start_worker(env, log)
+        cleanup.callback(stop, worker)
+        # The worker is on the same broker as the API: the one this pass tests.
+        assert f"Connected to {maybe_sanitize_url(broker)}" in log.read_text(), log.read_text()[-3000:]
         yield Stack(app, env, services, worker, log, client)
-    finally:
-        stop(worker)
-        app.extensions["db"].engine.dispose()
-        client.close()
+
+
+@pytest.fixture
+def own_broker_url() -> Iterator[str]:
+    """BROKER_URL for workers a test starts itself: see fresh_broker."""
+    with fresh_broker() as url:
+        yield url
+
+
+@pytest.fixture
+def own_queues_env(stack: Stack, own_broker_url: str) -> dict[str, str]:
+    """stack.env with queues no other worker consumes: another Redis database for the job store
+    (and, on Redis, the broker), and on RabbitMQ a vhost of the test's own."""
+    return {**stack.env, "REDIS_URL": other_db(stack.env["REDIS_URL"]), "BROKER_URL": own_broker_url}
 
 
 @pytest.fixture

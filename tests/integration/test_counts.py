@@ -2,30 +2,18 @@
 
 import secrets
 import time
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
 from devstack.processes import stop
 from rideshare.jobs import add_email_job, get_job, get_job_counts
-from tests.conftest import app_from_env, start_worker
+from tests.conftest import app_from_env, close_app, start_worker
 
 pytestmark = pytest.mark.integration
 
 
-def other_db(url: str) -> str:
-    """The same Redis server, another database number, so no other worker sees these queues."""
-    parts = urlsplit(url)
-    db = int(parts.path.strip("/") or 0)
-    return urlunsplit(parts._replace(path=f"/{(db + 1) % 16}"))
-
-
-def test_counts_match_a_mixed_run(stack, tmp_path):
-    env = {
-        **stack.env,
-        "REDIS_URL": other_db(stack.env["REDIS_URL"]),
-        "JOB_KEY_PREFIX": f"counts{secrets.token_hex(3)}",
-    }
+def test_counts_match_a_mixed_run(stack, own_queues_env, tmp_path):
+    env = {**own_queues_env, "JOB_KEY_PREFIX": f"counts{secrets.token_hex(3)}"}
     app = app_from_env(env)
     app.extensions["jobs"].store.redis.flushdb()
 
@@ -80,4 +68,4 @@ def test_counts_match_a_mixed_run(stack, tmp_path):
             "paused": 0,
         }
     app.extensions["jobs"].store.redis.flushdb()
-    app.extensions["db"].engine.dispose()
+    close_app(app)

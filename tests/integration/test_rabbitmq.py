@@ -2,42 +2,32 @@
 
 Each run gets a vhost of its own, so its queues meet no other test's workers.
 Skipped where no RabbitMQ answers on 127.0.0.1:5672 or rabbitmqctl is missing.
+This test runs in both passes; the RabbitMQ pass (TEST_BROKER=rabbitmq, see
+scripts/run-tests.sh) runs the whole integration suite over RabbitMQ as well.
 """
 
 import secrets
-import shutil
-import subprocess
 import time
 from decimal import Decimal
 
 import pytest
 
-from devstack.processes import port_open, stop
+from devstack.processes import stop
 from rideshare.cli import upgrade_database
 from rideshare.db import get_db
 from rideshare.jobs import add_email_job
 from rideshare.payments.service import create_payment
 from rideshare.rides.models import Ride
-from tests.conftest import app_from_env, start_worker
-from tests.integration.test_counts import other_db
+from tests.conftest import app_from_env, close_app, fresh_broker, other_db, start_worker
+from tests.support.rabbitmq import list_queues
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
 
 
 @pytest.fixture
 def rabbit_vhost():
-    if not port_open("127.0.0.1", 5672) or shutil.which("rabbitmqctl") is None:
-        pytest.skip("no RabbitMQ with rabbitmqctl on this machine")
-    vhost = f"rideshare-test-{secrets.token_hex(3)}"
-    ctl = ["rabbitmqctl", "-q"]
-    subprocess.run([*ctl, "add_vhost", vhost], check=True, timeout=60, capture_output=True)
-    subprocess.run(
-        [*ctl, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"], check=True, timeout=60, capture_output=True
-    )
-    try:
-        yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
-    finally:
-        subprocess.run([*ctl, "delete_vhost", vhost], timeout=60, capture_output=True)
+    with fresh_broker(rabbitmq=True) as url:
+        yield url
 
 
 def test_jobs_run_over_rabbitmq_with_a_quorum_payment_queue(stack, rabbit_vhost, tmp_path):
@@ -60,10 +50,18 @@ def test_jobs_run_over_rabbitmq_with_a_quorum_payment_queue(stack, rabbit_vhost,
             with get_db().session() as session:
                 ride = Ride(rider_id="42", driver_id="d", pickup="A", dropoff="B")
                 session.add(ride)
+            # A priority is accepted on both queue types (RabbitMQ ignores it: see README).
             _, charge = create_payment(
-                user_id="42", ride_id=ride.id, amount=Decimal("9.00"), currency="USD", payment_method="pm_card_visa"
+                user_id="42",
+                ride_id=ride.id,
+                amount=Decimal("9.00"),
+                currency="USD",
+                payment_method="pm_card_visa",
+                priority=1,
             )
-            now = add_email_job({"to": f"{env['JOB_KEY_PREFIX']}-a@example.com", "subject": "s", "text": "t"})
+            now = add_email_job(
+                {"to": f"{env['JOB_KEY_PREFIX']}-a@example.com", "subject": "s", "text": "t"}, priority=1
+            )
             later = add_email_job(
                 {"to": f"{env['JOB_KEY_PREFIX']}-b@example.com", "subject": "s", "text": "t"}, delay=1500
             )
@@ -76,12 +74,7 @@ def test_jobs_run_over_rabbitmq_with_a_quorum_payment_queue(stack, rabbit_vhost,
                 assert time.monotonic() < deadline, [(j.id, j.state) for j in store.get_many(ids) if j]
                 time.sleep(0.1)
             final = {j.id: j for j in store.get_many(ids)}
-        listed = subprocess.run(
-            ["rabbitmqctl", "-q", "list_queues", "-p", rabbit_vhost.rsplit("/", 1)[1], "name", "type"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
+        listed = list_queues(rabbit_vhost, "name", "type")
         assert "payment\tquorum" in listed, listed
         assert final[later.id].processed_on - final[later.id].created_at >= 1500
         assert final[retried.id].attempts == 2
@@ -90,4 +83,4 @@ def test_jobs_run_over_rabbitmq_with_a_quorum_payment_queue(stack, rabbit_vhost,
         if worker is not None:
             stop(worker)
         store.redis.flushdb()
-        app.extensions["db"].engine.dispose()
+        close_app(app)

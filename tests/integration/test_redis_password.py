@@ -1,4 +1,8 @@
-"""Every Redis client honours REDIS_PASSWORD: the API, the job store, the rate limiter, workers and Flower."""
+"""Every Redis client honours REDIS_PASSWORD: the API, the job store, the rate limiter, workers and Flower.
+
+On the RabbitMQ pass the broker is a RabbitMQ vhost and the Redis that needs the
+password holds the job store and the rate limiter only.
+"""
 
 import base64
 import json
@@ -13,17 +17,18 @@ import redis
 
 from devstack.processes import free_port, start_redis, stop, wait_for_port
 from rideshare.cli import upgrade_database
-from tests.conftest import REPO, stack_env, start_worker
+from tests.conftest import REPO, close_app, stack_env, start_worker
 
 pytestmark = pytest.mark.integration
 PASSWORD = "s3cret/with@odd:chars"
 
 
-def test_the_whole_path_runs_against_a_redis_that_requires_a_password(services, tmp_path):
+def test_the_whole_path_runs_against_a_redis_that_requires_a_password(services, own_broker_url, tmp_path):
     port = free_port()
     server = start_redis(tmp_path / "redis", port, password=PASSWORD)
     env = stack_env(f"sqlite:///{tmp_path / 'pw.sqlite3'}", "unused", services, tmp_path)
     del env["REDIS_URL"]
+    env["BROKER_URL"] = own_broker_url  # "": the broker is this Redis too
     # The original design's variable names, not a URL.
     env.update(
         REDIS_HOST="127.0.0.1",
@@ -45,7 +50,7 @@ def test_the_whole_path_runs_against_a_redis_that_requires_a_password(services, 
         with app.app_context():
             upgrade_database()
         assert app.extensions["celery"].conf.broker_url.startswith(
-            f"redis://:{PASSWORD.replace('/', '%2F').replace('@', '%40').replace(':', '%3A')}@"
+            own_broker_url or f"redis://:{PASSWORD.replace('/', '%2F').replace('@', '%40').replace(':', '%3A')}@"
         )
         worker = start_worker(env, tmp_path / "worker.log", queues="email")
         client = app.test_client()
@@ -91,8 +96,8 @@ def test_the_whole_path_runs_against_a_redis_that_requires_a_password(services, 
             if workers or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        assert workers, "Flower reached the workers through the password-protected broker"
-        app.extensions["db"].engine.dispose()
+        assert workers, "Flower reached the workers through the broker"
+        close_app(app)
     finally:
         for proc in (flower, worker):
             if proc is not None:

@@ -9,16 +9,14 @@ import pytest
 
 from devstack.processes import stop
 from rideshare.jobs import add_email_job
-from tests.conftest import app_from_env, start_worker
-from tests.integration.test_counts import other_db
+from tests.conftest import app_from_env, close_app, start_worker
 
 pytestmark = pytest.mark.integration
 
 
-def test_workers_share_a_queue_join_mid_run_and_hand_back_on_sigterm(stack, tmp_path):
+def test_workers_share_a_queue_join_mid_run_and_hand_back_on_sigterm(stack, own_queues_env, tmp_path):
     env = {
-        **stack.env,
-        "REDIS_URL": other_db(stack.env["REDIS_URL"]),
+        **own_queues_env,
         "JOB_KEY_PREFIX": f"scale{secrets.token_hex(3)}",
         "JOB_KEEP_COMPLETED": "10000",
     }
@@ -57,4 +55,4 @@ def test_workers_share_a_queue_join_mid_run_and_hand_back_on_sigterm(stack, tmp_
         for worker in workers:
             stop(worker)
         store.redis.flushdb()
-        app.extensions["db"].engine.dispose()
+        close_app(app)
