@@ -13,7 +13,7 @@ flask_app = create_app()
 app = flask_app.extensions["celery"]
 
 
-@shared_task(base=JobTask, name="bench.noop", queue="analytics")
+@shared_task(base=JobTask, name="bench.noop", queue="analytics", batch_size=app.tasks["analytics.record"].batch_size)
 def noop(job: Job) -> None:
     """Nothing: what is measured is the job tracking around it."""
     return None

@@ -19,6 +19,8 @@ from rideshare.jobs.task import JobTask
     # The database being unreachable or locked is worth waiting out.
     retry_on=(OperationalError,),
     data_schema=AnalyticsJobSchema,
+    # Short SQL upserts: bulk adds and scheduler promotions carry up to 20 per message.
+    batch_size=20,
 )
 def record_event_task(job: Job) -> dict:
     """Store one analytics event and update the aggregates."""

@@ -11,7 +11,7 @@ waits out a delay inside a worker, where a broker redelivery could run it twice.
 import json
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from celery import Celery
@@ -25,6 +25,8 @@ from rideshare.jobs.store import JobRecord, JobStore, Retention, now_ms
 log = logging.getLogger("rideshare.jobs")
 
 Job = JobRecord
+# One delivery to publish: job id, delivery number, the job's options.
+Delivery = tuple[str, int, JobOptions]
 
 # Seconds between the soft time limit (the task sees an exception) and the hard kill.
 HARD_KILL_GRACE_S = 5.0
@@ -84,16 +86,7 @@ class JobQueue:
             raise ValueError(f"job_id must be a string of 1 to {MAX_JOB_ID_LENGTH} characters")
         job_id = job_id or uuid.uuid4().hex
         created_at = now_ms()
-        record = JobRecord(
-            id=job_id,
-            queue=self.name,
-            name=self.task_name,
-            state="delayed" if opts.delay else "waiting",
-            data=dict(data),
-            opts=opts.to_dict(),
-            owner=owner,
-            created_at=created_at,
-        )
+        record = self._record(job_id, data, opts, owner, created_at)
         try:
             created = self.store.create(record, score=created_at + opts.delay)
         except RedisError as exc:
@@ -118,6 +111,92 @@ class JobQueue:
             extra={"job_id": job_id, "queue": self.name, "task": self.task_name, "delay_ms": opts.delay},
         )
         return record
+
+    def add_bulk(self, items: Sequence[Mapping[str, Any]], *, owner: str | None = None, **options: Any) -> list[Job]:
+        """Store and publish many jobs with the same options, like BullMQ's addBulk.
+
+        All or nothing: every item is checked before any is stored (InvalidJobData
+        keys the errors by the item's index), and if the broker refuses them none
+        is kept. The jobs are stored in one round trip and go to the broker in
+        messages of up to the task's batch_size jobs each.
+        """
+        opts = resolve_options(self.defaults, options)
+        errors: dict[str, Any] = {}
+        for index, data in enumerate(items):
+            try:
+                self.validate(data)
+            except InvalidJobData as exc:
+                errors[str(index)] = exc.errors
+        if errors:
+            raise InvalidJobData(errors)
+        created_at = now_ms()
+        records = [self._record(uuid.uuid4().hex, data, opts, owner, created_at) for data in items]
+        try:
+            self.store.create_many(records, [created_at + opts.delay] * len(records))
+        except RedisError as exc:
+            raise QueueUnavailable(f"job store unreachable: {exc}") from exc
+        if not opts.delay:
+            try:
+                with self.celery.producer_or_acquire() as producer:
+                    for chunk in self._chunks([(r.id, 1, opts) for r in records]):
+                        self._send(chunk, producer)
+            except (KombuOperationalError, RedisError, OSError) as exc:
+                # None of them is kept; a message already sent finds no job and is skipped.
+                try:
+                    for record in records:
+                        self.store.discard(record.id, self.name)
+                except RedisError:
+                    log.error("jobs.orphaned", extra={"queue": self.name, "jobs": len(records)})
+                raise QueueUnavailable(f"broker unreachable: {exc}") from exc
+        for record in records:
+            log.info(
+                "job.created",
+                extra={"job_id": record.id, "queue": self.name, "task": self.task_name, "delay_ms": opts.delay},
+            )
+        return records
+
+    def _record(
+        self, job_id: str, data: Mapping[str, Any], opts: JobOptions, owner: str | None, created_at: int
+    ) -> JobRecord:
+        return JobRecord(
+            id=job_id,
+            queue=self.name,
+            name=self.task_name,
+            state="delayed" if opts.delay else "waiting",
+            data=dict(data),
+            opts=opts.to_dict(),
+            owner=owner,
+            created_at=created_at,
+        )
+
+    @property
+    def batch_size(self) -> int:
+        """Most jobs per broker message: the task's batch_size (1 unless the task says so)."""
+        return max(1, int(getattr(self.task, "batch_size", 1) or 1))
+
+    def _chunks(self, deliveries: list[Delivery]) -> list[list[Delivery]]:
+        size = self.batch_size
+        return [deliveries[i : i + size] for i in range(0, len(deliveries), size)]
+
+    def _send(self, chunk: list[Delivery], producer: Any) -> None:
+        """One message: a single job's delivery, or a batch of them run in turn by one worker."""
+        if len(chunk) == 1:
+            job_id, seq, opts = chunk[0]
+            self.publish(job_id, seq, opts, producer=producer)
+            return
+        priorities = [opts.priority for _, _, opts in chunk if opts.priority is not None]
+        self.celery.send_task(
+            self.task_name,
+            args=[[[job_id, seq, opts.timeout] for job_id, seq, opts in chunk]],
+            task_id=f"batch-{uuid.uuid4().hex}",
+            queue=self.name,
+            routing_key=self.name,
+            priority=min(priorities) if priorities else None,
+            # Each job has its own timer; the hard limit covers them all in turn.
+            time_limit=sum(opts.timeout / 1000 + HARD_KILL_GRACE_S for _, _, opts in chunk),
+            ignore_result=True,
+            producer=producer,
+        )
 
     @property
     def task(self) -> Any:
@@ -162,24 +241,27 @@ class JobQueue:
         return int(opts.timeout + HARD_KILL_GRACE_S * 1000 + LEASE_MARGIN_MS)
 
     def publish_many(self, deliveries: list[tuple[str, int]]) -> int:
-        """Publish (job id, delivery number) pairs; returns how many were sent."""
+        """Publish (job id, delivery number) pairs, batched as the task allows; returns how many."""
         if not deliveries:
             return 0
         jobs = self.store.get_many([job_id for job_id, _ in deliveries])
-        done: list[str] = []
+        found = [
+            (job_id, seq, JobOptions.from_dict(job.opts))
+            for (job_id, seq), job in zip(deliveries, jobs, strict=True)
+            if job is not None
+        ]
+        sent = 0
         try:
             with self.celery.producer_or_acquire() as producer:
-                for (job_id, seq), job in zip(deliveries, jobs, strict=True):
-                    if job is not None:
-                        opts = JobOptions.from_dict(job.opts)
-                        self.publish(job_id, seq, opts, producer=producer)
-                    done.append(job_id)
+                for chunk in self._chunks(found):
+                    self._send(chunk, producer)
+                    sent += len(chunk)
         except (KombuOperationalError, RedisError, OSError):
             # Hand the unsent ones back to the delayed set, due in a second, so the
             # next scheduler tick tries again once the broker answers.
-            self.store.defer([job_id for job_id, _ in deliveries[len(done) :]], self.name, RETRY_PUBLISH_MS)
+            self.store.defer([job_id for job_id, _, _ in found[sent:]], self.name, RETRY_PUBLISH_MS)
             raise
-        return len(done)
+        return len(deliveries)
 
     def promote_due(self) -> int:
         """Publish the delayed jobs (delays, retry backoffs) that are due; returns how many."""
@@ -230,6 +312,11 @@ def add_email_job(data: Mapping[str, Any], **options: Any) -> Job:
 def add_analytics_job(data: Mapping[str, Any], **options: Any) -> Job:
     """Queue an analytics event: data has event, eventId and the event's fields."""
     return get_queue("analytics").add(data, **options)
+
+
+def add_analytics_jobs(items: Sequence[Mapping[str, Any]], **options: Any) -> list[Job]:
+    """Queue many analytics events at once (JobQueue.add_bulk)."""
+    return get_queue("analytics").add_bulk(items, **options)
 
 
 def add_payment_job(data: Mapping[str, Any], **options: Any) -> Job:

@@ -462,7 +462,7 @@ class JobStore:
 
     # -- the life of one job -------------------------------------------------
 
-    def create(self, record: JobRecord, score: int) -> bool:
+    def create(self, record: JobRecord, score: int, client: Any = None) -> bool:
         """Store a new job in its first state; False if that id already exists."""
         fields = {
             "id": record.id,
@@ -479,7 +479,14 @@ class JobStore:
         }
         flat = [v for kv in fields.items() for v in kv]
         keys = self._keys(record.id, record.queue)
-        return bool(self._create(keys=keys, args=[record.state, score, record.queue, *flat]))
+        return bool(self._create(keys=keys, args=[record.state, score, record.queue, *flat], client=client))
+
+    def create_many(self, records: list[JobRecord], scores: list[int]) -> list[bool]:
+        """create() for many jobs in one round trip; each flag says whether that job is new."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for record, score in zip(records, scores, strict=True):
+                self.create(record, score, client=pipe)
+            return [bool(created) for created in pipe.execute()]
 
     def discard(self, job_id: str, queue: str) -> bool:
         """Forget a job that was never published (the broker refused it)."""

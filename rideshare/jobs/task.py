@@ -15,6 +15,7 @@ from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 from celery.worker.request import Request
 from flask import Flask, has_app_context
 from marshmallow import Schema
+from redis.exceptions import RedisError
 
 from rideshare.jobs.masking import mask
 from rideshare.jobs.options import Backoff, JobOptions
@@ -202,6 +203,10 @@ class JobTask(Task):
     backoff: Backoff = Backoff()
     retry_on: tuple[type[BaseException], ...] = ()
     data_schema: type[Schema] | None = None
+    # Most jobs one broker message may carry (JobQueue.add_bulk, the scheduler's
+    # promotions). Jobs in one message run one after the other in one worker
+    # process, so only short CPU-light jobs gain from more than 1.
+    batch_size: int = 1
 
     def app_context(self) -> AbstractContextManager[Any]:
         """The Flask app context, entered only when none is active.
@@ -228,14 +233,37 @@ class JobTask(Task):
     def on_manual_retry(self, job: Job, data: dict[str, Any]) -> None:
         """Called before an operator's retry puts a failed job back in its queue."""
 
-    def __call__(self, job_id: str, seq: int | None = None) -> Any:
+    def __call__(self, job_id: str | list[list[Any]], seq: int | None = None) -> Any:
         with self.app_context():
+            if isinstance(job_id, list):
+                return self._run_batch(get_queue(self.queue), job_id)
             return self._run_job(get_queue(self.queue), job_id, seq)
 
-    def _run_job(self, queue: JobQueue, job_id: str, seq: int | None) -> Any:
-        # The message's hard time limit is the job's timeout option plus the grace.
-        hard_s = (self.request.timelimit or (None, None))[0]
-        timeout_ms = int((hard_s - HARD_KILL_GRACE_S) * 1000) if hard_s else queue.defaults.timeout
+    def _run_batch(self, queue: JobQueue, deliveries: list[list[Any]]) -> int:
+        """Run a message's jobs in turn, each with its own state, timeout and retries; returns how many ran."""
+        ran = 0
+        for index, (job_id, seq, timeout_ms) in enumerate(deliveries):
+            try:
+                self._run_job(queue, job_id, seq, timeout_ms)
+                ran += 1
+            except Reject:
+                # Paused: this job and the rest wait in the delayed set and are
+                # published again, one scheduler tick after the queue resumes.
+                queue.store.defer([d[0] for d in deliveries[index:]], queue.name, int(PAUSED_REQUEUE_DELAY_S * 1000))
+                break
+            except Retry:
+                ran += 1  # its next attempt waits in the job store
+            except RedisError:
+                raise  # the job store is gone: the rest stay waiting, and the stale-waiting sweep sends them again
+            except Exception:  # noqa: BLE001 - recorded as the job's failure; the batch goes on
+                ran += 1
+        return ran
+
+    def _run_job(self, queue: JobQueue, job_id: str, seq: int | None, timeout_ms: int | None = None) -> Any:
+        if timeout_ms is None:
+            # The message's hard time limit is the job's timeout option plus the grace.
+            hard_s = (self.request.timelimit or (None, None))[0]
+            timeout_ms = int((hard_s - HARD_KILL_GRACE_S) * 1000) if hard_s else queue.defaults.timeout
         lease_ms = queue.lease_ms(JobOptions(timeout=timeout_ms))
         job = queue.store.start(job_id, queue.name, worker=self.request.hostname or "", seq=seq, lease_ms=lease_ms)
         if job in ("stale", "leased"):

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from rideshare.analytics.models import AnalyticsEvent, DailyRideStats, DriverStats
 from rideshare.db import get_db
-from rideshare.jobs import add_analytics_job
+from rideshare.jobs import InvalidJobData, add_analytics_job, add_analytics_jobs, get_job_counts
 
 pytestmark = pytest.mark.integration
 
@@ -75,3 +75,48 @@ def test_replayed_event_is_not_counted_twice(app, stack):
             select(func.count()).select_from(AnalyticsEvent).where(AnalyticsEvent.event_id == event["eventId"])
         )
     assert count == 1
+
+
+def test_bulk_add_runs_batches_of_jobs_each_with_its_own_state(app, stack):
+    driver_id = f"driver-{secrets.token_hex(3)}"
+
+    def event(i: int, **extra) -> dict:
+        return {
+            "event": "ride_completed",
+            "eventId": f"evt-{driver_id}-{i}",
+            "driverId": driver_id,
+            "occurredAt": "2026-02-01T10:00:00+00:00",
+            "data": {"fare": "2.00", "distance": 1.0, "duration": 60},
+            **extra,
+        }
+
+    log_offset = len(stack.worker_log.read_bytes())
+    items = [event(i) for i in range(43)]
+    items.append(event(7))  # a replay of event 7: recorded once
+    items.append(event(99, occurredAt="not a date"))  # fails for good; the others go on
+    jobs = add_analytics_jobs(items)
+    assert len(jobs) == 45 and len({job.id for job in jobs}) == 45
+
+    final = [stack.wait_for_job(job.id) for job in jobs]
+    states = [job.state for job in final]
+    assert states == ["completed"] * 44 + ["failed"], [(j.state, j.failed_reason) for j in final]
+    assert final[-1].failed_reason.startswith("ValueError: Invalid isoformat string")
+    # Batches run side by side, so either copy of event 7 may be the one recorded.
+    assert sorted([final[7].result["duplicate"], final[43].result["duplicate"]]) == [False, True]
+    assert driver(driver_id).rides == 43
+    # 45 jobs travelled in 3 broker messages (batch_size 20): 20 + 20 + 5, each job
+    # keeping its own id, state, attempts and result.
+    log = stack.worker_log.read_bytes()[log_offset:].decode(errors="replace")
+    received = [line for line in log.splitlines() if "analytics.record[batch-" in line and "received" in line]
+    assert len(received) == 3, received
+    assert all(job.attempts == 1 for job in final)
+
+
+def test_bulk_add_is_all_or_nothing_on_bad_items(app, stack):
+    before = get_job_counts("analytics")
+    good = {"event": "ride_completed", "eventId": f"evt-{secrets.token_hex(4)}"}
+    with pytest.raises(InvalidJobData) as caught:
+        add_analytics_jobs([good, {"event": "ride_completed"}, good, {"eventId": 5, "event": ""}])
+    assert set(caught.value.errors) == {"1", "3"}
+    assert "eventId" in caught.value.errors["1"]
+    assert get_job_counts("analytics") == before
