@@ -25,10 +25,27 @@ from typing import Any
 
 import redis
 
+from bench import wrk
 from devstack.processes import free_port, start_celery_worker, start_redis, stop, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SMTP_LATENCY_S = 0.1
+API_CONNECTIONS = 16
+# The analytics worker's shipped prefetch (docker-compose.yml, Procfile), used for (b).
+DRAIN_PREFETCH = 4
+# add_bulk call size in (b).
+BULK_CHUNK = 1000
+# (c): pool, concurrency per worker, worker processes. The email worker ships threads x32.
+IO_CONFIGS = [
+    ("prefork", 2, 1),
+    ("prefork", 8, 1),
+    ("threads", 16, 1),
+    ("threads", 32, 1),
+    ("threads", 64, 1),
+    ("threads", 32, 2),
+]
+# gunicorn for (a): the API's shipped setting (Procfile, docker-compose.yml).
+GUNICORN = (2, 8)
 
 
 def rss_mb(pid: int) -> float:
@@ -47,6 +64,29 @@ def rss_mb(pid: int) -> float:
     return round(total / 1024, 1)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its children so far, seconds."""
+    total = 0.0
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def start_consuming(celery: Any, workers: list[subprocess.Popen], queue: str) -> None:
+    """Tell booted workers, in one broadcast, to consume queue as well (Celery's add_consumer)."""
+    nodes = [w.node for w in workers]  # type: ignore[attr-defined]
+    replies = celery.control.add_consumer(queue, destination=nodes, reply=True, timeout=10)
+    if len(replies) != len(nodes):
+        raise RuntimeError(f"add_consumer answered by {len(replies)} of {len(nodes)} workers: {replies}")
+
+
 def start_delays(store: Any, jobs: list[Any]) -> list[float]:
     """Milliseconds from each job's creation to the start of its first attempt."""
     found = store.get_many([job.id for job in jobs])
@@ -61,6 +101,7 @@ def percentile(values: list[float], p: float) -> float:
 class Bench:
     def __init__(self, quick: bool) -> None:
         self.quick = quick
+        self.gunicorn = GUNICORN
         self.tmp = Path(tempfile.mkdtemp(prefix="rideshare-bench-"))
         port = free_port()
         self.redis_proc = start_redis(self.tmp / "redis", port)
@@ -111,18 +152,27 @@ class Bench:
             self.pg_admin.close()
 
     def worker(
-        self, app: str, *, pool: str = "prefork", concurrency: int = 2, env: dict | None = None
+        self,
+        app: str,
+        *,
+        pool: str = "prefork",
+        concurrency: int = 2,
+        env: dict | None = None,
+        queues: str = "analytics,email",
     ) -> subprocess.Popen:
         log = self.tmp / f"worker-{secrets.token_hex(3)}.log"
+        name = f"bench-{secrets.token_hex(3)}@%h"
         proc = start_celery_worker(
             {**self.env, **(env or {})},
             log,
             app=app,
-            queues="analytics,email",
+            queues=queues,
             concurrency=concurrency,
             pool=pool,
+            name=name,
             cwd=ROOT,
         )
+        proc.node = name.replace("%h", platform.node())  # type: ignore[attr-defined]
         self.procs.append(proc)
         return proc
 
@@ -130,70 +180,108 @@ class Bench:
         stop(proc)
         self.procs.remove(proc)
 
+    def timed_drain(
+        self, app: Any, done: Any, n: int, *, workers: int = 1, pool: str = "prefork", concurrency: int = 2
+    ) -> tuple[float, list[subprocess.Popen]]:
+        """Jobs/s for n jobs already in the analytics queue, from the moment `workers` workers all start on it.
+
+        The workers boot on the idle email queue and are then told, in one broadcast,
+        to consume analytics too, so no worker gets a head start while others boot.
+        """
+        env = {"CELERY_PREFETCH_MULTIPLIER": str(DRAIN_PREFETCH)}
+        procs = [self.worker(app, pool=pool, concurrency=concurrency, env=env, queues="email") for _ in range(workers)]
+        started = time.perf_counter()
+        start_consuming(self.celery_apps[app], procs, "analytics")
+        deadline = time.monotonic() + 600
+        while done() < n and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return n / (time.perf_counter() - started), procs
+
     # (b) CPU-light drain -----------------------------------------------------------
 
     def drain(self) -> None:
         n = 3000 if self.quick else 20000
-        self.redis.flushdb()
         from bench import bare
-
-        started = time.perf_counter()
-        for _ in range(n):
-            bare.noop.apply_async(queue="analytics")
-        bare_enqueue = n / (time.perf_counter() - started)
-        worker = self.worker("bench.bare")
-        started = time.perf_counter()
-        while int(self.redis.get("bench:bare:done") or 0) < n:
-            time.sleep(0.02)
-        bare_drain = n / (time.perf_counter() - started)
-        self.retire(worker)
-
-        self.redis.flushdb()
+        from bench.full import app as full_celery
         from bench.full import flask_app, noop_queue
 
+        self.celery_apps = {"bench.bare": bare.app, "bench.full": full_celery}
+        queue_ = None
+
+        def bare_done() -> int:
+            return int(self.redis.get("bench:bare:done") or 0)
+
+        def full_done() -> int:
+            return queue_.store.metrics().get("analytics:completed", 0)
+
+        def fill(path: str, count: int) -> float:
+            """Put count no-op jobs in the analytics queue one way; returns jobs/s."""
+            self.redis.flushdb()
+            started = time.perf_counter()
+            if path == "bare":
+                for _ in range(count):
+                    bare.noop.apply_async(queue="analytics")
+            elif path == "single":
+                for _ in range(count):
+                    queue_.add({})
+            else:
+                for i in range(0, count, BULK_CHUNK):
+                    queue_.add_bulk([{}] * min(BULK_CHUNK, count - i))
+            return count / (time.perf_counter() - started)
+
         with flask_app.app_context():
-            queue = noop_queue()
-            started = time.perf_counter()
-            for _ in range(n):
-                queue.add({})
-            full_enqueue = n / (time.perf_counter() - started)
-            worker = self.worker("bench.full")
-            idle_rss = rss_mb(worker.pid)
-            started = time.perf_counter()
-            while queue.store.metrics().get("analytics:completed", 0) < n:
-                time.sleep(0.02)
-            full_drain = n / (time.perf_counter() - started)
-            busy_rss = rss_mb(worker.pid)
-            # (d) enqueue-to-start latency, light load then a burst
-            # Kept after they complete (remove_on_complete=False), so their times can be read.
-            light = []
-            for _ in range(200):
-                light.append(queue.add({}, remove_on_complete=False))
-                time.sleep(0.01)
-            time.sleep(1)
-            burst = [queue.add({}, remove_on_complete=False) for _ in range(2000)]
-            deadline = time.monotonic() + 60
-            while queue.store.metrics().get("analytics:completed", 0) < n + 2200 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            light_ms = start_delays(queue.store, light)
-            burst_ms = start_delays(queue.store, burst)
-            self.retire(worker)
+            queue_ = noop_queue()
+            enqueue, drain = {}, {}
+            for path, app, done in (
+                ("bare", "bench.bare", bare_done),
+                ("single", "bench.full", full_done),
+                ("bulk", "bench.full", full_done),
+            ):
+                enqueue[path] = fill(path, n)
+                drain[path], procs = self.timed_drain(app, done, n)
+                if path == "single":
+                    busy_rss = rss_mb(procs[0].pid)
+                    light_ms, burst_ms = self.start_latency(queue_, n)
+                for proc in procs:
+                    self.retire(proc)
+            idle = self.worker("bench.full")
+            time.sleep(2)
+            idle_rss = rss_mb(idle.pid)
+            self.retire(idle)
+            # Throughput as workers are added (solo pool: one process each), until the CPU is full.
+            scaling = []
+            m = n // 2
+            for workers in (1, 2, 3, 4):
+                row = {"workers": workers}
+                for path in ("single", "bulk"):
+                    fill(path, m)
+                    row[path], procs = self.timed_drain("bench.full", full_done, m, workers=workers, pool="solo")
+                    row[path] = round(row[path])
+                    for proc in procs:
+                        self.retire(proc)
+                scaling.append(row)
             # (e) job-store memory per 10,000 retained jobs (broker lists left out)
             self.redis.flushdb()
             before = self.redis.info("memory")["used_memory"]
             for _ in range(10_000):
-                queue.add({"to": "rider@example.com", "subject": "Your receipt", "text": "Thanks for riding."})
+                queue_.add({"to": "rider@example.com", "subject": "Your receipt", "text": "Thanks for riding."})
             for key in self.redis.scan_iter("analytics*"):
                 self.redis.delete(key)
             store_mb = (self.redis.info("memory")["used_memory"] - before) / 1e6
         self.results["drain"] = {
             "jobs": n,
-            "bare_enqueue": round(bare_enqueue),
-            "full_enqueue": round(full_enqueue),
-            "bare_drain": round(bare_drain),
-            "full_drain": round(full_drain),
-            "ratio": round(full_drain / bare_drain, 2),
+            "settings": f"one worker, prefork x2, prefetch multiplier {DRAIN_PREFETCH}",
+            "bare_enqueue": round(enqueue["bare"]),
+            "full_enqueue": round(enqueue["single"]),
+            "bulk_enqueue": round(enqueue["bulk"]),
+            "bare_drain": round(drain["bare"]),
+            "full_drain": round(drain["single"]),
+            "bulk_drain": round(drain["bulk"]),
+            "ratio": round(drain["single"] / drain["bare"], 2),
+            "bulk_ratio": round(drain["bulk"] / drain["bare"], 2),
+            "batch_size": queue_.batch_size,
         }
+        self.results["scaling"] = scaling
         self.results["latency"] = {
             "light_p50": percentile(light_ms, 0.5),
             "light_p99": percentile(light_ms, 0.99),
@@ -205,6 +293,22 @@ class Bench:
             "worker_busy_mb": busy_rss,
             "store_mb_per_10k": round(store_mb, 2),
         }
+
+    def start_latency(self, queue: Any, n: int) -> tuple[list[float], list[float]]:
+        """(d) enqueue-to-start, ms: one job every 10 ms, then a burst of 2,000, on the running worker.
+
+        Kept after they complete (remove_on_complete=False), so their times can be read.
+        """
+        light = []
+        for _ in range(200):
+            light.append(queue.add({}, remove_on_complete=False))
+            time.sleep(0.01)
+        time.sleep(1)
+        burst = [queue.add({}, remove_on_complete=False) for _ in range(2000)]
+        deadline = time.monotonic() + 60
+        while queue.store.metrics().get("analytics:completed", 0) < n + 2200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return start_delays(queue.store, light), start_delays(queue.store, burst)
 
     # (c) I/O-bound drain -------------------------------------------------------------
 
@@ -220,9 +324,9 @@ class Bench:
         controller.start()
         rows = []
         try:
-            for pool, concurrency in [("prefork", 2), ("prefork", 8), ("threads", 16), ("threads", 64)]:
+            for pool, concurrency, processes in IO_CONFIGS:
                 self.redis.flushdb()
-                ceiling = concurrency / SMTP_LATENCY_S
+                ceiling = processes * concurrency / SMTP_LATENCY_S
                 n = int(max(100, min(ceiling * (4 if self.quick else 8), 4000)))
                 from rideshare import create_app
 
@@ -234,23 +338,36 @@ class Bench:
                     upgrade_database()
                     for i in range(n):
                         add_email_job({"to": f"r{i}@example.com", "subject": "s", "text": "t"}, remove_on_complete=True)
-                    worker = self.worker("tasks", pool=pool, concurrency=concurrency)
-                    started = time.perf_counter()
+                    # Booted on the idle analytics queue, then all turned to email at once.
+                    workers = [
+                        self.worker("tasks", pool=pool, concurrency=concurrency, queues="analytics")
+                        for _ in range(processes)
+                    ]
                     store = app.extensions["jobs"].store
+                    cpu_before = sum(cpu_seconds(w.pid) for w in workers)
+                    started = time.perf_counter()
+                    start_consuming(app.extensions["celery"], workers, "email")
                     deadline = time.monotonic() + 300
                     while store.metrics().get("email:completed", 0) < n and time.monotonic() < deadline:
                         time.sleep(0.02)
-                    rate = store.metrics().get("email:completed", 0) / (time.perf_counter() - started)
-                    self.retire(worker)
+                    elapsed = time.perf_counter() - started
+                    completed = store.metrics().get("email:completed", 0)
+                    cpu = sum(cpu_seconds(w.pid) for w in workers) - cpu_before
+                    rss = sum(rss_mb(w.pid) for w in workers)
+                    for worker in workers:
+                        self.retire(worker)
                 app.extensions["db"].engine.dispose()
                 rows.append(
                     {
                         "pool": pool,
                         "concurrency": concurrency,
+                        "processes": processes,
                         "jobs": n,
-                        "rate": round(rate, 1),
+                        "rate": round(completed / elapsed, 1),
                         "ceiling": ceiling,
-                        "ratio": round(rate / ceiling, 2),
+                        "ratio": round(completed / elapsed / ceiling, 2),
+                        "worker_cpu_ms_per_job": round(cpu * 1000 / max(1, completed), 2),
+                        "worker_rss_mb": rss,
                     }
                 )
         finally:
@@ -279,9 +396,9 @@ class Bench:
                 "--bind",
                 f"127.0.0.1:{port}",
                 "--workers",
-                "2",
+                str(self.gunicorn[0]),
                 "--threads",
-                "8",
+                str(self.gunicorn[1]),
                 "--no-control-socket",
                 "--log-level",
                 "warning",
@@ -300,27 +417,21 @@ class Bench:
             json={"riderId": "42", "driverId": "d", "pickup": "A", "dropoff": "B"},
             headers={"Authorization": f"Bearer {token}"},
         ).json["id"]
-        seconds = "3" if self.quick else "8"
+        seconds = 3 if self.quick else 8
 
-        def load(path: str, method: str = "GET", body: dict | None = None) -> dict:
-            args = [
-                sys.executable,
-                "-m",
-                "bench.loadgen",
-                base + path,
-                "--method",
-                method,
-                "--seconds",
-                seconds,
-                "--connections",
-                "16",
-                "--header",
-                f"Authorization: Bearer {token}",
-            ]
-            if body is not None:
-                args += ["--json", json.dumps(body)]
+        def load(path: str, method: str = "GET", body: dict | None = None, seconds: float = seconds) -> dict:
+            headers = {"Authorization": f"Bearer {token}"}
+            raw = json.dumps(body) if body is not None else None
+            if wrk.available():
+                return wrk.load(base + path, method, raw, headers, API_CONNECTIONS, seconds)
+            args = [sys.executable, "-m", "bench.loadgen", base + path, "--method", method]
+            args += ["--seconds", str(seconds), "--connections", str(API_CONNECTIONS)]
+            args += ["--header", f"Authorization: Bearer {token}"]
+            if raw is not None:
+                args += ["--json", raw]
             return json.loads(subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True).stdout)
 
+        load("/healthz", seconds=2)  # warm-up: every gunicorn worker has booted and served
         healthz = load("/healthz")
         welcome = load("/send-welcome-email", "POST", {"email": "a@example.com", "name": "Ann"})
         payment = load("/payments", "POST", {"amount": "10.00", "paymentMethod": "pm_card_visa", "rideId": ride})
@@ -330,6 +441,7 @@ class Bench:
             "healthz": healthz,
             "welcome": welcome,
             "payment": payment,
+            "gunicorn": list(self.gunicorn),
             "welcome_ratio": round(welcome["rps"] / healthz["rps"], 2),
             "payment_ratio": round(payment["rps"] / healthz["rps"], 2),
         }

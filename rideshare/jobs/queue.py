@@ -17,6 +17,7 @@ from typing import Any
 from celery import Celery
 from flask import current_app
 from kombu.exceptions import OperationalError as KombuOperationalError
+from marshmallow import Schema
 from redis.exceptions import RedisError
 
 from rideshare.jobs.options import JobOptions, resolve_options
@@ -211,12 +212,19 @@ class JobQueue:
             raise InvalidJobData({"_data": [f"must be JSON-serialisable: {exc}"]}) from exc
         if size > MAX_JOB_DATA_BYTES:
             raise InvalidJobData({"_data": [f"is {size} bytes; the most a job takes is {MAX_JOB_DATA_BYTES}"]})
-        schema = getattr(self.task, "data_schema", None)
+        schema = self._data_schema()
         if schema is None:
             return
-        errors = schema().validate(data)
+        errors = schema.validate(data)
         if errors:
             raise InvalidJobData(errors)
+
+    def _data_schema(self) -> Schema | None:
+        """The task's data schema, built once: a schema holds no state between validations."""
+        if not hasattr(self, "_schema"):
+            schema_cls = getattr(self.task, "data_schema", None)
+            self._schema = schema_cls() if schema_cls is not None else None
+        return self._schema
 
     def publish(self, job_id: str, seq: int, opts: JobOptions, producer: Any = None) -> None:
         """Send one delivery of a job to the broker: the job id and its delivery number."""
