@@ -213,6 +213,18 @@ def fresh_broker(rabbitmq: bool = ON_RABBITMQ) -> Iterator[str]:
         yield url
 
 
+def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
+    """check()'s first truthy value within timeout seconds, else its last value.
+
+    For what a worker records just after the job store shows a job finished: the
+    final-failure hook (a failed delivery row, an alert) runs after the job is stored as failed.
+    """
+    deadline = time.monotonic() + timeout
+    while not (value := check()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
+
+
 def start_worker(
     env: dict[str, str],
     log: Path,

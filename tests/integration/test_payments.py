@@ -11,6 +11,7 @@ from sqlalchemy import select
 from rideshare.db import get_db
 from rideshare.payments.models import Payment, Receipt
 from rideshare.payments.service import create_payment
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +84,8 @@ def test_card_decline_fails_after_one_attempt_and_alerts(app, client, stack, aut
     assert payment.status == "failed"
     assert payment.failure_reason.startswith("card_declined")
     assert [pi.status for pi in intents_for(stack, payment.id)] == ["requires_payment_method"]
-    alerts = [a for a in stack.services.alerts.received if a.get("job_id") == job.id]
+    # The alert comes from the final-failure hook, just after the job is stored as failed.
+    alerts = eventually(lambda: [a for a in stack.services.alerts.received if a.get("job_id") == job.id])
     assert alerts and alerts[0]["queue"] == "payment"
 
 
