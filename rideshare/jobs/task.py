@@ -123,8 +123,9 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         yield
         return
     _deadline.at = time.monotonic() + seconds
+    timer = _watchdog(seconds) if threading.current_thread() is not threading.main_thread() else _alarm(seconds)
     try:
-        with _watchdog(seconds) if threading.current_thread() is not threading.main_thread() else _alarm(seconds):
+        with timer:
             yield
     finally:
         _deadline.at = None
@@ -350,7 +351,18 @@ class JobTask(Task):
     def record_failure(
         self, queue: JobQueue, job: Job, reason: str, tb: str, *, final: bool, duration_ms: float = 0.0
     ) -> None:
-        """Move a job to failed, log it, and run the task's final-failure hook."""
+        """Run the task's final-failure hook, then move the job to failed and log it.
+
+        The hook first, so that once a job reads failed its consequences (a delivery
+        row marked failed, a payment alert) are already written.
+        """
+        if final:
+            try:
+                self.on_final_failure(job, reason)
+            except Exception as exc:  # noqa: BLE001 - the job must still end failed
+                log.exception(
+                    "job.failure_hook_failed", extra={"job_id": job.id, "queue": queue.name, "error": describe(exc)}
+                )
         finished_at = now_ms()
         queue.store.finish(
             job,
@@ -373,8 +385,6 @@ class JobTask(Task):
                 "data": mask(job.data),
             },
         )
-        if final:
-            self.on_final_failure(job, reason)
 
     def _attempt(self, job: Job, finished_at: int, duration_ms: float, error: str = "", tb: str = "") -> dict[str, Any]:
         return {
