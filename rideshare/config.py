@@ -51,6 +51,8 @@ def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "SMTP_PASSWORD": env.get("SMTP_PASSWORD", ""),
         "SMTP_STARTTLS": env.get("SMTP_STARTTLS", "false").lower() in ("1", "true", "yes"),
         "SMTP_TIMEOUT": _int(env, "SMTP_TIMEOUT", 10),
+        # Messages sent over one SMTP connection before it is closed; 1: a connection per message.
+        "SMTP_MAX_MESSAGES_PER_CONNECTION": max(1, _int(env, "SMTP_MAX_MESSAGES_PER_CONNECTION", 100)),
         "MAIL_FROM": env.get("MAIL_FROM", "Rideshare <no-reply@rideshare.local>"),
         "STRIPE_API_KEY": env.get("STRIPE_API_KEY", "sk_test_localstripe"),
         "STRIPE_API_BASE": env.get("STRIPE_API_BASE", "http://127.0.0.1:8420"),

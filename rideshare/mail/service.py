@@ -3,6 +3,8 @@
 import functools
 import smtplib
 import socket
+import threading
+import time
 from email.message import EmailMessage
 from email.utils import make_msgid
 from typing import Any
@@ -52,16 +54,45 @@ def _local_hostname() -> str:
     return socket.getfqdn()
 
 
-def _deliver(msg: EmailMessage) -> str:
-    """Hand msg to the SMTP server; returns its reply to DATA."""
-    cfg = current_app.config
-    timeout = cfg["SMTP_TIMEOUT"]
-    left = job_time_left()
-    if left is not None:
-        # In a pool thread the job's timeout lands only once a socket call returns:
-        # wait on the server no longer than the job has left (plus a moment, so the
-        # job's own timeout, not the socket's, names the failure).
-        timeout = min(timeout, left + 0.5)
+# A connection is reused for this long at most between messages: servers drop idle
+# clients (Postfix after 300 s), and a dropped one is only found out on the next use.
+SMTP_IDLE_REUSE_S = 30.0
+
+
+class _Connection(threading.local):
+    """This thread's open SMTP connection, kept between messages (one per pool thread or process)."""
+
+    smtp: smtplib.SMTP | None = None
+    key: tuple[Any, ...] = ()
+    sent = 0
+    last_used = 0.0
+
+    def take(self, key: tuple[Any, ...], max_messages: int) -> smtplib.SMTP | None:
+        """The kept connection if it may carry another message to the same server, else None."""
+        smtp, self.smtp = self.smtp, None
+        if smtp is None:
+            return None
+        if self.key == key and self.sent < max_messages and time.monotonic() - self.last_used < SMTP_IDLE_REUSE_S:
+            return smtp
+        _quit(smtp)
+        return None
+
+    def keep(self, smtp: smtplib.SMTP, key: tuple[Any, ...], reused: bool) -> None:
+        self.smtp, self.key, self.last_used = smtp, key, time.monotonic()
+        self.sent = self.sent + 1 if reused else 1
+
+
+_connection = _Connection()
+
+
+def _quit(smtp: smtplib.SMTP) -> None:
+    try:
+        smtp.quit()
+    except (smtplib.SMTPException, OSError):
+        smtp.close()  # a rude goodbye changes nothing
+
+
+def _connect(cfg: Any, timeout: float) -> smtplib.SMTP:
     smtp = smtplib.SMTP(cfg["SMTP_HOST"], cfg["SMTP_PORT"], local_hostname=_local_hostname(), timeout=timeout)
     try:
         smtp.ehlo()
@@ -70,19 +101,53 @@ def _deliver(msg: EmailMessage) -> str:
             smtp.ehlo()
         if cfg["SMTP_USER"]:
             smtp.login(cfg["SMTP_USER"], cfg["SMTP_PASSWORD"])
-        sender = msg["From"].addresses[0].addr_spec
-        _expect(smtp.mail(sender), (250,))
-        _expect(smtp.rcpt(msg["To"].addresses[0].addr_spec), (250, 251))
+    except BaseException:
+        smtp.close()
+        raise
+    return smtp
+
+
+def _deliver(msg: EmailMessage) -> str:
+    """Hand msg to the SMTP server; returns its reply to DATA.
+
+    The connection (with its STARTTLS and login) is kept for the thread's next
+    message, up to SMTP_MAX_MESSAGES_PER_CONNECTION; a kept connection that the
+    server has closed meanwhile is replaced before anything is sent.
+    """
+    cfg = current_app.config
+    timeout = cfg["SMTP_TIMEOUT"]
+    left = job_time_left()
+    if left is not None:
+        # In a pool thread the job's timeout lands only once a socket call returns:
+        # wait on the server no longer than the job has left (plus a moment, so the
+        # job's own timeout, not the socket's, names the failure).
+        timeout = min(timeout, left + 0.5)
+    key = (cfg["SMTP_HOST"], cfg["SMTP_PORT"], cfg["SMTP_USER"], cfg["SMTP_STARTTLS"])
+    sender = msg["From"].addresses[0].addr_spec
+    recipient = msg["To"].addresses[0].addr_spec
+    smtp = _connection.take(key, cfg["SMTP_MAX_MESSAGES_PER_CONNECTION"])
+    reused = smtp is not None
+    if smtp is None:
+        smtp = _connect(cfg, timeout)
+    try:
+        smtp.sock.settimeout(timeout)
+        try:
+            _expect(smtp.mail(sender), (250,))
+        except (smtplib.SMTPServerDisconnected, OSError, SmtpReplyError) as exc:
+            if not reused or (isinstance(exc, SmtpReplyError) and exc.code != 421):
+                raise
+            # The kept connection was closed by the server; nothing was sent on it.
+            smtp.close()
+            smtp, reused = _connect(cfg, timeout), False
+            _expect(smtp.mail(sender), (250,))
+        _expect(smtp.rcpt(recipient), (250, 251))
         reply = _expect(smtp.data(msg.as_bytes()), (250,))
     except BaseException:
         # No QUIT after a failure: it would wait on a server that may be stalled,
         # and its reply would hide the real error (a time limit, say).
         smtp.close()
         raise
-    try:
-        smtp.quit()
-    except (smtplib.SMTPException, OSError):
-        smtp.close()  # the message was accepted; a rude goodbye changes nothing
+    _connection.keep(smtp, key, reused)
     return reply
 
 

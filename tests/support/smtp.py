@@ -17,6 +17,7 @@ class Received:
     rcpt_tos: list[str]
     message: Message
     at: float
+    peer: Any = None  # the client's (address, port): one per SMTP connection
 
 
 @dataclass
@@ -24,7 +25,8 @@ class ScriptedHandler:
     """Accepts mail, unless a scripted reply or stall is queued for a recipient."""
 
     received: list[Received] = field(default_factory=list)
-    # recipient -> queued replies ("451 ..." or "550 ...", or ("stall", seconds)); empty: accept
+    # recipient -> queued replies ("451 ..." or "550 ...", ("stall", seconds), or ("hang up",):
+    # accept, then close the connection as a server does with an idle client); empty: accept
     script: dict[str, deque] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -41,11 +43,14 @@ class ScriptedHandler:
         if isinstance(reply, tuple) and reply[0] == "stall":
             await asyncio.sleep(reply[1])
             reply = None
+        if isinstance(reply, tuple) and reply[0] == "hang up":
+            asyncio.get_running_loop().call_later(0.05, server.transport.close)
+            reply = None
         if reply is not None:
             return reply
         with self.lock:
             self.received.append(
-                Received(list(envelope.rcpt_tos), email.message_from_bytes(envelope.content), time.time())
+                Received(list(envelope.rcpt_tos), email.message_from_bytes(envelope.content), time.time(), session.peer)
             )
         return "250 OK queued"
 
