@@ -144,7 +144,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
     scaling = results["scaling"]
     workers = [row["workers"] for row in scaling]
-    left.axhline(results["drain"]["bare_drain"], color="#999", linestyle="--", label="bare Celery, 1 worker")
+    left.axhline(results["drain"]["bare_drain"], color="#999", linestyle="--", label="bare Celery, 1 worker, prefork x2")
     left.plot(workers, [row["single"] for row in scaling], marker="o", label="full path, single adds")
     left.plot(workers, [row["bulk"] for row in scaling], marker="o", label="full path, bulk adds")
     left.set_xticks(workers)
