@@ -58,8 +58,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         f"## (a) API enqueue, 16 connections ({api['healthz'].get('tool', 'bench.loadgen')}),"
         f" gunicorn {api['gunicorn'][0]} workers x {api['gunicorn'][1]} threads",
         "",
-        "| endpoint | requests/s | vs /healthz | p50 ms | p99 ms |",
-        "| --- | --- | --- | --- | --- |",
+        "| endpoint | requests/s | vs /healthz | p50 ms | p99 ms | server CPU ms per request |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, label in (
         ("healthz", "GET /healthz"),
@@ -68,7 +68,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     ):
         row = api[name]
         ratio = row["rps"] / api["healthz"]["rps"]
-        lines.append(f"| {label} | {row['rps']:,} | {ratio:.2f} | {row['p50_ms']} | {row['p99_ms']} |")
+        cpu = row.get("server_cpu_ms_per_request", "")
+        lines.append(f"| {label} | {row['rps']:,} | {ratio:.2f} | {row['p50_ms']} | {row['p99_ms']} | {cpu} |")
     lines += [
         "",
         f"## (b) Drain of {drain['jobs']:,} CPU-light jobs, {drain['settings']}",
@@ -144,7 +145,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
     scaling = results["scaling"]
     workers = [row["workers"] for row in scaling]
-    left.axhline(results["drain"]["bare_drain"], color="#999", linestyle="--", label="bare Celery, 1 worker, prefork x2")
+    left.axhline(
+        results["drain"]["bare_drain"], color="#999", linestyle="--", label="bare Celery, 1 worker, prefork x2"
+    )
     left.plot(workers, [row["single"] for row in scaling], marker="o", label="full path, single adds")
     left.plot(workers, [row["bulk"] for row in scaling], marker="o", label="full path, bulk adds")
     left.set_xticks(workers)

@@ -420,6 +420,15 @@ class Bench:
         seconds = 3 if self.quick else 8
 
         def load(path: str, method: str = "GET", body: dict | None = None, seconds: float = seconds) -> dict:
+            """The figures of one endpoint under load, with the gunicorn workers' CPU per request."""
+            cpu = cpu_seconds(gunicorn.pid)
+            result = generate(path, method, body, seconds)
+            result["server_cpu_ms_per_request"] = round(
+                (cpu_seconds(gunicorn.pid) - cpu) * 1000 / max(1, result["requests"]), 3
+            )
+            return result
+
+        def generate(path: str, method: str, body: dict | None, seconds: float) -> dict:
             headers = {"Authorization": f"Bearer {token}"}
             raw = json.dumps(body) if body is not None else None
             if wrk.available():
