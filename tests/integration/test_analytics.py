@@ -120,3 +120,24 @@ def test_bulk_add_is_all_or_nothing_on_bad_items(app, stack):
     assert set(caught.value.errors) == {"1", "3"}
     assert "eventId" in caught.value.errors["1"]
     assert get_job_counts("analytics") == before
+
+
+def test_delayed_bulk_jobs_are_promoted_in_batches(app, stack):
+    driver_id = f"driver-{secrets.token_hex(3)}"
+    items = [
+        {"event": "ride_completed", "eventId": f"evt-{driver_id}-{i}", "driverId": driver_id, "data": {"fare": "1.00"}}
+        for i in range(30)
+    ]
+    log_offset = len(stack.worker_log.read_bytes())
+    jobs = add_analytics_jobs(items, delay=800)
+    assert {job.state for job in jobs} == {"delayed"}
+    final = [stack.wait_for_job(job.id) for job in jobs]
+
+    assert [job.state for job in final] == ["completed"] * 30
+    assert all(job.processed_on - job.created_at >= 800 for job in final)
+    assert driver(driver_id).rides == 30
+    # The scheduler published the due jobs in messages of up to 20 (batch_size), not one each.
+    log = stack.worker_log.read_bytes()[log_offset:].decode(errors="replace")
+    batches = [line for line in log.splitlines() if "analytics.record[batch-" in line and "received" in line]
+    singles = [line for line in log.splitlines() if any(f"analytics.record[{job.id}]" in line for job in jobs)]
+    assert 2 <= len(batches) <= 3 and not singles, (batches, singles)
