@@ -9,7 +9,8 @@ from sqlalchemy import func, select
 
 from rideshare.analytics.models import AnalyticsEvent, DailyRideStats, DriverStats
 from rideshare.db import get_db
-from rideshare.jobs import InvalidJobData, add_analytics_job, add_analytics_jobs, get_job_counts
+from rideshare.jobs import InvalidJobData, add_analytics_job, add_analytics_jobs, get_job_counts, get_queue
+from rideshare.jobs.store import now_ms
 
 pytestmark = pytest.mark.integration
 
@@ -141,3 +142,23 @@ def test_delayed_bulk_jobs_are_promoted_in_batches(app, stack):
     batches = [line for line in log.splitlines() if "analytics.record[batch-" in line and "received" in line]
     singles = [line for line in log.splitlines() if any(f"analytics.record[{job.id}]" in line for job in jobs)]
     assert 2 <= len(batches) <= 3 and not singles, (batches, singles)
+
+
+def test_a_batch_that_meets_a_paused_queue_hands_its_jobs_back_until_resumed(app, stack):
+    queue = get_queue("analytics")
+    driver_id = f"driver-{secrets.token_hex(3)}"
+    items = [{"event": "ride_completed", "eventId": f"evt-{driver_id}-{i}", "driverId": driver_id} for i in range(5)]
+    # Stored but not yet published, as a batch message in flight would be.
+    records = [queue._record(secrets.token_hex(8), data, queue.defaults, None, now_ms()) for data in items]
+    assert queue.store.create_many(records, [now_ms()] * 5) == [True] * 5
+    queue.store.set_paused("analytics", True)
+    try:
+        ran = queue.task._run_batch(queue, [[r.id, 1, 30000] for r in records])
+        assert ran == 0
+        assert [job.state for job in queue.store.get_many([r.id for r in records])] == ["delayed"] * 5
+    finally:
+        queue.store.set_paused("analytics", False)
+    # Resumed: the worker's scheduler publishes them again, and each runs once.
+    final = [stack.wait_for_job(r.id) for r in records]
+    assert [(job.state, job.attempts) for job in final] == [("completed", 1)] * 5
+    assert driver(driver_id).rides == 5
