@@ -232,9 +232,10 @@ def start_worker(
     queues: str = "email,analytics,payment",
     concurrency: int = 4,
     name: str | None = None,
+    pool: str = "prefork",
 ) -> subprocess.Popen:
     """A real `celery -A tasks worker` process from the repo root, waited on until it is ready."""
-    return start_celery_worker(env, log, queues=queues, concurrency=concurrency, name=name, cwd=REPO)
+    return start_celery_worker(env, log, queues=queues, concurrency=concurrency, name=name, pool=pool, cwd=REPO)
 
 
 @pytest.fixture(scope="session")

@@ -58,9 +58,9 @@ class Rig:
     def start_redis(self) -> None:
         self.redis_proc = start_redis(self.redis_dir, self.redis_port)
 
-    def worker(self, queues: str, concurrency: int = 4, **extra_env: str) -> subprocess.Popen:
+    def worker(self, queues: str, concurrency: int = 4, pool: str = "prefork", **extra_env: str) -> subprocess.Popen:
         log = self.tmp / f"worker-{len(self.workers)}.log"
-        proc = start_worker({**self.env, **extra_env}, log, queues=queues, concurrency=concurrency)
+        proc = start_worker({**self.env, **extra_env}, log, queues=queues, concurrency=concurrency, pool=pool)
         proc.log = log  # type: ignore[attr-defined]
         self.workers.append(proc)
         return proc

@@ -75,6 +75,49 @@ def test_sigkilled_payment_workers_lose_nothing_and_charge_once(rig):
     assert rig.store.counts("payment")["active"] == 0
 
 
+def test_sigkilled_threads_payment_worker_loses_nothing_and_charges_once(rig):
+    """The shipped payment worker (a threads pool) killed whole, twice, with payments in flight."""
+    rig.services.stripe.latency = 0.05
+    with rig.app.app_context():
+        with get_db().session() as session:
+            ride = Ride(rider_id="42", driver_id="d-1", pickup="A", dropoff="B")
+            session.add(ride)
+        worker = rig.worker("payment", concurrency=8, pool="threads")
+        payments = [
+            create_payment(
+                user_id="42",
+                ride_id=ride.id,
+                amount=Decimal("12.00"),
+                currency="USD",
+                payment_method="pm_card_visa",
+                timeout=2000,
+            )
+            for _ in range(120)
+        ]
+        killed_mid_job = 0
+        for _ in range(2):
+            time.sleep(1.0)
+            killed_mid_job += rig.store.counts("payment")["active"]
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(10)
+            worker = rig.worker("payment", concurrency=8, pool="threads")
+        jobs = rig.wait_all([job.id for _, job in payments], timeout=120)
+        with get_db().session() as session:
+            rows = {p.id: p.status for p in session.query(Payment).all()}
+    charges = succeeded_charges(rig.services.localstripe_url)
+    states = [job.state for job in jobs]
+    print(
+        f"\nfault: threads worker killed twice with {killed_mid_job} jobs active; payments={len(payments)}"
+        f" states={ {s: states.count(s) for s in set(states)} } charges={sum(charges.values())}"
+        f" recovered={sum(1 for j in jobs if j.attempts > 1)}"
+    )
+    assert killed_mid_job > 0, "the kills landed while payments were running"
+    assert states.count("completed") == 120
+    assert set(rows.values()) == {"succeeded"} and len(rows) == 120
+    assert charges == {str(pid): 1 for pid in rows}, "exactly one charge per payment"
+    assert rig.store.counts("payment")["active"] == 0
+
+
 def test_a_job_that_keeps_killing_its_worker_fails_after_bounded_deliveries(rig):
     with rig.app.app_context():
         worker = rig.worker("email", concurrency=1, JOB_MAX_STALLS="2")
