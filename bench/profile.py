@@ -11,16 +11,14 @@ does not know as idle still counts, so read socket reads as waiting on that serv
 """
 
 import argparse
-import asyncio
 import collections
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
-from bench.run import SMTP_LATENCY_S, Bench
+from bench.run import Bench, slow_smtp_sink
 
 
 def summarize(raw: Path, top: int = 25) -> str:
@@ -86,31 +84,12 @@ def profile_noop(bench: Bench, seconds: int) -> Path:
 
 
 def profile_email(bench: Bench, seconds: int) -> Path:
-    from aiosmtpd.controller import Controller
-
-    from rideshare import create_app
-    from rideshare.cli import upgrade_database
-    from rideshare.jobs import add_email_job
-
-    class SlowSink:
-        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-            await asyncio.sleep(SMTP_LATENCY_S)
-            return "250 OK"
-
-    controller = Controller(SlowSink(), hostname="127.0.0.1", port=bench.smtp_port)
-    controller.start()
-    try:
-        app = create_app()
-        with app.app_context():
-            upgrade_database()
-            for i in range(4000):
-                add_email_job({"to": f"r{i}@example.com", "subject": "s", "text": "t"}, remove_on_complete=True)
+    with slow_smtp_sink(bench.smtp_port):
+        app = bench.queue_emails(4000)
         worker = bench.worker("tasks", pool="threads", concurrency=32, queues="email")
         out = bench.tmp / "email.raw"
         record(worker.pid, out, seconds)
         app.extensions["db"].engine.dispose()
-    finally:
-        controller.stop()
     return out
 
 

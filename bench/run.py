@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,35 +49,50 @@ IO_CONFIGS = [
 GUNICORN = (2, 8)
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and its children (a prefork worker's pool processes)."""
+    with contextlib.suppress(OSError):
+        return [pid, *(int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+    return [pid]
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of a process and its children, MB."""
     total = 0
-    pids = [pid]
-    with contextlib.suppress(OSError):
-        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    for p in pids:
-        try:
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
-        except OSError:
-            continue
     return round(total / 1024, 1)
 
 
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) of a process and its children so far, seconds."""
     total = 0.0
-    pids = [pid]
-    with contextlib.suppress(OSError):
-        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    for p in pids:
-        try:
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
+
+
+@contextlib.contextmanager
+def slow_smtp_sink(port: int) -> Iterator[None]:
+    """An SMTP server on 127.0.0.1:port that accepts every message after SMTP_LATENCY_S."""
+    from aiosmtpd.controller import Controller
+
+    class SlowSink:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            await asyncio.sleep(SMTP_LATENCY_S)
+            return "250 OK"
+
+    controller = Controller(SlowSink(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield
+    finally:
+        controller.stop()
 
 
 def start_consuming(celery: Any, workers: list[subprocess.Popen], queue: str) -> None:
@@ -313,31 +329,14 @@ class Bench:
     # (c) I/O-bound drain -------------------------------------------------------------
 
     def io_bound(self) -> None:
-        from aiosmtpd.controller import Controller
-
-        class SlowSink:
-            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-                await asyncio.sleep(SMTP_LATENCY_S)
-                return "250 OK"
-
-        controller = Controller(SlowSink(), hostname="127.0.0.1", port=self.smtp_port)
-        controller.start()
         rows = []
-        try:
+        with slow_smtp_sink(self.smtp_port):
             for pool, concurrency, processes in IO_CONFIGS:
                 self.redis.flushdb()
                 ceiling = processes * concurrency / SMTP_LATENCY_S
                 n = int(max(100, min(ceiling * (4 if self.quick else 8), 4000)))
-                from rideshare import create_app
-
-                app = create_app()
+                app = self.queue_emails(n)
                 with app.app_context():
-                    from rideshare.cli import upgrade_database
-                    from rideshare.jobs import add_email_job
-
-                    upgrade_database()
-                    for i in range(n):
-                        add_email_job({"to": f"r{i}@example.com", "subject": "s", "text": "t"}, remove_on_complete=True)
                     # Booted on the idle analytics queue, then all turned to email at once.
                     workers = [
                         self.worker("tasks", pool=pool, concurrency=concurrency, queues="analytics")
@@ -370,9 +369,20 @@ class Bench:
                         "worker_rss_mb": rss,
                     }
                 )
-        finally:
-            controller.stop()
         self.results["io"] = rows
+
+    def queue_emails(self, n: int) -> Any:
+        """A fresh app (schema migrated) with n email jobs waiting; the caller enters its context."""
+        from rideshare import create_app
+        from rideshare.cli import upgrade_database
+        from rideshare.jobs import add_email_job
+
+        app = create_app()
+        with app.app_context():
+            upgrade_database()
+            for i in range(n):
+                add_email_job({"to": f"r{i}@example.com", "subject": "s", "text": "t"}, remove_on_complete=True)
+        return app
 
     # (a) API enqueue ----------------------------------------------------------------
 

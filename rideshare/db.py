@@ -10,6 +10,7 @@ from flask import Flask, current_app
 from sqlalchemy import DateTime, Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.types import TypeDecorator
 
 log = logging.getLogger("rideshare.db")
@@ -79,10 +80,13 @@ class Database:
         self.sessionmaker = sessionmaker(engine, expire_on_commit=False)
 
     def grow_pool(self, pool_size: int) -> None:
-        """Rebuild the engine with at least pool_size connections (before any job runs)."""
+        """Rebuild the engine with at least pool_size connections (before any job runs).
+
+        Only a QueuePool (PostgreSQL, SQLite files) has a size to grow; other pools are left.
+        """
         assert self.engine is not None, "Database.init_app was not called"
-        current = getattr(self.engine.pool, "size", lambda: pool_size)()
-        if pool_size <= current:
+        pool = self.engine.pool
+        if not isinstance(pool, QueuePool) or pool_size <= pool.size():
             return
         self.engine.dispose()
         self.bind(make_engine(self.url, pool_size, self.max_overflow))

@@ -12,7 +12,7 @@ import secrets
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,15 +147,53 @@ class Stack:
         self, job_id: str, states: tuple[str, ...] = ("completed", "failed"), timeout: float = 30
     ) -> JobRecord:
         """Poll the job store until the job reaches one of states."""
-        deadline = time.monotonic() + timeout
-        job = None
-        while time.monotonic() < deadline:
-            job = self.job(job_id)
-            if job is not None and job.state in states:
-                return job
-            time.sleep(0.05)
-        log_tail = self.worker_log.read_text()[-3000:]
-        raise AssertionError(f"job {job_id} still {job and job.state} after {timeout} s\n{log_tail}")
+        [job] = wait_for_jobs(self.app.extensions["jobs"].store, [job_id], states, timeout, [self.worker_log])
+        return job
+
+
+def wait_for_jobs(
+    store: Any,
+    job_ids: Iterable[str],
+    states: tuple[str, ...] = ("completed", "failed"),
+    timeout: float = 60,
+    logs: Iterable[Path] = (),
+) -> list[JobRecord]:
+    """Poll store until every job is in one of states; they come back in the order asked.
+
+    On timeout the error names a few jobs still pending and shows the tail of each log.
+    """
+    ids = list(job_ids)
+    deadline = time.monotonic() + timeout
+    while True:
+        jobs = store.get_many(ids)
+        pending = [job_id for job_id, job in zip(ids, jobs, strict=True) if job is None or job.state not in states]
+        if not pending:
+            return jobs
+        if time.monotonic() > deadline:
+            found = {job.id: job for job in jobs if job is not None}
+            sample = [
+                (i, found[i].state if i in found else None, found[i].attempts if i in found else 0) for i in pending[:5]
+            ]
+            tails = "\n".join(log.read_text(errors="replace")[-2000:] for log in logs)
+            raise AssertionError(f"{len(pending)} jobs not in {states} after {timeout} s: {sample}\n{tails}")
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def own_app(env: dict[str, str], **overrides: Any) -> Iterator[Flask]:
+    """An app on env, in its context, with a job store that starts and ends empty; closed afterwards.
+
+    For tests that run workers of their own on own_queues_env (another Redis database).
+    """
+    app = app_from_env(env, **overrides)
+    store = app.extensions["jobs"].store
+    store.redis.flushdb()
+    try:
+        with app.app_context():
+            yield app
+    finally:
+        store.redis.flushdb()
+        close_app(app)
 
 
 def stack_env(database_url: str, redis_url: str, services: Services, tmp: Path) -> dict[str, str]:

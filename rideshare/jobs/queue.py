@@ -107,10 +107,7 @@ class JobQueue:
             except RedisError:
                 log.error("job.orphaned", extra={"job_id": job_id, "queue": self.name})
             raise QueueUnavailable(f"broker unreachable: {exc}") from exc
-        log.info(
-            "job.created",
-            extra={"job_id": job_id, "queue": self.name, "task": self.task_name, "delay_ms": opts.delay},
-        )
+        self._log_created(record, opts)
         return record
 
     def add_bulk(self, items: Sequence[Mapping[str, Any]], *, owner: str | None = None, **options: Any) -> list[Job]:
@@ -150,11 +147,14 @@ class JobQueue:
                     log.error("jobs.orphaned", extra={"queue": self.name, "jobs": len(records)})
                 raise QueueUnavailable(f"broker unreachable: {exc}") from exc
         for record in records:
-            log.info(
-                "job.created",
-                extra={"job_id": record.id, "queue": self.name, "task": self.task_name, "delay_ms": opts.delay},
-            )
+            self._log_created(record, opts)
         return records
+
+    def _log_created(self, record: JobRecord, opts: JobOptions) -> None:
+        log.info(
+            "job.created",
+            extra={"job_id": record.id, "queue": self.name, "task": self.task_name, "delay_ms": opts.delay},
+        )
 
     def _record(
         self, job_id: str, data: Mapping[str, Any], opts: JobOptions, owner: str | None, created_at: int

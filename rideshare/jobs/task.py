@@ -142,7 +142,6 @@ def _watchdog(seconds: float) -> Iterator[None]:
 
 @contextmanager
 def _alarm(seconds: float) -> Iterator[None]:
-
     def expire(signum: int, frame: Any) -> None:
         raise JobTimeout(f"ran past its timeout of {seconds:g} s")
 
@@ -242,23 +241,19 @@ class JobTask(Task):
 
     def _run_batch(self, queue: JobQueue, deliveries: list[list[Any]]) -> int:
         """Run a message's jobs in turn, each with its own state, timeout and retries; returns how many ran."""
-        ran = 0
         for index, (job_id, seq, timeout_ms) in enumerate(deliveries):
             try:
                 self._run_job(queue, job_id, seq, timeout_ms)
-                ran += 1
             except Reject:
                 # Paused: this job and the rest wait in the delayed set and are
                 # published again, one scheduler tick after the queue resumes.
                 queue.store.defer([d[0] for d in deliveries[index:]], queue.name, int(PAUSED_REQUEUE_DELAY_S * 1000))
-                break
-            except Retry:
-                ran += 1  # its next attempt waits in the job store
+                return index
             except RedisError:
                 raise  # the job store is gone: the rest stay waiting, and the stale-waiting sweep sends them again
-            except Exception:  # noqa: BLE001 - recorded as the job's failure; the batch goes on
-                ran += 1
-        return ran
+            except Exception:  # noqa: BLE001 - a retry or failure, already recorded in the job store
+                continue
+        return len(deliveries)
 
     def _run_job(self, queue: JobQueue, job_id: str, seq: int | None, timeout_ms: int | None = None) -> Any:
         if timeout_ms is None:

@@ -156,11 +156,11 @@ def _delivery(session: Session, job_id: str) -> EmailDelivery | None:
     return session.scalar(select(EmailDelivery).where(EmailDelivery.job_id == job_id))
 
 
-def _record(job_id: str, **values: Any) -> None:
-    """Set fields of a job's delivery row: one UPDATE."""
+def _record(job_id: str, *where: Any, **values: Any) -> None:
+    """Set fields of a job's delivery row (where the extra conditions hold): one UPDATE."""
     with get_db().session() as session:
         session.execute(
-            update(EmailDelivery).where(EmailDelivery.job_id == job_id).values(updated_at=utcnow(), **values)
+            update(EmailDelivery).where(EmailDelivery.job_id == job_id, *where).values(updated_at=utcnow(), **values)
         )
 
 
@@ -213,10 +213,5 @@ def send_email(job: Job) -> dict[str, Any]:
 
 
 def mark_delivery_failed(job: Job, reason: str) -> None:
-    """Record that a delivery has failed for good."""
-    with get_db().session() as session:
-        session.execute(
-            update(EmailDelivery)
-            .where(EmailDelivery.job_id == job.id, EmailDelivery.status != SENT)
-            .values(status=FAILED, last_reply=reason[:500], updated_at=utcnow())
-        )
+    """Record that a delivery has failed for good (a sent one stays sent)."""
+    _record(job.id, EmailDelivery.status != SENT, status=FAILED, last_reply=reason[:500])

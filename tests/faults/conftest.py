@@ -8,7 +8,6 @@ import os
 import secrets
 import signal
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from flask import Flask
 from devstack.processes import free_port, start_redis, stop
 from rideshare.cli import upgrade_database
 from rideshare.jobs.store import JobRecord
-from tests.conftest import Services, app_from_env, stack_env, start_worker
+from tests.conftest import Services, app_from_env, stack_env, start_worker, wait_for_jobs
 
 pytestmark = pytest.mark.faults
 
@@ -67,18 +66,8 @@ class Rig:
 
     def wait_all(self, job_ids: Iterable[str], timeout: float = 90, states=("completed", "failed")) -> list[JobRecord]:
         """Wait until every job is in one of states; returns them."""
-        ids = list(job_ids)
-        deadline = time.monotonic() + timeout
-        while True:
-            jobs = self.store.get_many(ids)
-            pending = [i for i, j in zip(ids, jobs, strict=True) if j is None or j.state not in states]
-            if not pending:
-                return jobs
-            if time.monotonic() > deadline:
-                sample = [(j.id, j.state, j.attempts) for j in jobs if j is not None and j.id in pending[:5]]
-                logs = "\n".join(w.log.read_text()[-2000:] for w in self.workers)  # type: ignore[attr-defined]
-                raise AssertionError(f"{len(pending)} jobs not finished after {timeout} s: {sample}\n{logs}")
-            time.sleep(0.1)
+        logs = [w.log for w in self.workers]  # type: ignore[attr-defined]
+        return wait_for_jobs(self.store, job_ids, states, timeout, logs)
 
 
 @pytest.fixture

@@ -30,24 +30,35 @@ def succeeded_charges(localstripe_url: str) -> dict[str, int]:
     return counts
 
 
+def queue_payments(count: int, amount: str) -> list:
+    """A ride of rider 42 and count payments for it, each charge queued with a 2 s timeout."""
+    with get_db().session() as session:
+        ride = Ride(rider_id="42", driver_id="d-1", pickup="A", dropoff="B")
+        session.add(ride)
+    return [
+        create_payment(
+            user_id="42",
+            ride_id=ride.id,
+            amount=Decimal(amount),
+            currency="USD",
+            payment_method="pm_card_visa",
+            timeout=2000,
+        )
+        for _ in range(count)
+    ]
+
+
+def payment_rows() -> dict[int, str]:
+    """Every payment's status, by id."""
+    with get_db().session() as session:
+        return {p.id: p.status for p in session.query(Payment).all()}
+
+
 def test_sigkilled_payment_workers_lose_nothing_and_charge_once(rig):
     rig.services.stripe.latency = 0.05  # each gateway call takes 50 ms, so kills land mid-task
     with rig.app.app_context():
-        with get_db().session() as session:
-            ride = Ride(rider_id="42", driver_id="d-1", pickup="A", dropoff="B")
-            session.add(ride)
         worker = rig.worker("payment", concurrency=4)
-        payments = [
-            create_payment(
-                user_id="42",
-                ride_id=ride.id,
-                amount=Decimal("10.00"),
-                currency="USD",
-                payment_method="pm_card_visa",
-                timeout=2000,
-            )
-            for _ in range(200)
-        ]
+        payments = queue_payments(200, "10.00")
         kills = 0
         for _ in range(6):
             time.sleep(0.6)
@@ -59,8 +70,7 @@ def test_sigkilled_payment_workers_lose_nothing_and_charge_once(rig):
                 kills += 1
         jobs = rig.wait_all([job.id for _, job in payments], timeout=120)
 
-        with get_db().session() as session:
-            rows = {p.id: p.status for p in session.query(Payment).all()}
+        rows = payment_rows()
     charges = succeeded_charges(rig.services.localstripe_url)
     states = [job.state for job in jobs]
     print(
@@ -79,21 +89,8 @@ def test_sigkilled_threads_payment_worker_loses_nothing_and_charges_once(rig):
     """The shipped payment worker (a threads pool) killed whole, twice, with payments in flight."""
     rig.services.stripe.latency = 0.05
     with rig.app.app_context():
-        with get_db().session() as session:
-            ride = Ride(rider_id="42", driver_id="d-1", pickup="A", dropoff="B")
-            session.add(ride)
         worker = rig.worker("payment", concurrency=8, pool="threads")
-        payments = [
-            create_payment(
-                user_id="42",
-                ride_id=ride.id,
-                amount=Decimal("12.00"),
-                currency="USD",
-                payment_method="pm_card_visa",
-                timeout=2000,
-            )
-            for _ in range(120)
-        ]
+        payments = queue_payments(120, "12.00")
         killed_mid_job = 0
         for _ in range(2):
             time.sleep(1.0)
@@ -102,8 +99,7 @@ def test_sigkilled_threads_payment_worker_loses_nothing_and_charges_once(rig):
             worker.wait(10)
             worker = rig.worker("payment", concurrency=8, pool="threads")
         jobs = rig.wait_all([job.id for _, job in payments], timeout=120)
-        with get_db().session() as session:
-            rows = {p.id: p.status for p in session.query(Payment).all()}
+        rows = payment_rows()
     charges = succeeded_charges(rig.services.localstripe_url)
     states = [job.state for job in jobs]
     print(

@@ -7,20 +7,18 @@ import pytest
 
 from devstack.processes import stop
 from rideshare.jobs import add_email_job, get_job, get_job_counts
-from tests.conftest import app_from_env, close_app, start_worker
+from tests.conftest import own_app, start_worker
 
 pytestmark = pytest.mark.integration
 
 
 def test_counts_match_a_mixed_run(stack, own_queues_env, tmp_path):
     env = {**own_queues_env, "JOB_KEY_PREFIX": f"counts{secrets.token_hex(3)}"}
-    app = app_from_env(env)
-    app.extensions["jobs"].store.redis.flushdb()
 
     def mail(tag: str) -> dict:
         return {"to": f"{tag}-{secrets.token_hex(4)}@example.com", "subject": "Hi", "text": "hello"}
 
-    with app.app_context():
+    with own_app(env):
         ok = [add_email_job(mail("ok")) for _ in range(3)]
         bad = []
         for _ in range(2):
@@ -67,5 +65,3 @@ def test_counts_match_a_mixed_run(stack, own_queues_env, tmp_path):
             "failed": 0,
             "paused": 0,
         }
-    app.extensions["jobs"].store.redis.flushdb()
-    close_app(app)

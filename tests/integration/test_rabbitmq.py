@@ -7,7 +7,6 @@ scripts/run-tests.sh) runs the whole integration suite over RabbitMQ as well.
 """
 
 import secrets
-import time
 from decimal import Decimal
 
 import pytest
@@ -18,7 +17,7 @@ from rideshare.db import get_db
 from rideshare.jobs import add_email_job
 from rideshare.payments.service import create_payment
 from rideshare.rides.models import Ride
-from tests.conftest import app_from_env, close_app, fresh_broker, other_db, start_worker
+from tests.conftest import fresh_broker, other_db, own_app, start_worker, wait_for_jobs
 from tests.support.rabbitmq import list_queues
 
 pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
@@ -37,16 +36,14 @@ def test_jobs_run_over_rabbitmq_with_a_quorum_payment_queue(stack, rabbit_vhost,
         "REDIS_URL": other_db(stack.env["REDIS_URL"]),
         "JOB_KEY_PREFIX": f"rabbit{secrets.token_hex(3)}",
     }
-    app = app_from_env(env, CELERY={"broker_url": rabbit_vhost})
-    store = app.extensions["jobs"].store
-    store.redis.flushdb()
-    worker = None
-    try:
-        with app.app_context():
-            upgrade_database()
-            [payment_queue] = [q for q in app.extensions["celery"].conf.task_queues if q.name == "payment"]
-            assert payment_queue.queue_arguments == {"x-queue-type": "quorum"}
-            worker = start_worker(env, tmp_path / "worker.log")
+    with own_app(env, CELERY={"broker_url": rabbit_vhost}) as app:
+        store = app.extensions["jobs"].store
+        upgrade_database()
+        [payment_queue] = [q for q in app.extensions["celery"].conf.task_queues if q.name == "payment"]
+        assert payment_queue.queue_arguments == {"x-queue-type": "quorum"}
+        log = tmp_path / "worker.log"
+        worker = start_worker(env, log)
+        try:
             with get_db().session() as session:
                 ride = Ride(rider_id="42", driver_id="d", pickup="A", dropoff="B")
                 session.add(ride)
@@ -69,18 +66,11 @@ def test_jobs_run_over_rabbitmq_with_a_quorum_payment_queue(stack, rabbit_vhost,
             stack.services.smtp.handler.plan(retried_data["to"], "451 later")
             retried = add_email_job(retried_data, backoff={"type": "fixed", "delay": 300})
             ids = [charge.id, now.id, later.id, retried.id]
-            deadline = time.monotonic() + 60
-            while any(j is None or j.state != "completed" for j in store.get_many(ids)):
-                assert time.monotonic() < deadline, [(j.id, j.state) for j in store.get_many(ids) if j]
-                time.sleep(0.1)
-            final = {j.id: j for j in store.get_many(ids)}
-        listed = list_queues(rabbit_vhost, "name", "type")
-        assert "payment\tquorum" in listed, listed
-        assert final[later.id].processed_on - final[later.id].created_at >= 1500
-        assert final[retried.id].attempts == 2
-        assert final[charge.id].result["status"] == "succeeded"
-    finally:
-        if worker is not None:
+            final = {j.id: j for j in wait_for_jobs(store, ids, ("completed",), timeout=60, logs=[log])}
+        finally:
             stop(worker)
-        store.redis.flushdb()
-        close_app(app)
+    listed = list_queues(rabbit_vhost, "name", "type")
+    assert "payment\tquorum" in listed, listed
+    assert final[later.id].processed_on - final[later.id].created_at >= 1500
+    assert final[retried.id].attempts == 2
+    assert final[charge.id].result["status"] == "succeeded"

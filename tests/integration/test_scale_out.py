@@ -9,7 +9,7 @@ import pytest
 
 from devstack.processes import stop
 from rideshare.jobs import add_email_job
-from tests.conftest import app_from_env, close_app, start_worker
+from tests.conftest import own_app, start_worker, wait_for_jobs
 
 pytestmark = pytest.mark.integration
 
@@ -20,13 +20,11 @@ def test_workers_share_a_queue_join_mid_run_and_hand_back_on_sigterm(stack, own_
         "JOB_KEY_PREFIX": f"scale{secrets.token_hex(3)}",
         "JOB_KEEP_COMPLETED": "10000",
     }
-    app = app_from_env(env)
-    store = app.extensions["jobs"].store
-    store.redis.flushdb()
     tag = env["JOB_KEY_PREFIX"]
     workers = []
-    try:
-        with app.app_context():
+    with own_app(env) as app:
+        store = app.extensions["jobs"].store
+        try:
             workers.append(start_worker(env, tmp_path / "w1.log", queues="email", concurrency=2, name=f"w1-{tag}@%h"))
             jobs = []
             for i in range(240):
@@ -40,19 +38,13 @@ def test_workers_share_a_queue_join_mid_run_and_hand_back_on_sigterm(stack, own_
             time.sleep(1.0)
             workers[0].send_signal(signal.SIGTERM)
             workers[0].wait(30)
-            deadline = time.monotonic() + 90
-            while any(j is None or j.state != "completed" for j in store.get_many([j.id for j in jobs])):
-                assert time.monotonic() < deadline, "not every job completed"
-                time.sleep(0.1)
-            final = store.get_many([j.id for j in jobs])
-        by_worker = Counter(job.worker.split("@")[0].split("-")[0] for job in final)
-        sent = [len(stack.services.smtp.handler.messages_to(j.data["to"])) for j in jobs]
-        print(f"\nscale-out: jobs per worker {dict(by_worker)}")
-        assert set(by_worker) == {"w1", "w2", "w3"}, by_worker
-        assert by_worker["w2"] >= 5 and by_worker["w3"] >= 5, "the workers that joined took work at once"
-        assert sent == [1] * len(jobs), "nothing lost or doubled when w1 left"
-    finally:
-        for worker in workers:
-            stop(worker)
-        store.redis.flushdb()
-        close_app(app)
+            final = wait_for_jobs(store, [j.id for j in jobs], ("completed",), timeout=90)
+        finally:
+            for worker in workers:
+                stop(worker)
+    by_worker = Counter(job.worker.split("@")[0].split("-")[0] for job in final)
+    sent = [len(stack.services.smtp.handler.messages_to(j.data["to"])) for j in jobs]
+    print(f"\nscale-out: jobs per worker {dict(by_worker)}")
+    assert set(by_worker) == {"w1", "w2", "w3"}, by_worker
+    assert by_worker["w2"] >= 5 and by_worker["w3"] >= 5, "the workers that joined took work at once"
+    assert sent == [1] * len(jobs), "nothing lost or doubled when w1 left"
