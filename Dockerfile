@@ -29,5 +29,6 @@ USER app
 ENV RIDESHARE_VAR_DIR=/app/var
 
 EXPOSE 8000 5555
-CMD ["gunicorn", "rideshare:create_app()", "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "4", \
+CMD ["gunicorn", "-c", "python:rideshare.gunicorn_conf", "rideshare:create_app()", \
+     "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "4", \
      "--access-logfile", "-", "--no-control-socket"]

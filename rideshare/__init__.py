@@ -6,9 +6,8 @@ from typing import Any
 from dotenv import load_dotenv
 from flask import Flask
 from flask_smorest import Api
-from werkzeug.exceptions import MethodNotAllowed
 
-from rideshare import cli, ratelimit
+from rideshare import cli, errors, json_body, ratelimit
 from rideshare.celery_app import celery_init_app
 from rideshare.config import settings_from_env
 from rideshare.db import Database
@@ -49,18 +48,17 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from rideshare.mail.api import blp as mail_blp
     from rideshare.payments.api import blp as payments_blp
     from rideshare.rides.api import blp as rides_blp
+    from rideshare.validation import Money
 
+    api.register_field(Money, None, None)  # a number or a string: its metadata states both forms (oneOf)
     for blueprint in (rides_blp, payments_blp, mail_blp, jobs_blp, admin_blp):
         api.register_blueprint(blueprint)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(dashboard.bp)
 
-    @app.errorhandler(MethodNotAllowed)
-    def method_not_allowed(exc: MethodNotAllowed) -> tuple[dict[str, Any], int, dict[str, str]]:
-        # flask-smorest's JSON error drops werkzeug's Allow header, which a 405 must carry.
-        payload, code, headers = api.handle_http_exception(exc)
-        return payload, code, {**headers, "Allow": ", ".join(sorted(exc.valid_methods or ()))}
+    errors.init_app(app, api)
+    json_body.init_app(app)
 
     @app.errorhandler(QueueUnavailable)
     def queue_unavailable(exc: QueueUnavailable) -> tuple[dict[str, Any], int, dict[str, str]]:

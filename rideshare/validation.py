@@ -2,6 +2,7 @@
 
 import re
 from decimal import Decimal
+from typing import Any
 
 from marshmallow import ValidationError, fields, validate
 
@@ -9,6 +10,8 @@ MAX_AMOUNT = 100_000
 # Ids are 32-bit SQL integers: larger ones are simply not found, never a database error.
 MAX_ID = 2**31 - 1
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+# An amount as a string: up to 6 integer digits (MAX_AMOUNT has 6) and up to 2 decimals.
+AMOUNT_PATTERN = re.compile(r"\d{1,6}(\.\d{1,2})?", re.ASCII)
 
 
 def two_decimals(value: Decimal) -> None:
@@ -18,14 +21,43 @@ def two_decimals(value: Decimal) -> None:
         raise ValidationError("must have at most 2 decimal places")
 
 
-def money(description: str) -> fields.Decimal:
+class Money(fields.Decimal):
+    """An amount sent as a JSON number or as a plain decimal string ("25.50"), nothing Python reads besides.
+
+    Decimal() alone also takes "1_000", " 25 ", "+5", "2.5E1" and "Infinity"; the string form must match
+    AMOUNT_PATTERN, and a JSON number must be a real number (not true, not a string in disguise).
+    """
+
+    default_error_messages = {"format": "must be a number or a string like 25.50 (up to 6 digits, 2 decimals)"}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Decimal:
+        if isinstance(value, str):
+            if not AMOUNT_PATTERN.fullmatch(value):
+                raise self.make_error("format")
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.make_error("format")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+def money(description: str) -> Money:
     """A positive amount with at most 2 decimals, sent as a JSON number or string."""
-    return fields.Decimal(
+    return Money(
         required=True,
         allow_nan=False,
         # With two decimals, > 0 means >= 0.01; the document states that bound as a number.
         validate=[validate.Range(min=0, max=MAX_AMOUNT, min_inclusive=False), two_decimals],
-        metadata={"description": description, "example": "25.50", "minimum": 0.01, "maximum": MAX_AMOUNT},
+        metadata={
+            "description": f"{description}: a JSON number with at most 2 decimals, or a string like 25.50",
+            "example": "25.50",
+            "minimum": 0.01,
+            "maximum": MAX_AMOUNT,
+            # OpenAPI 3.0 cannot say "number or string" with a pattern for the string only
+            # without oneOf; oneOf keeps both forms and their rules in the document.
+            "oneOf": [
+                {"type": "number", "multipleOf": 0.01, "minimum": 0.01, "maximum": MAX_AMOUNT},
+                {"type": "string", "pattern": AMOUNT_PATTERN.pattern.join("^$")},
+            ],
+        },
     )
 
 

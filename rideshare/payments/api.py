@@ -21,6 +21,8 @@ from rideshare.payments.service import (
 from rideshare.ratelimit import job_limits
 
 blp = Blueprint("payments", __name__, description="Payments")
+# Longer keys are refused (400) before any lookup; gunicorn lets headers up to 16 KiB reach the app.
+MAX_IDEMPOTENCY_KEY = 255
 
 
 @blp.route("/payments")
@@ -37,7 +39,7 @@ class Payments(MethodView):
                 "in": "header",
                 "name": "Idempotency-Key",
                 "required": False,
-                "schema": {"type": "string", "maxLength": 255},
+                "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
                 "description": "Repeat a request safely: the same key and body return the first response",
             }
         ]
@@ -45,8 +47,9 @@ class Payments(MethodView):
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Queue a payment for a ride; the payment worker charges it through Stripe."""
         key = request.headers.get("Idempotency-Key")
-        if key is not None and not (0 < len(key) <= 255):
-            abort(422, errors={"headers": {"Idempotency-Key": ["must be 1 to 255 characters"]}})
+        if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY):
+            message = f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
+            abort(400, message=message, errors={"headers": {"Idempotency-Key": [message]}})
         try:
             payment, job = create_payment(
                 idempotency=(key, request_fingerprint(body)) if key else None,

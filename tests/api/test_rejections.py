@@ -75,12 +75,13 @@ def nothing_written(stack: Stack) -> Iterator[None]:
 
 
 def assert_error(response, status: int, fields: set[str] | None = None) -> dict[str, Any]:
-    """A JSON error with this status; for a 422, errors.json names exactly `fields`."""
+    """A JSON error with this status and a message; for a 422, errors.json names exactly `fields`."""
     assert response.status_code == status, response.get_data(as_text=True)
     assert response.mimetype == "application/json"
     body = response.get_json()
     assert body["code"] == status
     assert isinstance(body["status"], str) and body["status"]
+    assert isinstance(body["message"], str) and body["message"], body  # every error says what was wrong
     if fields is not None:
         named = body["errors"]["json"]
         assert set(named) == fields, named
