@@ -1,0 +1,27 @@
+"""Stock Celery: a no-op task with acks_late, on the service's celeryconfig and kombu's own Redis transport.
+
+    REDIS_URL=redis://... celery -A bench.peers.stock_celery worker -Q analytics
+
+Unlike bench/bare.py this does not install the service's hardened transport: it is
+Celery as anyone would run it, with the same settings (celeryconfig) as ours.
+"""
+
+import os
+
+import redis
+from celery import Celery
+
+from bench.peers import COUNTER
+
+app = Celery("stock")
+app.config_from_object("celeryconfig")
+app.conf.broker_url = os.environ["REDIS_URL"]
+app.conf.imports = ()
+app.conf.task_acks_late = True
+_counter = redis.Redis.from_url(os.environ["REDIS_URL"])
+
+
+@app.task(name="stock.noop", ignore_result=True, acks_late=True)
+def noop() -> None:
+    """Count one run."""
+    _counter.incr(COUNTER)
