@@ -54,7 +54,7 @@ accept_content = ["json"]
 result_serializer = "json"
 result_accept_content = ["json"]
 
-# Job state and results live in our job store (rideshare.jobs.store), not in a
+# Job state and results live in our job store (jobqueue.store), not in a
 # Celery result backend: storing results there would slow every publish.
 task_ignore_result = True
 result_backend = None

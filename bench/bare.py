@@ -8,7 +8,7 @@ import os
 import redis
 from celery import Celery
 
-from rideshare.jobs import transport
+from jobqueue import transport
 
 transport.install()  # the same transport as the service, so only job tracking differs
 app = Celery("bare")

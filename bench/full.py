@@ -5,9 +5,9 @@ celery -A bench.full worker -Q analytics
 
 from celery import shared_task
 
+from jobqueue import Job, JobQueue
+from jobqueue.task import JobTask
 from rideshare import create_app
-from rideshare.jobs.queue import Job, JobQueue
-from rideshare.jobs.task import JobTask
 
 flask_app = create_app()
 app = flask_app.extensions["celery"]

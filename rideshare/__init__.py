@@ -7,11 +7,11 @@ from dotenv import load_dotenv
 from flask import Flask
 from flask_smorest import Api
 
+from jobqueue import QueueUnavailable
 from rideshare import cli, errors, json_body, ratelimit
 from rideshare.celery_app import celery_init_app
 from rideshare.config import settings_from_env
 from rideshare.db import Database
-from rideshare.jobs.queue import QueueUnavailable
 from rideshare.logs import configure_logging
 
 

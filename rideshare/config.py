@@ -38,9 +38,11 @@ def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         # A job whose worker died is delivered again once its lease (timeout + 7 s) runs
         # out; after this many such stalls it fails as a poison job.
         "JOB_MAX_STALLS": _int(env, "JOB_MAX_STALLS", 2),
-        # A job waiting this long is published again, in case its message was lost
-        # (older copies are skipped by their delivery number).
-        "JOB_STALE_WAITING_MS": _int(env, "JOB_STALE_WAITING_MS", 300_000),
+        # A waiting job whose message was taken by a worker that died before starting it
+        # is published again this long after it entered waiting, once the broker holds
+        # nothing older and no live worker claims it in its prefetch buffer (older
+        # copies are skipped by their delivery number).
+        "JOB_STALE_WAITING_MS": _int(env, "JOB_STALE_WAITING_MS", 10_000),
         # Fernet keys for sensitive job data, newest first (rotate by prepending); empty:
         # derived from SECRET_KEY.
         "JOB_DATA_KEYS": env.get("JOB_DATA_KEYS", ""),

@@ -26,12 +26,13 @@ class JSONFormatter(logging.Formatter):
 
 def configure_logging() -> None:
     """Send rideshare's logs to stderr as JSON lines, once per process."""
-    logger = logging.getLogger("rideshare")
-    if any(isinstance(h.formatter, JSONFormatter) for h in logger.handlers):
-        return
-    handler = logging.StreamHandler()
-    handler.setFormatter(JSONFormatter())
-    handler.formatter.converter = __import__("time").gmtime  # type: ignore[union-attr]
-    logger.addHandler(handler)
-    logger.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
-    logger.propagate = False
+    for name in ("rideshare", "jobqueue"):  # the app and its job engine
+        logger = logging.getLogger(name)
+        if any(isinstance(h.formatter, JSONFormatter) for h in logger.handlers):
+            continue
+        handler = logging.StreamHandler()
+        handler.setFormatter(JSONFormatter())
+        handler.formatter.converter = __import__("time").gmtime  # type: ignore[union-attr]
+        logger.addHandler(handler)
+        logger.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
+        logger.propagate = False

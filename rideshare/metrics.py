@@ -8,7 +8,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from celeryconfig import QUEUES
-from rideshare.jobs.store import HISTOGRAM_BOUNDS, JobStore
+from jobqueue.store import HISTOGRAM_BOUNDS, JobStore
 
 bp = Blueprint("metrics", __name__)
 

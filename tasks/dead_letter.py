@@ -4,16 +4,16 @@ import logging
 
 from celery import Task, shared_task
 
-from rideshare.jobs.transport import DEAD_LETTER_TASK
+from jobqueue.transport import DEAD_LETTER_TASK
 
-log = logging.getLogger("rideshare.jobs")
+log = logging.getLogger("jobqueue")
 KEEP_DEAD_LETTERS = 1000
 
 
 @shared_task(bind=True, name=DEAD_LETTER_TASK, ignore_result=True)
 def file_dead_letter(self: Task, raw: str, error: str) -> None:
     """Keep an unreadable message for inspection and log it; it is never retried."""
-    store = self.app.flask_app.extensions["jobs"].store
+    store = self.app.jobs.store
     key = f"{store.prefix}:deadletter"
     with store.redis.pipeline() as pipe:
         pipe.lpush(key, raw)

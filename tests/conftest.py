@@ -35,11 +35,11 @@ from devstack.processes import (
     stop,
     wait_for_port,
 )
+from jobqueue.store import JobRecord
 from rideshare import create_app
 from rideshare.auth import issue_token
 from rideshare.cli import upgrade_database
 from rideshare.config import settings_from_env
-from rideshare.jobs.store import JobRecord
 from tests.support.fault_proxy import FaultProxy
 from tests.support.rabbitmq import ON_RABBITMQ, rabbit_vhost, rabbitmq_missing
 from tests.support.smtp import SMTPServer

@@ -9,6 +9,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
 from celeryconfig import QUEUES
+from jobqueue import InvalidJobData, Job
 from rideshare.admin.schemas import (
     AuditArgsSchema,
     AuditPageSchema,
@@ -23,8 +24,7 @@ from rideshare.admin.schemas import (
     RetryBodySchema,
 )
 from rideshare.auth import admin_required, current_user
-from rideshare.jobs import control
-from rideshare.jobs.queue import InvalidJobData, Job, get_job, get_queue
+from rideshare.jobs import control, get_job, get_queue
 from rideshare.ratelimit import job_limits
 
 blp = Blueprint("admin", __name__, url_prefix="/admin", description="Queue and job control (role admin)")

@@ -13,12 +13,12 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from celeryconfig import QUEUES
+from jobqueue import InvalidJobData, QueueUnavailable
+from jobqueue.masking import mask
 from rideshare.admin.api import job_detail
 from rideshare.admin.schemas import JobDetailSchema
 from rideshare.auth import admin_required, csrf_token, decode_token, principal_from_session
-from rideshare.jobs import control
-from rideshare.jobs.masking import mask
-from rideshare.jobs.queue import InvalidJobData, QueueUnavailable, get_job
+from rideshare.jobs import control, get_job
 from rideshare.jobs.schemas import JobSchema, ms_to_iso
 
 bp = Blueprint("dashboard", __name__, url_prefix="/admin", template_folder="../templates")

@@ -2,10 +2,10 @@
 
 from marshmallow import Schema, fields, validate
 
+from jobqueue.masking import mask
+from jobqueue.store import STATES
 from rideshare.jobs.control import CLEANABLE_STATES
-from rideshare.jobs.masking import mask
 from rideshare.jobs.schemas import JobSchema
-from rideshare.jobs.store import STATES
 
 
 class JobCountsSchema(Schema):

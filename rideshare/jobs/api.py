@@ -3,8 +3,9 @@
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
+from jobqueue import Job
 from rideshare.auth import current_user, login_required
-from rideshare.jobs.queue import Job, get_job
+from rideshare.jobs import get_job
 from rideshare.jobs.schemas import JobSchema
 
 blp = Blueprint("jobs", __name__, description="Job state by id")

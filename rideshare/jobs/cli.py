@@ -9,10 +9,10 @@ import click
 from flask.cli import AppGroup
 
 from celeryconfig import QUEUES
+from jobqueue import InvalidJobData, QueueUnavailable
+from jobqueue.store import STATES
 from rideshare.jobs import control
-from rideshare.jobs.queue import InvalidJobData, QueueUnavailable
 from rideshare.jobs.schemas import JobSchema
-from rideshare.jobs.store import STATES
 
 jobs_cli = AppGroup("jobs", help="Inspect and control jobs and queues.")
 queue_option = click.option("--queue", "queue", type=click.Choice(QUEUES), required=True)

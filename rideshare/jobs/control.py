@@ -11,11 +11,12 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 from sqlalchemy import select
 
+from jobqueue import Job, QueueUnavailable
+from jobqueue.options import JobOptions
+from jobqueue.store import STATES
 from rideshare.admin.models import AuditEntry
 from rideshare.db import get_db
-from rideshare.jobs.options import JobOptions
-from rideshare.jobs.queue import Job, QueueUnavailable, get_job, get_queue
-from rideshare.jobs.store import STATES
+from rideshare.jobs import get_job, get_queue
 
 log = logging.getLogger("rideshare.admin")
 
@@ -63,7 +64,9 @@ def _retry(job: Job, data: Mapping[str, Any] | None) -> Job:
         raise JobStateConflict(job.id, job.state, "retry")
     if data is not None:
         queue.validate(data)
-    queue.task.on_manual_retry(job, dict(data) if data is not None else job.data)
+    hook = queue.policy.hook("on_manual_retry")
+    if hook is not None:
+        hook(job, dict(data) if data is not None else job.data)
     outcome = queue.store.retry(job.id, queue.name, data)
     if not isinstance(outcome, int):
         raise JobStateConflict(job.id, outcome or "gone", "retry")

@@ -7,7 +7,7 @@ from flask_smorest import Blueprint
 from markupsafe import escape
 
 from rideshare.auth import current_user, login_optional
-from rideshare.jobs.queue import add_email_job
+from rideshare.jobs import add_email_job
 from rideshare.jobs.schemas import JobAcceptedSchema
 from rideshare.mail.schemas import WelcomeEmailSchema
 from rideshare.ratelimit import job_limits

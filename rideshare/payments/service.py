@@ -12,17 +12,10 @@ import stripe
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
+from jobqueue import InvalidJobData, Job, PermanentJobError, QueueUnavailable, TransientJobError
 from rideshare.alerts import raise_alert
 from rideshare.db import get_db
-from rideshare.jobs.queue import (
-    InvalidJobData,
-    Job,
-    QueueUnavailable,
-    add_email_job,
-    add_payment_job,
-    get_job,
-)
-from rideshare.jobs.task import PermanentJobError, TransientJobError
+from rideshare.jobs import add_email_job, add_payment_job, get_job
 from rideshare.payments import gateway
 from rideshare.payments.models import (
     FAILED,

@@ -7,10 +7,11 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 from sqlalchemy import update
 
+from jobqueue import QueueUnavailable
 from rideshare.analytics.service import RIDE_COMPLETED
 from rideshare.auth import current_user, login_required
 from rideshare.db import get_db, utcnow
-from rideshare.jobs.queue import QueueUnavailable, add_analytics_job
+from rideshare.jobs import add_analytics_job
 from rideshare.jobs.schemas import JobAcceptedSchema
 from rideshare.ratelimit import job_limits
 from rideshare.rides.models import Ride

@@ -17,8 +17,8 @@ from flask import Flask
 from sqlalchemy import func, select
 
 from devstack.processes import free_port
+from jobqueue.store import STATES
 from rideshare.db import get_db
-from rideshare.jobs.store import STATES
 from rideshare.payments.models import Payment
 from rideshare.rides.models import Ride
 from tests.conftest import Stack, app_from_env

@@ -17,8 +17,8 @@ import pytest
 from flask import Flask
 
 from devstack.processes import free_port, start_redis, stop
+from jobqueue.store import JobRecord
 from rideshare.cli import upgrade_database
-from rideshare.jobs.store import JobRecord
 from tests.conftest import Services, app_from_env, stack_env, start_worker, wait_for_jobs
 
 pytestmark = pytest.mark.faults

@@ -7,10 +7,10 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
+from jobqueue.store import now_ms
 from rideshare.analytics.models import AnalyticsEvent, DailyRideStats, DriverStats
 from rideshare.db import get_db
 from rideshare.jobs import InvalidJobData, add_analytics_job, add_analytics_jobs, get_job_counts, get_queue
-from rideshare.jobs.store import now_ms
 
 pytestmark = pytest.mark.integration
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from rideshare.jobs.options import Backoff, InvalidJobOptions, JobOptions, resolve_options
-from rideshare.jobs.store import Retention
+from jobqueue.options import Backoff, InvalidJobOptions, JobOptions, resolve_options
+from jobqueue.store import Retention
 
 DEFAULTS = JobOptions(attempts=3, backoff=Backoff("exponential", 5000), timeout=30000)
 

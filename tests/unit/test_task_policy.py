@@ -1,4 +1,4 @@
-"""Each queue's declared retry policy, and how a failure is described."""
+"""Each queue's declared policy (beside its domain), and how a failure is described."""
 
 import smtplib
 import subprocess
@@ -15,8 +15,11 @@ from sqlalchemy.exc import OperationalError
 import tasks.analytics
 import tasks.email
 import tasks.payment
-from rideshare.jobs.options import Backoff, JobOptions
-from rideshare.jobs.task import JobTask, PermanentJobError, TransientJobError, describe
+from jobqueue import Backoff, JobOptions, JobTimeout, PermanentJobError, QueuePolicy, TransientJobError
+from jobqueue.task import JobTask, describe
+from rideshare.analytics.queue import ANALYTICS_QUEUE
+from rideshare.mail.queue import EMAIL_QUEUE
+from rideshare.payments.queue import PAYMENT_QUEUE
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = {"JOB_RETRY_ATTEMPTS": 3, "JOB_RETRY_DELAY": 5000, "JOB_TIMEOUT": 30000}
@@ -68,40 +71,70 @@ def test_each_task_is_a_job_task_on_its_own_queue(registry, name, queue):
     assert registry.amqp.router.route({}, name)["queue"].name == queue
 
 
-def test_payment_policy(registry):
-    task = registry.tasks["payment.charge"]
-    assert task.attempts == 5
-    assert task.backoff == Backoff("exponential", 5000)
-    for error in (stripe.APIConnectionError, stripe.APIError, stripe.RateLimitError, OperationalError):
-        assert error in task.retry_on, error
-    assert stripe.CardError not in task.retry_on
-    # Nor anything a card decline is an instance of.
-    decline = stripe.CardError("declined", param=None, code="card_declined")
-    assert not isinstance(decline, task.retry_on)
-    assert task.default_options(CONFIG) == JobOptions(attempts=5, backoff=Backoff("exponential", 5000), timeout=30000)
+def test_each_task_runs_its_declared_policy(registry):
+    assert registry.tasks["payment.charge"].policy is PAYMENT_QUEUE
+    assert registry.tasks["email.send"].policy is EMAIL_QUEUE
+    assert registry.tasks["analytics.record"].policy is ANALYTICS_QUEUE
 
 
-def test_email_policy(registry):
-    task = registry.tasks["email.send"]
-    assert task.attempts == 3
-    assert task.backoff == Backoff("exponential", 2000)
-    assert smtplib.SMTPServerDisconnected in task.retry_on
-    assert task.default_options(CONFIG) == JobOptions(attempts=3, backoff=Backoff("exponential", 2000), timeout=30000)
+def test_payment_policy():
+    assert PAYMENT_QUEUE.attempts == 5
+    assert PAYMENT_QUEUE.backoff == Backoff("exponential", 5000)
+    for error in (
+        stripe.APIConnectionError("down"),
+        stripe.APIError("5xx"),
+        stripe.RateLimitError("slow down"),
+        OperationalError("", {}, None),
+    ):
+        assert PAYMENT_QUEUE.is_retryable(error), error
+    # A decline is permanent, and so is anything the job says is permanent.
+    assert not PAYMENT_QUEUE.is_retryable(stripe.CardError("declined", param=None, code="card_declined"))
+    assert not PAYMENT_QUEUE.is_retryable(PermanentJobError("no"))
+    assert not PAYMENT_QUEUE.is_retryable(ValueError("bug"))
+    assert PAYMENT_QUEUE.defaults(3, 5000, 30000) == JobOptions(
+        attempts=5, backoff=Backoff("exponential", 5000), timeout=30000
+    )
 
 
-def test_analytics_policy_comes_from_the_app_config(registry):
-    task = registry.tasks["analytics.record"]
-    assert task.attempts is None
-    assert task.backoff == Backoff("exponential", None)
-    assert OperationalError in task.retry_on
-    assert task.default_options(CONFIG) == JobOptions(attempts=3, backoff=Backoff("exponential", 5000), timeout=30000)
-    custom = {"JOB_RETRY_ATTEMPTS": 8, "JOB_RETRY_DELAY": 100, "JOB_TIMEOUT": 900}
-    assert task.default_options(custom) == JobOptions(attempts=8, backoff=Backoff("exponential", 100), timeout=900)
+def test_email_policy():
+    assert EMAIL_QUEUE.attempts == 3
+    assert EMAIL_QUEUE.backoff == Backoff("exponential", 2000)
+    assert EMAIL_QUEUE.is_retryable(smtplib.SMTPServerDisconnected())
+    assert EMAIL_QUEUE.is_retryable(TransientJobError("451 later"))
+    assert not EMAIL_QUEUE.is_retryable(smtplib.SMTPRecipientsRefused({}))
+    assert EMAIL_QUEUE.defaults(3, 5000, 30000) == JobOptions(
+        attempts=3, backoff=Backoff("exponential", 2000), timeout=30000
+    )
 
 
-def test_job_task_defaults_retry_nothing():
-    assert JobTask.attempts is None
-    assert JobTask.retry_on == ()
+def test_analytics_policy_comes_from_the_app_config():
+    assert ANALYTICS_QUEUE.attempts is None
+    assert ANALYTICS_QUEUE.backoff == Backoff("exponential", None)
+    assert ANALYTICS_QUEUE.is_retryable(OperationalError("", {}, None))
+    assert ANALYTICS_QUEUE.defaults(3, 5000, 30000) == JobOptions(
+        attempts=3, backoff=Backoff("exponential", 5000), timeout=30000
+    )
+    assert ANALYTICS_QUEUE.defaults(8, 100, 900) == JobOptions(
+        attempts=8, backoff=Backoff("exponential", 100), timeout=900
+    )
+
+
+def test_a_policy_retries_only_timeouts_and_transient_errors_by_default():
+    bare = QueuePolicy(name="q", task="q.run")
+    assert bare.is_retryable(TransientJobError()) and bare.is_retryable(JobTimeout())
+    assert not bare.is_retryable(OperationalError("", {}, None))
+
+
+def test_enqueueing_imports_neither_the_tasks_nor_stripe():
+    code = (
+        "import sys\n"
+        "from rideshare import create_app\n"
+        "create_app({'TESTING': True})\n"
+        "print([m for m in ('stripe', 'tasks.payment', 'tasks.email', 'tasks.analytics') if m in sys.modules])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
 # --- describe ------------------------------------------------------------------

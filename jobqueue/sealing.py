@@ -15,7 +15,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from rideshare.jobs.masking import SECRET_KEYS
+from jobqueue.masking import SECRET_KEYS
 
 SEALED = "$sealed"
 
@@ -25,12 +25,13 @@ class Sealer:
         self.fernet = MultiFernet([Fernet(key.strip().encode()) for key in keys])
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "Sealer":
-        keys = [k for k in (config.get("JOB_DATA_KEYS") or "").split(",") if k.strip()]
-        if not keys:
-            digest = hashlib.sha256(b"rideshare-job-data:" + config["SECRET_KEY"].encode()).digest()
-            keys = [base64.urlsafe_b64encode(digest).decode()]
-        return cls(keys)
+    def from_keys(cls, keys: str, *, secret: str, salt: bytes) -> "Sealer":
+        """Fernet keys from a comma-separated list, else one derived from secret and salt."""
+        listed = [k for k in (keys or "").split(",") if k.strip()]
+        if not listed:
+            digest = hashlib.sha256(salt + secret.encode()).digest()
+            listed = [base64.urlsafe_b64encode(digest).decode()]
+        return cls(listed)
 
     def seal(self, value: Any, key: str = "") -> Any:
         """A copy of value with every sensitive field encrypted."""

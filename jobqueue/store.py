@@ -1,6 +1,6 @@
 """The job store: every job's state, data, options and attempts, kept in Redis.
 
-Layout under a prefix P (default ``rideshare``):
+Layout under a prefix P (default ``jobqueue``):
 
 - ``P:job:<id>``: a hash with the job's fields;
 - ``P:job:<id>:attempts``: a list of JSON attempt records;
@@ -29,271 +29,18 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from rideshare.jobs.sealing import Sealer
+from jobqueue import scripts
+from jobqueue.keys import FINISHED, STATES, Keys
+from jobqueue.sealing import Sealer
 
-STATES = ("waiting", "delayed", "active", "completed", "failed")
-FINISHED = ("completed", "failed")
 # Upper bounds (seconds) of the processing-time histogram, as Prometheus expects.
 HISTOGRAM_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 THROUGHPUT_BUCKET_MS = 10_000
 WORKER_TTL_MS = 30_000
 
-# Helpers shared by the scripts. KEYS: job, attempts, the five state sets,
-# metrics, histogram, durations, paused flag, leases (see JobStore._keys).
-#
-# Delivery: every message carries the job's delivery number ('seq'). Each
-# publish bumps it, so an older message for the same job (a broker
-# redelivery, a restored unacked message) no longer matches and is skipped.
-_LUA_COMMON = """
-local function remove_job(prefix, zset, id)
-  redis.call('ZREM', zset, id)
-  redis.call('DEL', prefix .. ':job:' .. id, prefix .. ':job:' .. id .. ':attempts')
-end
-local function state_key(state)
-  for i, name in ipairs({'waiting', 'delayed', 'active', 'completed', 'failed'}) do
-    if name == state then return KEYS[2 + i] end
-  end
-  return nil
-end
-"""
 
-# ARGV: state, score, queue, field/value pairs...
-_LUA_CREATE = (
-    _LUA_COMMON
-    + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local fields = {}
-for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], unpack(fields))
-redis.call('ZADD', state_key(ARGV[1]), ARGV[2], redis.call('HGET', KEYS[1], 'id'))
-redis.call('HINCRBY', KEYS[8], ARGV[3] .. ':added', 1)
-return 1
-"""
-)
-
-# Moves a job to 'active' under a lease and returns its fields. Finished jobs
-# come back unchanged; otherwise the answer is 'stale' (an older message),
-# 'paused' (the queue is paused), or 'leased' (another delivery of this same
-# message may still be running: the lease sweep takes it over if it died).
-# ARGV: now, worker, seq ('' = skip the check), lease_ms
-_LUA_START = (
-    _LUA_COMMON
-    + """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return nil end
-if state == 'completed' or state == 'failed' then
-  return redis.call('HGETALL', KEYS[1])
-end
-if ARGV[3] ~= '' and ARGV[3] ~= redis.call('HGET', KEYS[1], 'seq') then return 'stale' end
-if redis.call('EXISTS', KEYS[11]) == 1 and state ~= 'active' then return 'paused' end
-local now = tonumber(ARGV[1])
-if state == 'active' and tonumber(redis.call('HGET', KEYS[1], 'leaseUntil') or 0) > now then
-  return 'leased'
-end
-local id = redis.call('HGET', KEYS[1], 'id')
-redis.call('ZREM', state_key(state), id)
-redis.call('ZADD', KEYS[5], now, id)
-local lease = now + tonumber(ARGV[4])
-redis.call('ZADD', KEYS[12], lease, id)
-redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'state', 'active', 'processedOn', now, 'worker', ARGV[2], 'leaseUntil', lease)
-return redis.call('HGETALL', KEYS[1])
-"""
-)
-
-# Due delayed jobs (delays and retry backoffs) become waiting, each with a new
-# delivery number for the message the caller then publishes.
-# ARGV: now, limit. Returns id, seq, id, seq, ...
-_LUA_PROMOTE = (
-    _LUA_COMMON
-    + """
-local out = {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))) do
-  local job = KEYS[1] .. id
-  redis.call('ZREM', KEYS[4], id)
-  if redis.call('HGET', job, 'state') == 'delayed' then
-    redis.call('ZADD', KEYS[3], ARGV[1], id)
-    redis.call('HSET', job, 'state', 'waiting')
-    out[#out + 1] = id
-    out[#out + 1] = redis.call('HINCRBY', job, 'seq', 1)
-  end
-end
-return out
-"""
-)
-
-# Jobs whose lease ran out while active: their worker died (SIGKILL, OOM, a
-# lost host). Each goes back to waiting with a new delivery number, until it
-# has stalled more than max_stalls times; then it fails (a poison message).
-# Waiting jobs older than stale_ms get a new delivery number too, in case
-# their message was lost between the store and the broker.
-# ARGV: now, limit, max_stalls, stale_ms (-1 = skip). Returns id, seq, ... to publish.
-_LUA_RECOVER = (
-    _LUA_COMMON
-    + """
-local now, limit, max_stalls = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local out = {}
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[12], '-inf', now, 'LIMIT', 0, limit)) do
-  local job = KEYS[1] .. id
-  redis.call('ZREM', KEYS[12], id)
-  if redis.call('HGET', job, 'state') == 'active' and tonumber(redis.call('HGET', job, 'leaseUntil') or 0) <= now then
-    redis.call('ZREM', KEYS[5], id)
-    local stalls = redis.call('HINCRBY', job, 'stalls', 1)
-    if stalls > max_stalls then
-      redis.call('ZADD', KEYS[7], now, id)
-      redis.call('HSET', job, 'state', 'failed', 'finishedAt', now,
-        'failedReason', 'stalled: its worker was lost ' .. stalls .. ' times (poison job?)')
-      redis.call('HINCRBY', KEYS[8], redis.call('HGET', job, 'queue') .. ':failed', 1)
-      redis.call('HINCRBY', job, 'seq', 1)
-    else
-      redis.call('ZADD', KEYS[3], now, id)
-      redis.call('HSET', job, 'state', 'waiting')
-      out[#out + 1] = id
-      out[#out + 1] = redis.call('HINCRBY', job, 'seq', 1)
-    end
-  end
-end
-local stale_ms = tonumber(ARGV[4])
-if stale_ms >= 0 and redis.call('EXISTS', KEYS[11]) == 0 then
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - stale_ms, 'LIMIT', 0, limit)) do
-    redis.call('ZADD', KEYS[3], now, id)
-    out[#out + 1] = id
-    out[#out + 1] = redis.call('HINCRBY', KEYS[1] .. id, 'seq', 1)
-  end
-end
-return out
-"""
-)
-
-# Ends an attempt: records it and its metrics, moves the job to its next state
-# (completed, failed, or delayed for a retry), then trims that state's set to
-# the job's retention.
-# ARGV: prefix, state, score, now, keep_count (-1 = all), keep_age_ms (-1 = any),
-#       attempt_json, queue, duration_ms, histogram field, field/value pairs...
-_LUA_FINISH = (
-    _LUA_COMMON
-    + """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return nil end
-local prefix, target, score = ARGV[1], ARGV[2], ARGV[3]
-local now, keep_count, keep_age = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local queue, duration = ARGV[8], ARGV[9]
-local id = redis.call('HGET', KEYS[1], 'id')
-redis.call('ZREM', state_key(state), id)
-redis.call('ZREM', KEYS[12], id)
-local zset = state_key(target)
-redis.call('ZADD', zset, score, id)
-redis.call('HSET', KEYS[1], 'state', target)
-redis.call('HINCRBY', KEYS[1], 'seq', 1)
-for i = 11, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-if ARGV[7] ~= '' then redis.call('RPUSH', KEYS[2], ARGV[7]) end
--- Metrics: counters, processing-time histogram and recent durations, throughput.
-local event = target
-if target == 'delayed' then event = 'retried' end
-redis.call('HINCRBY', KEYS[8], queue .. ':' .. event, 1)
-if duration ~= '' then
-  redis.call('HINCRBY', KEYS[9], ARGV[10], 1)
-  redis.call('HINCRBY', KEYS[9], 'count', 1)
-  redis.call('HINCRBYFLOAT', KEYS[9], 'sum', tonumber(duration) / 1000)
-  redis.call('LPUSH', KEYS[10], duration)
-  redis.call('LTRIM', KEYS[10], 0, 999)
-end
-if target ~= 'delayed' then
-  local tp = prefix .. ':' .. queue .. ':tp:' .. target .. ':' .. math.floor(now / 10000)
-  redis.call('INCR', tp)
-  redis.call('EXPIRE', tp, 7300)
-end
--- Retention.
-if keep_count == 0 then
-  remove_job(prefix, zset, id)
-  return state
-end
-if keep_age >= 0 then
-  for _, old in ipairs(redis.call('ZRANGEBYSCORE', zset, '-inf', '(' .. (now - keep_age))) do
-    remove_job(prefix, zset, old)
-  end
-end
-if keep_count > 0 then
-  for _, old in ipairs(redis.call('ZRANGE', zset, 0, -(keep_count + 1))) do
-    remove_job(prefix, zset, old)
-  end
-end
-return state
-"""
-)
-
-# Puts a failed job back to waiting, optionally with new data; returns the new
-# delivery number, or the state the job is in instead.
-# ARGV: now, data ('' = keep)
-_LUA_RETRY = (
-    _LUA_COMMON
-    + """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return nil end
-if state ~= 'failed' then return state end
-local id = redis.call('HGET', KEYS[1], 'id')
-redis.call('ZREM', KEYS[7], id)
-redis.call('ZADD', KEYS[3], ARGV[1], id)
-redis.call('HSET', KEYS[1], 'state', 'waiting', 'failedReason', '', 'finishedAt', '', 'stalls', 0)
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'data', ARGV[2]) end
-return redis.call('HINCRBY', KEYS[1], 'seq', 1)
-"""
-)
-
-# Waiting jobs whose message could not be published go back to delayed, due soon.
-# ARGV: due, ids...
-_LUA_DEFER = (
-    _LUA_COMMON
-    + """
-for i = 2, #ARGV do
-  local id = ARGV[i]
-  if redis.call('HGET', KEYS[1] .. id, 'state') == 'waiting' then
-    redis.call('ZREM', KEYS[3], id)
-    redis.call('ZADD', KEYS[4], ARGV[1], id)
-    redis.call('HSET', KEYS[1] .. id, 'state', 'delayed')
-  end
-end
-return #ARGV - 1
-"""
-)
-
-# Removes one job wherever it is, unless it is active. ARGV: (none)
-_LUA_DELETE = (
-    _LUA_COMMON
-    + """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return nil end
-if state == 'active' then return state end
-local id = redis.call('HGET', KEYS[1], 'id')
-redis.call('ZREM', state_key(state), id)
-redis.call('DEL', KEYS[1], KEYS[2])
-return 'deleted'
-"""
-)
-
-# Removes up to limit jobs of one state older than a cut-off. ARGV: prefix, state, cutoff, limit
-_LUA_CLEAN = (
-    _LUA_COMMON
-    + """
-local zset = state_key(ARGV[2])
-local ids = redis.call('ZRANGEBYSCORE', zset, '-inf', ARGV[3], 'LIMIT', 0, tonumber(ARGV[4]))
-for _, id in ipairs(ids) do remove_job(ARGV[1], zset, id) end
-return ids
-"""
-)
-
-# Forgets a job the broker never received. ARGV: queue
-_LUA_DISCARD = (
-    _LUA_COMMON
-    + """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return 0 end
-redis.call('ZREM', state_key(state), redis.call('HGET', KEYS[1], 'id'))
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('HINCRBY', KEYS[8], ARGV[1] .. ':added', -1)
-return 1
-"""
-)
+class StaleDelivery(Exception):
+    """A worker's state change for a delivery that is no longer the job's current one: refused."""
 
 
 def now_ms() -> int:
@@ -358,6 +105,7 @@ class JobRecord:
     worker: str | None = None
     seq: int = 0
     stalls: int = 0
+    token: str = ""  # the current delivery's fencing token, set when it starts
 
     @classmethod
     def from_hash(cls, raw: Mapping[str, str]) -> "JobRecord":
@@ -381,6 +129,7 @@ class JobRecord:
             worker=raw.get("worker") or None,
             seq=int(raw.get("seq") or 0),
             stalls=int(raw.get("stalls") or 0),
+            token=raw.get("token") or "",
         )
 
 
@@ -396,6 +145,10 @@ class QueueActivity:
     p95_ms: float | None
 
 
+def _deliveries(raw: list[Any]) -> list[tuple[str, int]]:
+    return [(raw[i], int(raw[i + 1])) for i in range(0, len(raw), 2)]
+
+
 def _pairs(raw: Iterable[str]) -> dict[str, str]:
     items = list(raw)
     return dict(zip(items[0::2], items[1::2], strict=True))
@@ -407,25 +160,17 @@ def to_json(value: Any) -> str:
 
 
 class JobStore:
-    """Reads and moves jobs; every state change is one atomic script call."""
+    """Reads and moves jobs; every state change is one atomic script call (jobqueue/scripts/*.lua)."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "rideshare", sealer: Sealer | None = None) -> None:
+    def __init__(self, client: redis.Redis, prefix: str = "jobqueue", sealer: Sealer | None = None) -> None:
         self.redis = client
         self.prefix = prefix
+        self.keys = Keys(prefix)
         self.sealer = sealer
-        self._create = client.register_script(_LUA_CREATE)
-        self._start = client.register_script(_LUA_START)
-        self._finish = client.register_script(_LUA_FINISH)
-        self._retry = client.register_script(_LUA_RETRY)
-        self._promote = client.register_script(_LUA_PROMOTE)
-        self._defer = client.register_script(_LUA_DEFER)
-        self._recover = client.register_script(_LUA_RECOVER)
-        self._delete = client.register_script(_LUA_DELETE)
-        self._clean = client.register_script(_LUA_CLEAN)
-        self._discard = client.register_script(_LUA_DISCARD)
+        self.scripts = scripts.register_all(client)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "rideshare", sealer: Sealer | None = None) -> "JobStore":
+    def from_url(cls, url: str, prefix: str = "jobqueue", sealer: Sealer | None = None) -> "JobStore":
         # Fail fast when Redis is away: a job's bookkeeping must not outlast its timeout.
         client = redis.Redis.from_url(
             url,
@@ -446,24 +191,19 @@ class JobStore:
             record.data = self.sealer.unseal(record.data)
         return record
 
-    def _keys(self, job_id: str, queue: str) -> list[str]:
-        job = f"{self.prefix}:job:{job_id}"
-        q = f"{self.prefix}:{queue}"
-        return [
-            job,
-            f"{job}:attempts",
-            *(f"{q}:{s}" for s in STATES),
-            f"{self.prefix}:metrics",
-            f"{q}:hist",
-            f"{q}:durations",
-            f"{q}:paused",
-            f"{q}:leases",
-        ]
+    def _run(self, script: str, job_id: str, queue: str, args: list[Any], broker: str = "", client: Any = None) -> Any:
+        return self.scripts[script](keys=self.keys.for_script(job_id, queue, broker), args=args, client=client)
 
     # -- the life of one job -------------------------------------------------
 
-    def create(self, record: JobRecord, score: int, client: Any = None) -> bool:
-        """Store a new job in its first state; False if that id already exists."""
+    def create(
+        self, record: JobRecord, score: int, *, message: str = "", broker_key: str = "", client: Any = None
+    ) -> bool:
+        """Store a new job in its first state; False if that id already exists.
+
+        With message and broker_key, a waiting job's broker message is pushed in the
+        same script: the job and its message exist together or not at all.
+        """
         fields = {
             "id": record.id,
             "queue": record.queue,
@@ -478,58 +218,75 @@ class JobStore:
             "seq": 1 if record.state == "waiting" else 0,
         }
         flat = [v for kv in fields.items() for v in kv]
-        keys = self._keys(record.id, record.queue)
-        return bool(self._create(keys=keys, args=[record.state, score, record.queue, *flat], client=client))
+        args = [record.state, score, record.queue, message if record.state == "waiting" else "", *flat]
+        return bool(self._run("add", record.id, record.queue, args, broker=broker_key, client=client))
 
-    def create_many(self, records: list[JobRecord], scores: list[int]) -> list[bool]:
+    def create_many(
+        self, records: list[JobRecord], scores: list[int], messages: list[tuple[str, str]] | None = None
+    ) -> list[bool]:
         """create() for many jobs in one round trip; each flag says whether that job is new."""
         with self.redis.pipeline(transaction=False) as pipe:
-            for record, score in zip(records, scores, strict=True):
-                self.create(record, score, client=pipe)
+            for index, (record, score) in enumerate(zip(records, scores, strict=True)):
+                message, broker_key = messages[index] if messages else ("", "")
+                self.create(record, score, message=message, broker_key=broker_key, client=pipe)
             return [bool(created) for created in pipe.execute()]
 
     def discard(self, job_id: str, queue: str) -> bool:
         """Forget a job that was never published (the broker refused it)."""
-        return bool(self._discard(keys=self._keys(job_id, queue), args=[queue]))
+        return bool(self._run("discard", job_id, queue, [queue]))
 
     def get(self, job_id: str) -> JobRecord | None:
         """The job with this id, or None if it was never created or has been removed."""
-        raw = self.redis.hgetall(f"{self.prefix}:job:{job_id}")
+        raw = self.redis.hgetall(self.keys.job(job_id))
         return self._record(raw) if raw else None
 
     def attempts(self, job_id: str) -> list[dict[str, Any]]:
         """The attempt log of a job, oldest first."""
-        return [json.loads(a) for a in self.redis.lrange(f"{self.prefix}:job:{job_id}:attempts", 0, -1)]
+        return [json.loads(a) for a in self.redis.lrange(f"{self.keys.job(job_id)}:attempts", 0, -1)]
 
     def start(
         self, job_id: str, queue: str, worker: str, *, seq: int | None = None, lease_ms: int = 60_000
     ) -> JobRecord | str | None:
-        """Mark a job active under a lease of lease_ms and return it.
+        """Mark a job active under a lease of lease_ms and a new token, and return it.
 
         A finished job comes back unchanged. Otherwise the job is left as it is
         and the answer is None (unknown job), "stale" (the message's delivery
         number seq is not the job's latest), "paused" (its queue is paused) or
         "leased" (this delivery may still be running elsewhere).
         """
-        raw = self._start(keys=self._keys(job_id, queue), args=[now_ms(), worker, "" if seq is None else seq, lease_ms])
+        raw = self._run("start", job_id, queue, [now_ms(), worker, "" if seq is None else seq, lease_ms])
         if isinstance(raw, str):
             return raw
         return self._record(_pairs(raw)) if raw else None
 
     def promote(self, queue: str, limit: int = 500) -> list[tuple[str, int]]:
         """Move due delayed jobs to waiting; returns (id, delivery number) pairs to publish."""
-        raw = self._promote(keys=self._keys("", queue), args=[now_ms(), limit])
-        return [(raw[i], int(raw[i + 1])) for i in range(0, len(raw), 2)]
+        return _deliveries(self._run("promote", "", queue, [now_ms(), limit]))
 
     def defer(self, job_ids: list[str], queue: str, delay_ms: int) -> None:
         """Put waiting jobs whose message was not published back to delayed, due after delay_ms."""
         if job_ids:
-            self._defer(keys=self._keys("", queue), args=[now_ms() + delay_ms, *job_ids])
+            self._run("defer", "", queue, [now_ms() + delay_ms, *job_ids])
 
-    def recover(self, queue: str, *, max_stalls: int, stale_ms: int = -1, limit: int = 500) -> list[tuple[str, int]]:
-        """Requeue jobs whose worker died (or fail them past max_stalls); returns pairs to publish."""
-        raw = self._recover(keys=self._keys("", queue), args=[now_ms(), limit, max_stalls, stale_ms])
-        return [(raw[i], int(raw[i + 1])) for i in range(0, len(raw), 2)]
+    def recover(
+        self, queue: str, *, max_stalls: int, lost_before: int = -1, limit: int = 500
+    ) -> list[tuple[str, int]]:
+        """Requeue jobs whose worker died (or fail them past max_stalls), and waiting jobs
+        that entered waiting before lost_before (ms) and are claimed by no live worker;
+        returns (id, delivery number) pairs to publish."""
+        return _deliveries(self._run("recover", "", queue, [now_ms(), limit, max_stalls, lost_before]))
+
+    def claim(self, queue: str, job_ids: Iterable[str], until_ms: int) -> None:
+        """Mark waiting jobs as held in this worker's prefetch buffer until until_ms."""
+        ids = list(job_ids)
+        if ids:
+            self.redis.zadd(self.keys.queue(queue, "claims"), dict.fromkeys(ids, until_ms))
+            self.redis.zremrangebyscore(self.keys.queue(queue, "claims"), "-inf", now_ms())
+
+    def waiting_since(self, job_ids: Iterable[str], queue: str) -> list[float | None]:
+        """When each job entered waiting (ms), or None if it is not waiting."""
+        key = self.keys.queue(queue, "waiting")
+        return self.redis.zmscore(key, list(job_ids)) if job_ids else []
 
     def finish(
         self,
@@ -542,11 +299,17 @@ class JobStore:
         duration_ms: float | None = None,
         fields: Mapping[str, Any] | None = None,
     ) -> str | None:
-        """Move a job to state (completed, failed, or delayed for a retry) and trim that state."""
+        """Move an active job to state (completed, failed, or delayed for a retry) and trim that state.
+
+        Fenced by record.token: raises StaleDelivery when the job is no longer held by
+        this delivery (its lease was taken over, or it was finished meanwhile).
+        """
         flat = [str(v) for kv in (fields or {}).items() for v in kv]
-        return self._finish(
-            keys=self._keys(record.id, record.queue),
-            args=[
+        left = self._run(
+            "finish",
+            record.id,
+            record.queue,
+            [
                 self.prefix,
                 state,
                 score,
@@ -557,24 +320,41 @@ class JobStore:
                 record.queue,
                 "" if duration_ms is None else duration_ms,
                 histogram_field(duration_ms or 0),
+                record.token,
                 *flat,
             ],
         )
+        if left == "stale":
+            raise StaleDelivery(f"job {record.id}: delivery {record.token} no longer holds it")
+        return left
+
+    def holds(self, record: JobRecord) -> bool:
+        """Whether record's delivery still holds its job (active, with record's token)."""
+        state, token = self.redis.hmget(self.keys.job(record.id), "state", "token")
+        return state == "active" and token == record.token
+
+    def release(self, record: JobRecord) -> int:
+        """Hand an active job back to waiting for another worker; its new delivery number.
+
+        Fenced by record.token (StaleDelivery otherwise).
+        """
+        seq = self._run("release", record.id, record.queue, [now_ms(), record.token, record.queue])
+        if seq == "stale":
+            raise StaleDelivery(f"job {record.id}: delivery {record.token} no longer holds it")
+        return int(seq)
 
     def retry(self, job_id: str, queue: str, data: Mapping[str, Any] | None = None) -> int | str | None:
         """Move a failed job back to waiting: its new delivery number, the state it is in instead, or None."""
-        return self._retry(
-            keys=self._keys(job_id, queue), args=[now_ms(), self._seal(data) if data is not None else ""]
-        )
+        return self._run("retry", job_id, queue, [now_ms(), self._seal(data) if data is not None else ""])
 
     def delete(self, job_id: str, queue: str) -> str | None:
         """Remove a job: 'deleted', 'active' if it is running (left alone), or None."""
-        return self._delete(keys=self._keys(job_id, queue))
+        return self._run("delete", job_id, queue, [])
 
     def clean(self, queue: str, state: str, grace_ms: int, limit: int) -> list[str]:
         """Remove up to limit jobs in state that reached it more than grace_ms ago."""
         cutoff = now_ms() - grace_ms
-        return self._clean(keys=self._keys("-", queue), args=[self.prefix, state, cutoff, limit])
+        return self._run("clean", "-", queue, [self.prefix, state, cutoff, limit])
 
     # -- queues ----------------------------------------------------------------
 
@@ -663,7 +443,7 @@ class JobStore:
 
     def metrics(self) -> dict[str, int]:
         """The counters: '<queue>:added|completed|failed|retried' -> total."""
-        return {k: int(v) for k, v in self.redis.hgetall(f"{self.prefix}:metrics").items()}
+        return {k: int(v) for k, v in self.redis.hgetall(self.keys.metrics).items()}
 
     def histogram(self, queue: str) -> dict[str, float]:
         """Processing-time histogram buckets of one queue (not cumulative), with sum and count."""
@@ -673,11 +453,11 @@ class JobStore:
 
     def heartbeat(self, worker: str, info: Mapping[str, Any]) -> None:
         """Record that worker is alive and which queues it consumes."""
-        self.redis.hset(f"{self.prefix}:workers", worker, to_json({**info, "lastSeen": now_ms()}))
+        self.redis.hset(self.keys.workers, worker, to_json({**info, "lastSeen": now_ms()}))
 
     def workers(self) -> dict[str, dict[str, Any]]:
         """Workers seen in the last 30 s, with their queues; stale entries are dropped."""
-        raw = self.redis.hgetall(f"{self.prefix}:workers")
+        raw = self.redis.hgetall(self.keys.workers)
         alive, stale = {}, []
         for name, value in raw.items():
             info = json.loads(value)
@@ -686,8 +466,8 @@ class JobStore:
             else:
                 stale.append(name)
         if stale:
-            self.redis.hdel(f"{self.prefix}:workers", *stale)
+            self.redis.hdel(self.keys.workers, *stale)
         return alive
 
     def forget_worker(self, worker: str) -> None:
-        self.redis.hdel(f"{self.prefix}:workers", worker)
+        self.redis.hdel(self.keys.workers, worker)

@@ -5,14 +5,16 @@ Poison messages: an unreadable message becomes a dead letter, not a crash.
 kombu's Redis channel decodes each message with a bare ``json.loads``; one
 payload that is not a kombu envelope (a stray LPUSH, a truncated write)
 raises inside the worker's event loop and stops the worker. Here such a
-payload is turned into a message for the ``rideshare.dead_letter`` task,
+payload is turned into a message for the ``jobqueue.dead_letter`` task,
 which files it under ``<prefix>:deadletter`` and logs it, so every other
 job keeps flowing.
 """
 
 import base64
+import bisect
 import json
 import logging
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +24,7 @@ import kombu.transport.redis as kombu_redis
 from kombu.transport import TRANSPORT_ALIASES
 from redis import exceptions as redis_exceptions
 
-DEAD_LETTER_TASK = "rideshare.dead_letter"
+DEAD_LETTER_TASK = "jobqueue.dead_letter"
 EXCERPT_BYTES = 2000
 _original_loads = kombu_redis.loads
 
@@ -80,7 +82,7 @@ def install() -> None:
     redis:// scheme, which Flower and other tools read.
     """
     kombu_redis.loads = tolerant_loads
-    TRANSPORT_ALIASES["redis"] = "rideshare.jobs.transport:Transport"
+    TRANSPORT_ALIASES["redis"] = "jobqueue.transport:Transport"
 
 
 class Channel(kombu_redis.Channel):
@@ -103,6 +105,30 @@ class Channel(kombu_redis.Channel):
         return super()._connparams(asynchronous=asynchronous)
 
     _sync_client: Any = None
+    # Priority levels per queue name (QueuePolicy.priorities); a queue not named has them all.
+    queue_priorities: dict[str, int] = {}
+    from_transport_options = (*kombu_redis.Channel.from_transport_options, "queue_priorities")
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        """kombu's BRPOP over the consumed queues, but only over the priority lists each queue has."""
+        if timeout is None:
+            timeout = self.brpop_timeout
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        levels = self.queue_priorities
+        keys = [
+            self._q_for_pri(queue, pri)
+            for index, pri in enumerate(self.priority_steps)
+            for queue in queues
+            if index < levels.get(queue, len(self.priority_steps))
+        ]
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()
+        command_args = ["BRPOP", *keys, timeout or 0]
+        if self.global_keyprefix:
+            command_args = self.client._prefix_args(command_args)
+        self.client.connection.send_command(*command_args)
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
@@ -126,10 +152,70 @@ class Channel(kombu_redis.Channel):
         try:
             super().close()
         except redis_exceptions.ConnectionError as exc:
-            logging.getLogger("rideshare.jobs").warning("broker.close_without_restore", extra={"error": str(exc)})
+            logging.getLogger("jobqueue").warning("broker.close_without_restore", extra={"error": str(exc)})
 
 
 class Transport(kombu_redis.Transport):
     """kombu's Redis transport with the Channel above (installed for redis:// by install())."""
 
     Channel = Channel
+
+
+class RedisMessages:
+    """Builds the broker message kombu's Redis channel would write for a task call.
+
+    The job store's add script pushes it onto the queue's list in the same step
+    that stores the job, so enqueueing is one round trip and has no gap between
+    the job and its message. Celery reads it as any message it published itself.
+    """
+
+    def __init__(self, celery: Any) -> None:
+        self.celery = celery
+        options = celery.conf.broker_transport_options or {}
+        self.sep = options.get("sep", kombu_redis.Channel.sep)
+        self.steps = list(options.get("priority_steps", kombu_redis.Channel.priority_steps))
+        self.prefix = options.get("global_keyprefix", "")
+
+    def key(self, queue: str, priority: int | None) -> str:
+        """The list a message of this priority goes to, as kombu's _q_for_pri names it."""
+        level = self.steps[bisect.bisect(self.steps, priority or 0) - 1] if self.steps else 0
+        return f"{self.prefix}{queue}{self.sep}{level}" if level else f"{self.prefix}{queue}"
+
+    def message(
+        self, task: str, task_id: str, args: list[Any], queue: str, *, priority: int | None, time_limit: float
+    ) -> str:
+        """The JSON envelope of one task message."""
+        headers, properties, body, _ = self.celery.amqp.as_task_v2(
+            task_id, task, args=args, time_limit=time_limit, ignore_result=True, argsrepr=repr(args), kwargsrepr="{}"
+        )
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        return json.dumps(
+            {
+                "body": base64.b64encode(payload).decode(),
+                "content-encoding": "utf-8",
+                "content-type": "application/json",
+                "headers": headers,
+                "properties": {
+                    **properties,
+                    "delivery_mode": 2,
+                    "delivery_info": {"exchange": queue, "routing_key": queue},
+                    "priority": priority or 0,
+                    "body_encoding": "base64",
+                    "delivery_tag": str(uuid.uuid4()),
+                },
+            },
+            separators=(",", ":"),
+        )
+
+    @staticmethod
+    def job_ids(raw: str) -> list[str]:
+        """The job ids a message carries (one, or a batch's), for the lost-message sweep."""
+        try:
+            envelope = json.loads(raw)
+            body = json.loads(base64.b64decode(envelope["body"]))
+            first = body[0][0]
+        except (ValueError, TypeError, KeyError, IndexError):
+            return []
+        if isinstance(first, list):
+            return [str(item[0]) for item in first if item]
+        return [str(first)]

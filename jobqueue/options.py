@@ -4,7 +4,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rideshare.jobs.store import Retention
+from jobqueue.store import Retention
 
 
 class InvalidJobOptions(ValueError):
@@ -84,8 +84,11 @@ def _non_negative_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def resolve_options(defaults: JobOptions, given: Mapping[str, Any]) -> JobOptions:
-    """Apply per-call options over the queue's defaults, naming every bad option."""
+def resolve_options(defaults: JobOptions, given: Mapping[str, Any], priorities: int = 10) -> JobOptions:
+    """Apply per-call options over the queue's defaults, naming every bad option.
+
+    priorities: the queue's priority levels (the priority option runs 0 .. priorities-1).
+    """
     errors: dict[str, str] = {}
     values: dict[str, Any] = {}
     for name in ("delay", "timeout"):
@@ -102,10 +105,12 @@ def resolve_options(defaults: JobOptions, given: Mapping[str, Any]) -> JobOption
         else:
             errors["attempts"] = "must be a whole number, 1 or more"
     if given.get("priority") is not None:
-        if _non_negative_int(given["priority"]) and given["priority"] <= 9:
+        if _non_negative_int(given["priority"]) and given["priority"] < priorities:
             values["priority"] = given["priority"]
+        elif priorities == 1:
+            errors["priority"] = "this queue has no priorities: leave it out or use 0"
         else:
-            errors["priority"] = "must be 0 (first) to 9 (last)"
+            errors["priority"] = f"must be 0 (first) to {priorities - 1} (last)"
     if given.get("backoff") is not None:
         try:
             values["backoff"] = Backoff.parse(given["backoff"])

@@ -1,0 +1,165 @@
+"""Job timeouts that cannot wedge a worker.
+
+Nothing is ever raised into a running thread from outside (no signal handler,
+no PyThreadState_SetAsyncExc): an exception that lands at an arbitrary point can
+leave a lock held (logging's, the import lock) and poison the whole process.
+Instead:
+
+- a job's deadline is kept per thread; ``checkpoint()`` raises JobTimeout at
+  safe points, and network clients cut their socket timeouts to
+  ``job_time_left()``, so a job blocked on I/O returns by its deadline;
+- an error raised once the deadline has passed is reported as the timeout;
+- past the hard limit (timeout + grace) a prefork child is killed by Celery's
+  hard time limit, and the pool replaces it. In a threads or solo pool the
+  Overseer hands the stuck job's lease back (fenced by its token) so another
+  worker runs it, and recycles the process through a warm shutdown, its
+  supervisor starting a fresh one. The stuck thread is never poisoned.
+"""
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from jobqueue.errors import JobTimeout
+
+log = logging.getLogger("jobqueue")
+
+_local = threading.local()
+# How often the Overseer looks; a gap much longer than this means the whole process
+# was stopped (SIGSTOP, a VM pause), not that its jobs were stuck.
+OVERSEE_INTERVAL_S = 0.5
+# After such a gap, jobs get this long to finish before they count as stuck.
+WAKE_GRACE_S = 5.0
+# A warm shutdown that has not ended after this long ends the process.
+RECYCLE_DEADLINE_S = 30.0
+
+
+def job_time_left() -> float | None:
+    """Seconds until the running job's deadline, in the job's own thread; None outside a job."""
+    deadline = getattr(_local, "deadline", None)
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def past_deadline() -> bool:
+    """Whether the running job (in this thread) is past its deadline."""
+    left = job_time_left()
+    return left is not None and left <= 0
+
+
+def checkpoint() -> None:
+    """A safe point: raise JobTimeout if the running job is past its deadline."""
+    if past_deadline():
+        raise JobTimeout("ran past its timeout")
+
+
+@contextmanager
+def job_deadline(seconds: float | None) -> Iterator[None]:
+    """Set the running job's deadline for this thread."""
+    if not seconds:
+        yield
+        return
+    _local.deadline = time.monotonic() + seconds
+    try:
+        yield
+    finally:
+        _local.deadline = None
+
+
+@dataclass
+class _Watch:
+    queue: Any
+    job: Any
+    hard_at: float
+    released: bool = False
+
+
+class Overseer:
+    """Watches the jobs of a threads or solo pool; releases and recycles, never raises into them."""
+
+    def __init__(self) -> None:
+        self.enabled = False  # set by the worker for pools without Celery's hard time limit
+        self._lock = threading.Lock()
+        self._watches: dict[int, _Watch] = {}
+        self._thread: threading.Thread | None = None
+        self._recycling = False
+
+    def watch(self, queue: Any, job: Any, hard_limit_s: float) -> _Watch | None:
+        if not self.enabled:
+            return None
+        entry = _Watch(queue, job, time.monotonic() + hard_limit_s)
+        with self._lock:
+            self._watches[id(entry)] = entry
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="job-overseer", daemon=True)
+                self._thread.start()
+        return entry
+
+    def done(self, entry: _Watch | None) -> None:
+        if entry is not None:
+            with self._lock:
+                self._watches.pop(id(entry), None)
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while True:
+            time.sleep(OVERSEE_INTERVAL_S)
+            now = time.monotonic()
+            woke = now - last > OVERSEE_INTERVAL_S * 4 + 1
+            last = now
+            with self._lock:
+                entries = list(self._watches.values())
+            for entry in entries:
+                if woke:
+                    # The process itself was stopped: its jobs were not stuck, they were frozen.
+                    entry.hard_at = max(entry.hard_at, now + WAKE_GRACE_S)
+                elif now >= entry.hard_at:
+                    self._stuck(entry, now)
+
+    def _stuck(self, entry: _Watch, now: float) -> None:
+        from jobqueue.store import StaleDelivery
+
+        job, queue = entry.job, entry.queue
+        if not entry.released:
+            entry.released = True
+            try:
+                seq = queue.store.release(job)
+            except StaleDelivery:
+                # Another delivery holds the job already; ours will be refused when it ends.
+                log.warning("job.stuck_orphaned", extra={"job_id": job.id, "queue": queue.name})
+            except Exception as exc:  # noqa: BLE001 - the next look tries again
+                entry.released = False
+                log.warning("job.release_failed", extra={"job_id": job.id, "queue": queue.name, "error": str(exc)})
+                return
+            else:
+                log.error("job.stuck_released", extra={"job_id": job.id, "queue": queue.name, "attempt": job.attempts})
+                try:
+                    queue.publish(job.id, seq, _options(job))
+                except Exception:  # noqa: BLE001 - it stays waiting: the lost-message sweep sends it
+                    log.warning("job.release_publish_failed", extra={"job_id": job.id, "queue": queue.name})
+            # Give it one more hard interval to return before the process is recycled.
+            entry.hard_at = now + max(WAKE_GRACE_S, 1.0)
+            return
+        self.recycle(f"job {job.id} is still running past its hard limit")
+
+    def recycle(self, reason: str) -> None:
+        """Ask this worker process to shut down warmly; its supervisor starts a fresh one."""
+        if self._recycling:
+            return
+        self._recycling = True
+        log.error("worker.recycling", extra={"reason": reason, "pid": os.getpid()})
+        os.kill(os.getpid(), signal.SIGTERM)
+        timer = threading.Timer(RECYCLE_DEADLINE_S, os._exit, args=(75,))
+        timer.daemon = True
+        timer.start()
+
+
+def _options(job: Any) -> Any:
+    from jobqueue.options import JobOptions
+
+    return JobOptions.from_dict(job.opts)

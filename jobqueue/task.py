@@ -1,0 +1,283 @@
+"""JobTask: the Celery task base that runs a stored job and records its whole life.
+
+A queue's policy (jobqueue.policy.QueuePolicy) says how its jobs are retried and
+ended; ``job_task(policy)`` binds a function to it as a Celery task:
+
+    @job_task(PAYMENT_QUEUE)
+    def charge_payment_task(job: Job) -> dict:
+        return charge_payment(int(job.data["paymentId"]))
+"""
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task, shared_task
+from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
+from celery.worker.request import Request
+from redis.exceptions import RedisError
+
+from jobqueue.deadline import Overseer, job_deadline, past_deadline
+from jobqueue.errors import JobTimeout, PermanentJobError, TransientJobError
+from jobqueue.masking import mask
+from jobqueue.options import JobOptions
+from jobqueue.policy import QueuePolicy
+from jobqueue.queue import HARD_KILL_GRACE_S, Job, JobQueue, JobService
+from jobqueue.store import FINISHED, StaleDelivery, now_ms, to_json
+
+log = logging.getLogger("jobqueue")
+
+PAUSED_REQUEUE_DELAY_S = 0.5
+OVERSEER = Overseer()
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line failure reason for the job record."""
+    if isinstance(exc, JobTimeout):
+        return f"timeout: {exc}"
+    if isinstance(exc, SoftTimeLimitExceeded):
+        return "timeout: job ran past its time limit"
+    if isinstance(exc, PermanentJobError | TransientJobError) and str(exc):
+        return str(exc)[:500]
+    text = str(exc) or exc.__class__.__name__
+    return f"{exc.__class__.__name__}: {text}"[:500]
+
+
+def service_of(task: Task) -> JobService:
+    """The JobService bound to a task's Celery app."""
+    return task.app.jobs
+
+
+class JobRequest(Request):
+    """Records hard time-limit kills, which happen in the worker's main process."""
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        super().on_timeout(soft, timeout)
+        if soft:
+            return
+        task: JobTask = self.task
+        service = service_of(task)
+        queue = service.queue(task.queue)
+        first = self.args[0] if self.args else None
+        deliveries = first if isinstance(first, list) else [[first, self.args[1] if len(self.args) > 1 else None]]
+        with service.context():
+            for delivery in deliveries:
+                job = queue.store.get(str(delivery[0]))
+                # Only this delivery's job: a later delivery (a new seq) is not ours to fail.
+                if job is not None and job.state == "active" and str(job.seq) == str(delivery[1]):
+                    task.end_failed(queue, job, f"timeout: killed after {timeout:g} s", "", duration_ms=timeout * 1000)
+
+
+class JobTask(Task):
+    """Runs one stored job: loads it, marks it active under a token, retries or finishes it."""
+
+    Request = JobRequest
+    typing = False
+    policy: QueuePolicy
+
+    def __call__(self, job_id: str | list[list[Any]], seq: int | None = None) -> Any:
+        service = service_of(self)
+        queue = service.queue(self.queue)
+        with service.context():
+            if isinstance(job_id, list):
+                return self._run_batch(queue, job_id)
+            return self._run_job(queue, job_id, seq)
+
+    def _run_batch(self, queue: JobQueue, deliveries: list[list[Any]]) -> int:
+        """Run a message's jobs in turn, each with its own state, timeout and retries; returns how many ran."""
+        for index, (job_id, seq, timeout_ms) in enumerate(deliveries):
+            try:
+                self._run_job(queue, job_id, seq, timeout_ms)
+            except Reject:
+                # Paused: this job and the rest wait in the delayed set and are
+                # published again, one scheduler tick after the queue resumes.
+                queue.store.defer([d[0] for d in deliveries[index:]], queue.name, int(PAUSED_REQUEUE_DELAY_S * 1000))
+                return index
+            except RedisError:
+                raise  # the job store is gone: the rest stay waiting, and the lost-message sweep sends them again
+            except Exception:  # noqa: BLE001 - a retry or failure, already recorded in the job store
+                continue
+        return len(deliveries)
+
+    def _run_job(self, queue: JobQueue, job_id: str, seq: int | None, timeout_ms: int | None = None) -> Any:
+        if timeout_ms is None:
+            # The message's hard time limit is the job's timeout option plus the grace.
+            hard_s = (self.request.timelimit or (None, None))[0]
+            timeout_ms = int((hard_s - HARD_KILL_GRACE_S) * 1000) if hard_s else queue.defaults.timeout
+        lease_ms = queue.lease_ms(JobOptions(timeout=timeout_ms))
+        job = queue.store.start(job_id, queue.name, worker=self.request.hostname or "", seq=seq, lease_ms=lease_ms)
+        if job in ("stale", "leased"):
+            # An older delivery (stale), or a copy of one that may still be running
+            # (leased): the job's latest delivery, or the lease sweep, runs it.
+            log.debug("job.skipped_delivery", extra={"job_id": job_id, "queue": queue.name, "reason": job})
+            return None
+        if job == "paused":
+            # Hand the message back; the worker stops consuming a paused queue
+            # within a poll interval, so it waits in the broker until resumed.
+            time.sleep(PAUSED_REQUEUE_DELAY_S)
+            raise Reject("queue paused", requeue=True)
+        if job is None:
+            log.warning("job.missing", extra={"job_id": job_id, "queue": queue.name})
+            return None
+        if job.state in FINISHED:
+            log.debug("job.duplicate_delivery", extra={"job_id": job_id, "queue": queue.name})
+            return job.result
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("job.started", extra={"job_id": job.id, "queue": queue.name, "attempt": job.attempts})
+        started = time.perf_counter()
+        seconds = timeout_ms / 1000
+        watch = OVERSEER.watch(queue, job, seconds + HARD_KILL_GRACE_S)
+        try:
+            with job_deadline(seconds):
+                try:
+                    result = self.run(job)
+                except Exception as exc:
+                    # An error raised once the job is past its deadline (a socket timeout cut
+                    # to the time left, a check point) is its timeout.
+                    if past_deadline() and not isinstance(exc, JobTimeout | PermanentJobError):
+                        timed_out = JobTimeout("ran past its timeout")
+                        timed_out.__cause__ = exc
+                        exc = timed_out
+                    self._handle_error(queue, job, exc, started)
+                    raise exc from None
+        finally:
+            OVERSEER.done(watch)
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        finished_at = now_ms()
+        try:
+            queue.store.finish(
+                job,
+                "completed",
+                score=finished_at,
+                retention=queue.retention_for(job, "completed"),
+                attempt=self._attempt(job, finished_at, duration_ms),
+                duration_ms=duration_ms,
+                fields={"result": to_json(result), "finishedAt": finished_at, "failedReason": ""},
+            )
+        except StaleDelivery:
+            self._log_stale(queue, job, "completed", duration_ms)
+            return None
+        log.info(
+            "job.completed",
+            extra={"job_id": job.id, "queue": queue.name, "attempt": job.attempts, "duration_ms": duration_ms},
+        )
+        return result
+
+    def _handle_error(self, queue: JobQueue, job: Job, exc: Exception, started: float) -> None:
+        reason = describe(exc)
+        tb = "".join(traceback.format_exception(exc))[-4000:]
+        opts = JobOptions.from_dict(job.opts)
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        if self.policy.is_retryable(exc) and job.attempts < opts.attempts:
+            wait_ms = opts.backoff.wait_ms(job.attempts)
+            finished_at = now_ms()
+            # The retry waits in the job store's delayed set; a worker's scheduler
+            # publishes it when due. This delivery ends here.
+            try:
+                queue.store.finish(
+                    job,
+                    "delayed",
+                    score=finished_at + wait_ms,
+                    attempt=self._attempt(job, finished_at, duration_ms, reason, tb),
+                    duration_ms=duration_ms,
+                    fields={"failedReason": reason},
+                )
+            except StaleDelivery:
+                self._log_stale(queue, job, "delayed", duration_ms)
+                return
+            log.warning(
+                "job.retry",
+                extra={
+                    "job_id": job.id,
+                    "queue": queue.name,
+                    "attempt": job.attempts,
+                    "duration_ms": duration_ms,
+                    "error": reason,
+                    "retry_in_ms": wait_ms,
+                    "data": mask(job.data),
+                },
+            )
+            # Retry, not self.retry(): nothing is re-sent, Celery and Flower just see RETRY.
+            raise Retry(reason, exc, when=wait_ms / 1000) from exc
+        self.end_failed(queue, job, reason, tb, duration_ms=duration_ms)
+
+    def end_failed(self, queue: JobQueue, job: Job, reason: str, tb: str, *, duration_ms: float = 0.0) -> None:
+        """Run the policy's final-failure hook, then move the job to failed and log it.
+
+        The hook first, so that once a job reads failed its consequences (a delivery
+        row marked failed, a payment alert) are already written; and only while this
+        delivery still holds the job, so a stale one cannot fail another's work.
+        """
+        if not queue.store.holds(job):
+            self._log_stale(queue, job, "failed", duration_ms)
+            return
+        hook = self.policy.hook("on_final_failure")
+        if hook is not None:
+            try:
+                hook(job, reason)
+            except Exception as exc:  # noqa: BLE001 - the job must still end failed
+                log.exception(
+                    "job.failure_hook_failed", extra={"job_id": job.id, "queue": queue.name, "error": describe(exc)}
+                )
+        finished_at = now_ms()
+        try:
+            queue.store.finish(
+                job,
+                "failed",
+                score=finished_at,
+                retention=queue.retention_for(job, "failed"),
+                attempt=self._attempt(job, finished_at, duration_ms, reason, tb),
+                duration_ms=duration_ms,
+                fields={"failedReason": reason, "finishedAt": finished_at},
+            )
+        except StaleDelivery:
+            self._log_stale(queue, job, "failed", duration_ms)
+            return
+        log.error(
+            "job.failed",
+            extra={
+                "job_id": job.id,
+                "queue": queue.name,
+                "attempt": job.attempts,
+                "duration_ms": duration_ms,
+                "error": reason,
+                "data": mask(job.data),
+            },
+        )
+
+    @staticmethod
+    def _log_stale(queue: JobQueue, job: Job, state: str, duration_ms: float) -> None:
+        log.warning(
+            "job.stale_finish",
+            extra={
+                "job_id": job.id,
+                "queue": queue.name,
+                "attempt": job.attempts,
+                "duration_ms": duration_ms,
+                "refused": state,
+                "token": job.token,
+            },
+        )
+
+    @staticmethod
+    def _attempt(job: Job, finished_at: int, duration_ms: float, error: str = "", tb: str = "") -> dict[str, Any]:
+        return {
+            "attempt": job.attempts,
+            "startedAt": job.processed_on,
+            "finishedAt": finished_at,
+            "durationMs": duration_ms,
+            "worker": job.worker,
+            "error": error or None,
+            "traceback": tb or None,
+        }
+
+
+def job_task(policy: QueuePolicy, **options: Any) -> Callable[[Callable[[Job], Any]], JobTask]:
+    """Declare the Celery task that runs policy's jobs: ``@job_task(PAYMENT_QUEUE)``."""
+
+    def decorate(run: Callable[[Job], Any]) -> JobTask:
+        return shared_task(base=JobTask, name=policy.task, queue=policy.name, policy=policy, **options)(run)
+
+    return decorate
