@@ -37,6 +37,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=1025)
     parser.add_argument("--maildir", type=Path, default=None)
     args = parser.parse_args()
+    # aiosmtpd's defaults on purpose: like strict servers, it refuses a line over 1,000
+    # octets ("500 Line too long"), which is what a bare-LF message looks like; a sink
+    # that took anything would hide mail that real servers refuse
+    # (tests/integration/test_mail_wire.py checks it stays so).
     controller = Controller(SinkHandler(args.maildir), hostname=args.host, port=args.port)
     controller.start()
     print(json.dumps({"event": "smtp_sink.started", "host": args.host, "port": args.port}), flush=True)

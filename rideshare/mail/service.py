@@ -1,5 +1,6 @@
 """send_email: one message over SMTP, its delivery recorded by job id."""
 
+import email.policy
 import functools
 import smtplib
 import socket
@@ -27,9 +28,17 @@ class SmtpReplyError(Exception):
         self.code = code
 
 
+# What goes over SMTP: CRLF line endings (bare LF is refused by strict servers, and is
+# what SMTP smuggling exploits), headers folded at 78 characters with non-ASCII text
+# as RFC 2047 encoded words, and 7-bit bodies: text that is not short ASCII lines is
+# sent quoted-printable or base64, so no line comes near the 998-octet limit of
+# RFC 5322 and no 8BITMIME support is assumed of the server.
+SMTP_POLICY = email.policy.SMTP.clone(cte_type="7bit")
+
+
 def build_message(data: dict[str, Any], sender: str) -> EmailMessage:
-    """A text message with an HTML alternative when data has html."""
-    msg = EmailMessage()
+    """A text message with an HTML alternative when data has html, ready for SMTP as bytes."""
+    msg = EmailMessage(policy=SMTP_POLICY)
     msg["From"] = sender
     msg["To"] = data["to"]
     msg["Subject"] = data["subject"]
@@ -141,7 +150,7 @@ def _deliver(msg: EmailMessage) -> str:
             smtp, reused = _connect(cfg, timeout), False
             _expect(smtp.mail(sender), (250,))
         _expect(smtp.rcpt(recipient), (250, 251))
-        reply = _expect(smtp.data(msg.as_bytes()), (250,))
+        reply = _expect(smtp.data(msg.as_bytes(policy=SMTP_POLICY)), (250,))
     except BaseException:
         # No QUIT after a failure: it would wait on a server that may be stalled,
         # and its reply would hide the real error (a time limit, say).
