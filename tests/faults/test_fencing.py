@@ -1,0 +1,79 @@
+"""A worker frozen past its leases (SIGSTOP) and woken (SIGCONT) after another worker took
+its jobs over: its late finishes are refused, and it goes on taking work."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from jobqueue.store import now_ms
+from tests.conftest import eventually
+from tests.faults.test_worker_loss import queue_payments, succeeded_charges
+
+pytestmark = pytest.mark.faults
+
+PAYMENTS = 16
+FROZEN_THREADS = 8
+
+
+def snapshot(store, ids):
+    """What a finished job shows: state, finish time, attempts, result and attempt log length."""
+    return {
+        job.id: (job.state, job.finished_at, job.attempts, job.result, len(store.attempts(job.id)))
+        for job in store.get_many(ids)
+    }
+
+
+def test_a_woken_worker_changes_no_job_and_takes_new_work(rig):
+    # Each gateway call takes 0.4 s, so the frozen worker is mid-charge in all its threads.
+    rig.services.stripe.latency = 0.4
+    store = rig.store
+    with rig.app.app_context():
+        frozen = rig.worker("payment", concurrency=FROZEN_THREADS, pool="threads")
+        payments = queue_payments(PAYMENTS, "12.00")
+        ids = [job.id for _, job in payments]
+        held = eventually(lambda: store.counts("payment")["active"] >= FROZEN_THREADS, timeout=30)
+        assert held, store.counts("payment")
+        os.kill(frozen.pid, signal.SIGSTOP)
+        try:
+            frozen_at = now_ms()
+            rescuer = rig.worker("payment", concurrency=FROZEN_THREADS, pool="threads")
+            # The frozen worker's jobs come back when their leases (2 s timeout + 7 s) run out.
+            jobs = rig.wait_all(ids, timeout=90)
+            before = snapshot(store, ids)
+        finally:
+            os.kill(frozen.pid, signal.SIGCONT)
+        rescued = [j for j in jobs if j.processed_on and j.processed_on > frozen_at and j.attempts > 1]
+        # Woken, its threads' gateway calls return and each tries to finish its old delivery.
+        stale = eventually(lambda: store.metrics().get("payment:stale_finish", 0) >= len(rescued), timeout=20)
+        time.sleep(1)
+        after = snapshot(store, ids)
+        metrics = store.metrics()
+
+        # It keeps working: with the rescuer gone, new payments are taken by the woken worker.
+        rescuer.send_signal(signal.SIGTERM)
+        rescuer.wait(30)
+        woke_at = time.monotonic()
+        more = queue_payments(4, "13.00")
+        later = rig.wait_all([job.id for _, job in more], timeout=30)
+        took_s = time.monotonic() - woke_at
+        beat = {name: info for name, info in store.workers().items() if info.get("pid") == frozen.pid}
+    charges = succeeded_charges(rig.services.localstripe_url)
+    log = frozen.log.read_text()  # type: ignore[attr-defined]
+    print(
+        f"\nfencing: payments={PAYMENTS} rescued={len(rescued)} stale_finish={metrics.get('payment:stale_finish')}"
+        f" completed={metrics.get('payment:completed')} new_jobs_after_wake_s={took_s:.1f}"
+    )
+    assert len(rescued) >= FROZEN_THREADS // 2, [(j.id, j.attempts) for j in jobs]
+    assert stale, metrics
+    assert after == before, {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    assert all(state == "completed" for state, *_ in after.values())
+    assert metrics["payment:completed"] == PAYMENTS  # each job once, though two deliveries ran it
+    assert '"event": "job.stale_finish"' in log
+    [(name, info)] = beat.items()
+    assert now_ms() - info["lastSeen"] < 5000, info
+    assert [j.state for j in later] == ["completed"] * len(more)
+    assert {j.worker for j in later} == {name}
+    assert took_s < 15
+    assert charges == {str(p.id): 1 for p, _ in payments + more}, charges
