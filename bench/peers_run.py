@@ -14,7 +14,8 @@ What each peer is (all on one Redis, one queue, an empty payload):
   transport (not the service's hardened one), `acks_late=True`, INFO log level as
   bench/run.py's workers. Enqueue: `noop.apply_async(queue="analytics")` per job. Drains:
   (a) one worker, prefork -c 2, prefetch multiplier 4; (b) two solo workers, prefetch 4.
-  Idle RSS: the prefork -c 2 worker (main process + its children) 2 s after it is ready.
+  Idle RSS: the prefork -c 2 worker (main process + its children) 2 s after it is ready,
+  in the first round only.
   The fill is timed once per round; drain (b) gets the same messages back from a
   DUMP/RESTORE of the filled database, which saves a second fill of the slowest peer.
 - Dramatiq (bench/peers/dramatiq_app.py): RedisBroker, default middleware, Dramatiq's CLI
@@ -48,6 +49,11 @@ What is timed, the same way for every peer:
   mind, and compare the service with stock Celery only under the same harness.
 - Each figure is the median over `rounds` (3, or 1 with quick) of a fresh fill and drain;
   the database is flushed before every fill. Per-round figures are kept under "rounds".
+
+Time: 20,000 jobs x 3 rounds took 6 minutes on a 2-core machine shared with other test
+suites (load average 8), three quarters of it stock Celery (about 85 s a round: its fill
+at ~1,000 jobs/s, then the prefork drain at ~500 jobs/s); Dramatiq took 60 s and BullMQ
+30 s. Fewer `rounds` or `jobs` shorten it in proportion.
 """
 
 import argparse
@@ -66,6 +72,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -223,11 +230,12 @@ class _Sitting:
 # Stock Celery ---------------------------------------------------------------------------
 
 
-def _celery_round(s: _Sitting, control: Any) -> dict[str, float]:
+def _celery_round(s: _Sitting, control: Any, measure_rss: bool) -> dict[str, float]:
     def workers(pool: str, concurrency: int, count: int) -> tuple[list[subprocess.Popen], list[Path]]:
-        procs, logs = [], []
-        for _ in range(count):
-            log = s.log(f"celery-{pool}")
+        """count workers booted side by side on the idle email queue, returned once all are ready."""
+        logs = [s.log(f"celery-{pool}") for _ in range(count)]
+
+        def boot(log: Path) -> subprocess.Popen:
             name = f"peer-{secrets.token_hex(3)}@%h"
             proc = start_celery_worker(
                 {"REDIS_URL": s.url, "CELERY_PREFETCH_MULTIPLIER": str(PREFETCH)},
@@ -241,8 +249,10 @@ def _celery_round(s: _Sitting, control: Any) -> dict[str, float]:
             )
             proc.node = name.replace("%h", platform.node())  # type: ignore[attr-defined]
             s.procs.append(proc)
-            procs.append(proc)
-            logs.append(log)
+            return proc
+
+        with ThreadPoolExecutor(count) as pool_:
+            procs = list(pool_.map(boot, logs))
         return procs, logs
 
     def drain(procs: list[subprocess.Popen], logs: list[Path]) -> float:
@@ -260,8 +270,9 @@ def _celery_round(s: _Sitting, control: Any) -> dict[str, float]:
     row = {"enqueue": s.enqueue_py("celery")}
     filled = s.snapshot()
     procs, logs = workers("prefork", 2, 1)
-    time.sleep(2)
-    row["idle_rss_mb"] = rss_mb(procs[0].pid)
+    if measure_rss:
+        time.sleep(2)
+        row["idle_rss_mb"] = rss_mb(procs[0].pid)
     row["drain_prefork_c2"], row["first_done_s_prefork_c2"] = drain(procs, logs)
     s.restore(filled)  # the same N messages again, without a second 20-second fill
     row["drain_solo_x2"], row["first_done_s_solo_x2"] = drain(*workers("solo", 1, 2))
@@ -278,7 +289,7 @@ def measure_celery(s: _Sitting, rounds: int) -> dict[str, Any]:
     control.conf.broker_url = s.url
     control.conf.imports = ()
     try:
-        per_round = [_celery_round(s, control) for _ in range(rounds)]
+        per_round = [_celery_round(s, control, measure_rss=i == 0) for i in range(rounds)]
     finally:
         control.close()
     return {
@@ -287,7 +298,7 @@ def measure_celery(s: _Sitting, rounds: int) -> dict[str, Any]:
         "enqueue": _median([r["enqueue"] for r in per_round]),
         "drain_prefork_c2": _median([r["drain_prefork_c2"] for r in per_round]),
         "drain_solo_x2": _median([r["drain_solo_x2"] for r in per_round]),
-        "idle_rss_mb": round(statistics.median(r["idle_rss_mb"] for r in per_round), 1),
+        "idle_rss_mb": per_round[0]["idle_rss_mb"],
         "first_done_s_prefork_c2": round(statistics.median(r["first_done_s_prefork_c2"] for r in per_round), 3),
         "first_done_s_solo_x2": round(statistics.median(r["first_done_s_solo_x2"] for r in per_round), 3),
         "rounds": [{k: round(v, 3 if k.startswith("first") else 1) for k, v in r.items()} for r in per_round],
@@ -478,6 +489,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="one round (and 3,000 jobs unless --jobs)")
     parser.add_argument("--jobs", type=int, default=None, help="jobs per fill (default 20,000; 3,000 with --quick)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per peer (default 3; 1 with --quick)")
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of " + ",".join(PEERS))
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -485,7 +497,12 @@ def main() -> None:
     peers = tuple(p for p in args.peers.split(",") if p)
     with fresh_redis() as factory:
         results = measure_peers(
-            factory, jobs, args.quick, peers=peers, progress=lambda m: print(m, file=sys.stderr, flush=True)
+            factory,
+            jobs,
+            args.quick,
+            rounds=args.rounds,
+            peers=peers,
+            progress=lambda m: print(m, file=sys.stderr, flush=True),
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
