@@ -8,9 +8,11 @@ from flask import Flask, has_app_context
 
 import celeryconfig
 from jobqueue import JobQueue, JobService, JobStore, QueuePolicy, Retention, transport
+from jobqueue.outbox import Outbox
 from jobqueue.sealing import Sealer
 from jobqueue.worker import THREADED_POOLS, configure_worker
 from rideshare.analytics.queue import ANALYTICS_QUEUE
+from rideshare.jobs.outbox import JOB_OUTBOX
 from rideshare.mail.queue import EMAIL_QUEUE
 from rideshare.payments.queue import PAYMENT_QUEUE
 
@@ -80,4 +82,13 @@ def celery_init_app(app: Flask) -> Celery:
     )
     app.extensions["celery"] = celery
     app.extensions["jobs"] = celery.jobs
+
+    # The transactional outbox: a job that belongs to a SQL row is staged in that row's
+    # transaction and published after the commit; every worker's scheduler tick relays
+    # what a request that died after its commit left behind.
+    outbox = Outbox(
+        JOB_OUTBOX, lambda: app.extensions["db"].engine, queues, settle_ms=app.config["JOB_OUTBOX_SETTLE_MS"]
+    )
+    celery.jobs.relays.append(outbox.relay)
+    app.extensions["outbox"] = outbox
     return celery

@@ -43,6 +43,10 @@ def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         # nothing older and no live worker claims it in its prefetch buffer (older
         # copies are skipped by their delivery number).
         "JOB_STALE_WAITING_MS": _int(env, "JOB_STALE_WAITING_MS", 10_000),
+        # A job staged in the outbox with its SQL row is published by its request right
+        # after the commit; one still there this long after (its process died) is
+        # published by a worker's relay, which runs every 2 s.
+        "JOB_OUTBOX_SETTLE_MS": _int(env, "JOB_OUTBOX_SETTLE_MS", 2_000),
         # Fernet keys for sensitive job data, newest first (rotate by prepending); empty:
         # derived from SECRET_KEY.
         "JOB_DATA_KEYS": env.get("JOB_DATA_KEYS", ""),

@@ -8,6 +8,6 @@ from rideshare.payments.queue import PAYMENT_QUEUE
 @job_task(PAYMENT_QUEUE)
 def charge_payment_task(job: Job) -> dict:
     """Charge one payment through Stripe."""
-    from rideshare.payments.service import charge_payment
+    from rideshare.payments.charge import charge_payment
 
     return charge_payment(int(job.data["paymentId"]))

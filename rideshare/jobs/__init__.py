@@ -1,14 +1,20 @@
 """The app's job queues in the original design's vocabulary: add_email_job, get_job, get_job_counts.
 
 The engine is jobqueue; these functions find the queues bound to the current Flask app.
+A job that belongs to a SQL row is staged in that row's transaction (stage_job) and
+published right after the commit (publish_job); see jobqueue.outbox.
 """
 
+import itertools
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flask import current_app
+from sqlalchemy.orm import Session
 
 from jobqueue import InvalidJobData, Job, JobQueue, JobService, QueueUnavailable
+from jobqueue.outbox import Outbox, StagedJob
 
 
 def _service() -> JobService:
@@ -40,6 +46,43 @@ def add_payment_job(data: Mapping[str, Any], **options: Any) -> Job:
     return get_queue("payment").add(data, **options)
 
 
+def _outbox() -> Outbox:
+    return current_app.extensions["outbox"]
+
+
+def stage_job(session: Session, queue: str, data: Mapping[str, Any], *, job_id: str, **options: Any) -> StagedJob:
+    """Write a job into session's transaction (checked as add checks it); publish_job it after the commit."""
+    return _outbox().stage(session, queue, data, job_id=job_id, **options)
+
+
+def publish_job(staged: StagedJob) -> Job:
+    """Queue a committed staged job; QueueUnavailable leaves it staged (withdraw_job, or the relay)."""
+    _fault_exit_after_commit()
+    return _outbox().publish(staged)
+
+
+def publish_left_behind(job_id: str) -> Job | None:
+    """Queue the staged job job_id if its request died before publishing it; None if it is not staged."""
+    return _outbox().publish_left_behind(job_id)
+
+
+def withdraw_job(session: Session, job_id: str) -> bool:
+    """Unstage a job in session's transaction, to undo its row too; False if a relay queued it meanwhile."""
+    return _outbox().withdraw(session, job_id)
+
+
+# A test hook for the outbox kill test (tests/faults/test_outbox.py): with
+# RIDESHARE_FAULT_EXIT_AFTER_COMMIT=N the process ends on every Nth publish, between
+# the commit and the publish, as a SIGKILL would end it. Unset, it costs one comparison.
+_EXIT_EVERY = int(os.environ.get("RIDESHARE_FAULT_EXIT_AFTER_COMMIT") or 0)
+_publishes = itertools.count(1)
+
+
+def _fault_exit_after_commit() -> None:
+    if _EXIT_EVERY and next(_publishes) % _EXIT_EVERY == 0:
+        os._exit(70)
+
+
 def get_job(job_id: str) -> Job | None:
     """Any queue's job by id, or None if there is no such job."""
     return _service().store.get(job_id)
@@ -55,6 +98,7 @@ __all__ = [
     "Job",
     "JobQueue",
     "QueueUnavailable",
+    "StagedJob",
     "add_analytics_job",
     "add_analytics_jobs",
     "add_email_job",
@@ -62,4 +106,8 @@ __all__ = [
     "get_job",
     "get_job_counts",
     "get_queue",
+    "publish_job",
+    "publish_left_behind",
+    "stage_job",
+    "withdraw_job",
 ]

@@ -5,6 +5,7 @@ from alembic import context
 from rideshare.admin import models as _admin  # noqa: F401  (register tables)
 from rideshare.analytics import models as _analytics  # noqa: F401
 from rideshare.db import Base, make_engine
+from rideshare.jobs import outbox as _outbox  # noqa: F401
 from rideshare.mail import models as _mail  # noqa: F401
 from rideshare.payments import models as _payments  # noqa: F401
 from rideshare.rides import models as _rides  # noqa: F401

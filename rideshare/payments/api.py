@@ -51,7 +51,7 @@ class Payments(MethodView):
             message = f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters"
             abort(400, message=message, errors={"headers": {"Idempotency-Key": [message]}})
         try:
-            payment, job = create_payment(
+            payment, _ = create_payment(
                 idempotency=(key, request_fingerprint(body)) if key else None,
                 user_id=current_user().id,
                 ride_id=body["rideId"],
@@ -70,7 +70,7 @@ class Payments(MethodView):
             abort(409, message="a request with this Idempotency-Key is still in progress", headers={"Retry-After": "1"})
         except UnknownRide:
             abort(422, errors={"json": {"rideId": [f"ride {body['rideId']} does not exist or is not yours"]}})
-        return {"message": "Payment queued successfully", "jobId": job.id, "paymentId": payment.id}
+        return {"message": "Payment queued successfully", "jobId": payment.job_id, "paymentId": payment.id}
 
 
 @blp.route("/payments/<int(max=2147483647):payment_id>")

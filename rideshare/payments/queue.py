@@ -16,7 +16,7 @@ PAYMENT_QUEUE = QueuePolicy(
     # QueueUnavailable: the receipt email could not be queued after the charge.
     retry_on=("rideshare.payments.gateway:TRANSIENT_ERRORS", OperationalError, QueueUnavailable),
     priorities=10,
-    on_final_failure="rideshare.payments.service:payment_failed_for_good",
+    on_final_failure="rideshare.payments.charge:payment_failed_for_good",
     # An operator's retry reopens the failed payment, with a new PaymentMethod if given.
-    on_manual_retry="rideshare.payments.service:reopen_for_retry",
+    on_manual_retry="rideshare.payments.charge:reopen_for_retry",
 )

@@ -11,7 +11,7 @@ from jobqueue import QueueUnavailable
 from rideshare.analytics.service import RIDE_COMPLETED
 from rideshare.auth import current_user, login_required
 from rideshare.db import get_db, utcnow
-from rideshare.jobs import add_analytics_job
+from rideshare.jobs import publish_job, stage_job, withdraw_job
 from rideshare.jobs.schemas import JobAcceptedSchema
 from rideshare.ratelimit import job_limits
 from rideshare.rides.models import Ride
@@ -76,15 +76,16 @@ class CompleteRide(MethodView):
             ).rowcount
             if not won:
                 abort(409, message=f"ride {ride_id} is already completed")
-            rider_id = ride.rider_id
-        event_id = f"ride-completed-{ride_id}"
-        try:
-            job = add_analytics_job(
+            event_id = f"ride-completed-{ride_id}"
+            # Staged in the completion's transaction: the ride is completed with its event or not at all.
+            staged = stage_job(
+                session,
+                "analytics",
                 {
                     "event": RIDE_COMPLETED,
                     "eventId": event_id,
                     "rideId": ride_id,
-                    "userId": rider_id,
+                    "userId": ride.rider_id,
                     "driverId": body["driverId"],
                     "occurredAt": completed_at.isoformat(),
                     "data": {
@@ -95,15 +96,21 @@ class CompleteRide(MethodView):
                 },
                 # Unique beyond this database's ids; the event id is what analytics dedupes on.
                 job_id=f"{event_id}-{secrets.token_hex(4)}",
-                owner=current_user().id,
+                owner=user.id,
             )
+        try:
+            publish_job(staged)
         except QueueUnavailable:
-            # Undo, so the client can complete the ride again once the broker is back.
+            # Undo, so the client can complete the ride again once the broker is back
+            # (unless a relay queued the event meanwhile: then the completion stands).
             with db.session() as session:
-                session.execute(
-                    update(Ride)
-                    .where(Ride.id == ride_id)
-                    .values(status="requested", fare=None, distance_km=None, duration_s=None, completed_at=None)
-                )
-            raise
-        return {"message": "Ride completed successfully", "jobId": job.id}
+                undone = withdraw_job(session, staged.job_id)
+                if undone:
+                    session.execute(
+                        update(Ride)
+                        .where(Ride.id == ride_id)
+                        .values(status="requested", fare=None, distance_km=None, duration_s=None, completed_at=None)
+                    )
+            if undone:
+                raise
+        return {"message": "Ride completed successfully", "jobId": staged.job_id}

@@ -1,0 +1,178 @@
+"""The worker side of payments: charge_payment through Stripe, the receipt, and the final-failure hooks.
+
+Only payment workers import this module (and with it the Stripe SDK); the API
+queues charges through rideshare.payments.service.
+"""
+
+import logging
+from typing import Any, NoReturn
+
+import stripe
+
+from jobqueue import InvalidJobData, Job, PermanentJobError, TransientJobError
+from rideshare.alerts import raise_alert
+from rideshare.db import get_db
+from rideshare.jobs import add_email_job
+from rideshare.payments import gateway
+from rideshare.payments.models import FAILED, PENDING, PROCESSING, SUCCEEDED, Payment, Receipt
+
+log = logging.getLogger("rideshare.payments")
+
+
+def _summary(payment: Payment) -> dict[str, Any]:
+    receipt = payment.receipt
+    return {
+        "paymentId": payment.id,
+        "status": payment.status,
+        "paymentIntentId": payment.stripe_payment_intent_id,
+        "receiptNumber": receipt.number if receipt else None,
+        "receiptEmailJobId": receipt.email_job_id if receipt else None,
+    }
+
+
+def charge_payment(payment_id: int) -> dict[str, Any]:
+    """Charge the payment once, however often this runs.
+
+    Two steps, each recorded before the next: create the PaymentIntent
+    (unconfirmed, so nothing is charged) and store its id, then confirm it.
+    A rerun after a crash finds the stored intent and asks Stripe how it
+    stands instead of creating another: no second charge even from a gateway
+    that ignores idempotency keys. The row's state guards the rest.
+    """
+    db = get_db()
+    with db.session() as session:
+        payment = session.get(Payment, payment_id, with_for_update=True)
+        if payment is None:
+            raise PermanentJobError(f"payment {payment_id} does not exist")
+        if payment.status == SUCCEEDED:
+            return _send_receipt(payment_id)
+        if payment.status == FAILED:
+            raise PermanentJobError(f"payment {payment_id} already failed: {payment.failure_reason}")
+        payment.status = PROCESSING
+        payment.attempts += 1
+        intent_id = payment.stripe_payment_intent_id
+        key = payment.idempotency_key
+        create_args = {
+            "amount_minor": payment.amount_minor,
+            "currency": payment.currency,
+            "payment_method": payment.payment_method,
+            "idempotency_key": key,
+            "metadata": {
+                "payment_id": str(payment.id),
+                "ride_id": str(payment.ride_id),
+                "charge_round": str(payment.charge_round),
+            },
+        }
+    if intent_id is None:
+        created = gateway.create_intent(**create_args)
+        with db.session() as session:
+            payment = session.get(Payment, payment_id, with_for_update=True)
+            if payment.stripe_payment_intent_id is None:
+                payment.stripe_payment_intent_id = created.id
+            intent_id = payment.stripe_payment_intent_id
+    intent = gateway.retrieve_intent(intent_id)
+    if intent.status == "requires_confirmation":
+        try:
+            intent = gateway.confirm_intent(intent_id, idempotency_key=f"{key}-confirm")
+        except stripe.CardError as exc:
+            _decline(payment_id, exc)
+        except stripe.InvalidRequestError:
+            # Confirmed meanwhile by another delivery: read where it stands.
+            intent = gateway.retrieve_intent(intent_id)
+    if intent.status == "requires_payment_method":
+        _decline(payment_id, None)
+    if intent.status == "processing":
+        raise TransientJobError(f"payment intent {intent.id} is still processing")
+    if intent.status != "succeeded":
+        reason = f"payment intent {intent.id} is {intent.status}"
+        mark_failed(payment_id, reason)
+        raise PermanentJobError(reason)
+    with db.session() as session:
+        payment = session.get(Payment, payment_id, with_for_update=True)
+        if payment.status != SUCCEEDED:
+            payment.status = SUCCEEDED
+            payment.failure_reason = None
+            session.add(
+                Receipt(
+                    payment_id=payment.id,
+                    number=f"RCPT-{payment.id:08d}",
+                    amount=payment.amount,
+                    currency=payment.currency,
+                    stripe_payment_intent_id=intent.id,
+                )
+            )
+    log.info("payment.succeeded", extra={"payment_id": payment_id, "payment_intent": intent.id})
+    return _send_receipt(payment_id)
+
+
+def _decline(payment_id: int, exc: stripe.CardError | None) -> NoReturn:
+    reason = "card_declined: " + ((exc and (exc.user_message or exc.code)) or "declined")
+    mark_failed(payment_id, reason)
+    raise PermanentJobError(reason) from exc
+
+
+def _send_receipt(payment_id: int) -> dict[str, Any]:
+    """Queue the receipt email once; a retried job re-queues it only if that never happened."""
+    with get_db().session() as session:
+        payment = session.get(Payment, payment_id)
+        receipt = payment.receipt
+        if receipt is not None and payment.receipt_email and receipt.email_job_id is None:
+            job = add_email_job(
+                {
+                    "to": payment.receipt_email,
+                    "subject": f"Your receipt {receipt.number}",
+                    "text": (
+                        f"Thanks for riding with us.\nReceipt {receipt.number}: "
+                        f"{payment.amount} {payment.currency} for ride {payment.ride_id}."
+                    ),
+                    "html": (
+                        f"<h1>Receipt {receipt.number}</h1><p>{payment.amount} {payment.currency}"
+                        f" for ride {payment.ride_id}.</p>"
+                    ),
+                },
+                job_id=f"receipt-{payment.job_id}",
+                owner=payment.user_id,
+            )
+            receipt.email_job_id = job.id
+        return _summary(payment)
+
+
+def mark_failed(payment_id: int, reason: str) -> None:
+    """Move a payment that has not succeeded to failed."""
+    with get_db().session() as session:
+        payment = session.get(Payment, payment_id, with_for_update=True)
+        if payment is not None and payment.status in (PENDING, PROCESSING):
+            payment.status = FAILED
+            payment.failure_reason = reason[:500]
+
+
+def reopen_for_retry(job: Job, data: dict[str, Any]) -> None:
+    """Before an operator retries a failed payment job: reopen the payment, maybe with a new method."""
+    if int(data["paymentId"]) != int(job.data["paymentId"]):
+        raise InvalidJobData({"paymentId": ["cannot change on a retry"]})
+    with get_db().session() as session:
+        payment = session.get(Payment, int(data["paymentId"]), with_for_update=True)
+        if payment is None or payment.status != FAILED:
+            return
+        payment.status = PENDING
+        payment.failure_reason = None
+        payment.charge_round += 1
+        payment.stripe_payment_intent_id = None  # a new round, a new PaymentIntent
+        if data.get("paymentMethod"):
+            payment.payment_method = data["paymentMethod"]
+
+
+def payment_failed_for_good(job: Job, reason: str) -> None:
+    """The payment job is out of attempts: fail the payment (unless it was charged) and alert."""
+    payment_id = job.data.get("paymentId")
+    if payment_id is None:
+        raise_alert("payment job failed", job_id=job.id, queue=job.queue, reason=reason)
+        return
+    mark_failed(int(payment_id), reason)
+    with get_db().session() as session:
+        payment = session.get(Payment, int(payment_id))
+    if payment is not None and payment.status == SUCCEEDED:
+        # Charged, but the bookkeeping after the charge (the receipt email) gave up.
+        raise_alert("receipt not sent", job_id=job.id, queue=job.queue, payment_id=payment_id, reason=reason)
+        return
+    raise_alert("payment failed", job_id=job.id, queue=job.queue, payment_id=payment_id, reason=reason)
