@@ -111,7 +111,7 @@ class JobTask(Task):
         if job in ("stale", "leased"):
             # An older delivery (stale), or a copy of one that may still be running
             # (leased): the job's latest delivery, or the lease sweep, runs it.
-            log.debug("job.skipped_delivery", extra={"job_id": job_id, "queue": queue.name, "reason": job})
+            log.info("job.skipped_delivery", extra={"job_id": job_id, "queue": queue.name, "reason": job})
             return None
         if job == "paused":
             # Hand the message back; the worker stops consuming a paused queue
@@ -122,7 +122,7 @@ class JobTask(Task):
             log.warning("job.missing", extra={"job_id": job_id, "queue": queue.name})
             return None
         if job.state in FINISHED:
-            log.debug("job.duplicate_delivery", extra={"job_id": job_id, "queue": queue.name})
+            log.info("job.duplicate_delivery", extra={"job_id": job_id, "queue": queue.name})
             return job.result
         if log.isEnabledFor(logging.DEBUG):
             log.debug("job.started", extra={"job_id": job.id, "queue": queue.name, "attempt": job.attempts})

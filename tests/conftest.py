@@ -213,6 +213,9 @@ def stack_env(database_url: str, redis_url: str, services: Services, tmp: Path) 
         "JOB_KEY_PREFIX": f"rstest{secrets.token_hex(3)}",
         "RIDESHARE_VAR_DIR": str(tmp),
         "LOG_LEVEL": "INFO",
+        # Celery's own per-message lines (received, succeeded): some tests read them to see
+        # how jobs travelled. Workers leave them off by default.
+        "CELERY_TASK_LOG": "true",
         # The suite sends bursts from one address; tests/api/test_rate_limit.py turns it on.
         "RATELIMIT_ENABLED": "false",
     }

@@ -11,6 +11,7 @@ from jobqueue.store import now_ms
 from rideshare.analytics.models import AnalyticsEvent, DailyRideStats, DriverStats
 from rideshare.db import get_db
 from rideshare.jobs import InvalidJobData, add_analytics_job, add_analytics_jobs, get_job_counts, get_queue
+from tasks.analytics import record_event_task
 
 pytestmark = pytest.mark.integration
 
@@ -153,7 +154,7 @@ def test_a_batch_that_meets_a_paused_queue_hands_its_jobs_back_until_resumed(app
     assert queue.store.create_many(records, [now_ms()] * 5) == [True] * 5
     queue.store.set_paused("analytics", True)
     try:
-        ran = queue.task._run_batch(queue, [[r.id, 1, 30000] for r in records])
+        ran = record_event_task._run_batch(queue, [[r.id, 1, 30000] for r in records])
         assert ran == 0
         assert [job.state for job in queue.store.get_many([r.id for r in records])] == ["delayed"] * 5
     finally:
