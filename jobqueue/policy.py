@@ -6,8 +6,8 @@
         schema=PaymentJobSchema,
         attempts=5,
         backoff=Backoff("exponential", 5000),
-        retry_on=("rideshare.payments.gateway:TRANSIENT_ERRORS", OperationalError),
-        on_final_failure="rideshare.payments.service:payment_failed_for_good",
+        retry_on=("shop.gateway:TRANSIENT_ERRORS", OperationalError),
+        on_final_failure="shop.payments:payment_failed_for_good",
     )
 
 Exceptions and hooks may be named as ``"module:attribute"`` strings: they are
