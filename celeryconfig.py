@@ -64,8 +64,11 @@ result_backend = None
 # since sending three events per job costs a quarter of a worker's throughput
 # (docs/benchmarks.md). CELERY_TASK_EVENTS=true sends them from the start.
 worker_send_task_events = os.environ.get("CELERY_TASK_EVENTS", "false").lower() in ("1", "true", "yes")
-# The publisher's "task-sent" event, so Flower lists jobs still waiting in the broker.
-task_send_sent_event = os.environ.get("CELERY_SENT_EVENTS", "true").lower() in ("1", "true", "yes")
+# The publisher's "task-sent" event (Flower lists jobs still waiting in the broker): off
+# unless asked for, as it costs a publish per job. On a Redis broker the job store's
+# add script writes the message itself and sends no event either way; Flower still
+# sees every job once a worker receives it.
+task_send_sent_event = os.environ.get("CELERY_SENT_EVENTS", "false").lower() in ("1", "true", "yes")
 
 # Ack after the work is done, and hand a job back if its worker dies.
 task_acks_late = True
@@ -74,10 +77,13 @@ worker_prefetch_multiplier = int(os.environ.get("CELERY_PREFETCH_MULTIPLIER", "1
 worker_hijack_root_logger = False
 
 broker_transport_options = {
-    # Seconds before an unacked message is handed to another worker; must be
-    # longer than the longest delay plus the longest job (see README, Delivery).
-    "visibility_timeout": int(os.environ.get("BROKER_VISIBILITY_TIMEOUT", "3600")),
-    # Lower number = served first, as in BullMQ; 0..9.
+    # No kombu unacked record nor ack per message: a message is simply popped. Recovery
+    # rests on one mechanism, the job store's: a started job holds a lease, and a job
+    # whose message was taken by a worker that died before starting it is published
+    # again (JOB_STALE_WAITING_MS). kombu's bookkeeping would pay for the same twice.
+    "ack_emulation": False,
+    # Lower number = served first, as in BullMQ; 0..9. A queue waits only on the lists
+    # of the priority levels its policy offers (QueuePolicy.priorities).
     "queue_order_strategy": "priority",
     "priority_steps": list(range(10)),
     "sep": ":",
