@@ -3,17 +3,20 @@
 celery -A bench.full worker -Q analytics
 """
 
-from celery import shared_task
+import dataclasses
 
 from jobqueue import Job, JobQueue
-from jobqueue.task import JobTask
+from jobqueue.task import job_task
 from rideshare import create_app
+from rideshare.analytics.queue import ANALYTICS_QUEUE
 
 flask_app = create_app()
 app = flask_app.extensions["celery"]
+# The analytics queue's own policy (batches of 20, its retries), with a task that does nothing.
+NOOP_QUEUE = dataclasses.replace(ANALYTICS_QUEUE, task="bench.noop", schema=None)
 
 
-@shared_task(base=JobTask, name="bench.noop", queue="analytics", batch_size=app.tasks["analytics.record"].batch_size)
+@job_task(NOOP_QUEUE)
 def noop(job: Job) -> None:
     """Nothing: what is measured is the job tracking around it."""
     return None
@@ -23,10 +26,10 @@ def noop_queue() -> JobQueue:
     """A queue for the no-op task on the analytics queue, with that queue's defaults."""
     analytics = flask_app.extensions["jobs"].queues["analytics"]
     return JobQueue(
-        "analytics",
-        "bench.noop",
+        NOOP_QUEUE,
         app,
         analytics.store,
         analytics.defaults,
         (analytics.keep_completed, analytics.keep_failed),
+        direct=analytics.messages is not None,
     )

@@ -18,6 +18,14 @@ app.config_from_object("celeryconfig")
 app.conf.broker_url = os.environ["REDIS_URL"]
 app.conf.imports = ()
 app.conf.task_acks_late = True
+# kombu's stock Redis transport options: ack emulation (an unacked record and an ack per
+# message) on, as Celery ships; celeryconfig turns it off for the service's own engine.
+app.conf.broker_transport_options = {
+    key: value
+    for key, value in app.conf.broker_transport_options.items()
+    if key not in ("ack_emulation", "queue_priorities")
+}
+app.conf.task_send_sent_event = False
 _counter = redis.Redis.from_url(os.environ["REDIS_URL"])
 
 
