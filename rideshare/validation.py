@@ -10,8 +10,11 @@ MAX_AMOUNT = 100_000
 # Ids are 32-bit SQL integers: larger ones are simply not found, never a database error.
 MAX_ID = 2**31 - 1
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
-# An amount as a string: up to 6 integer digits (MAX_AMOUNT has 6) and up to 2 decimals.
-AMOUNT_PATTERN = re.compile(r"\d{1,6}(\.\d{1,2})?", re.ASCII)
+# An amount as a string: digits with up to 2 decimals (so ^\d{1,6}(\.\d{1,2})?$ holds), no
+# leading zeros, and within (0, MAX_AMOUNT], so that the pattern alone, as the document
+# states it, says exactly which strings are taken: 0.01 to 99999.99, or 100000.
+AMOUNT_PATTERN = re.compile(r"(?:[1-9]\d{0,4}(?:\.\d{1,2})?|100000(?:\.0{1,2})?|0\.(?:0[1-9]|[1-9]\d?))", re.ASCII)
+assert MAX_AMOUNT == 100_000, "AMOUNT_PATTERN spells out MAX_AMOUNT"
 
 
 def two_decimals(value: Decimal) -> None:
@@ -25,10 +28,10 @@ class Money(fields.Decimal):
     """An amount sent as a JSON number or as a plain decimal string ("25.50"), nothing Python reads besides.
 
     Decimal() alone also takes "1_000", " 25 ", "+5", "2.5E1" and "Infinity"; the string form must match
-    AMOUNT_PATTERN, and a JSON number must be a real number (not true, not a string in disguise).
+    AMOUNT_PATTERN, and a JSON number must be a number (not true).
     """
 
-    default_error_messages = {"format": "must be a number or a string like 25.50 (up to 6 digits, 2 decimals)"}
+    default_error_messages = {"format": "must be a number or a string like 25.50 (0.01 to 100000, 2 decimals at most)"}
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Decimal:
         if isinstance(value, str):

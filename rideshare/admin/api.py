@@ -7,6 +7,8 @@ from typing import Any, TypeVar
 
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
+from flask_smorest.error_handler import ErrorSchema
+from marshmallow import RAISE
 
 from celeryconfig import QUEUES
 from jobqueue import InvalidJobData, Job
@@ -93,7 +95,8 @@ class QueueJobs(MethodView):
     decorators = [known_queue, admin_required]
 
     @blp.doc(**ADMIN_DOC)
-    @blp.arguments(JobListArgsSchema, location="query")
+    # unknown=RAISE: a misspelt filter (?stat=failed) is a 422, not a silently unfiltered list.
+    @blp.arguments(JobListArgsSchema, location="query", unknown=RAISE)
     @blp.response(200, JobPageSchema)
     def get(self, args: dict[str, Any], queue: str) -> dict[str, Any]:
         """Jobs of a queue, newest first; filter by state, find by id or by a data field."""
@@ -176,6 +179,8 @@ class AdminJob(MethodView):
 
     @blp.doc(**ADMIN_DOC)
     @blp.response(204)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such job")
+    @blp.alt_response(409, schema=ErrorSchema, description="The job is running")
     def delete(self, job_id: str) -> None:
         """Remove a job that is not running."""
         try:
@@ -193,6 +198,9 @@ class RetryJob(MethodView):
     @blp.doc(**ADMIN_DOC)
     @blp.arguments(RetryBodySchema, required=False)
     @blp.response(200, JobDetailSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such job")
+    @blp.alt_response(409, schema=ErrorSchema, description="The job is not failed")
+    @blp.alt_response(422, schema=ErrorSchema, description="The corrected data is not valid for its task")
     def post(self, body: dict[str, Any] | None, job_id: str) -> JobDetail:
         """Run a failed job again; {"data": {...}} retries it with corrected data."""
         data = (body or {}).get("data")
@@ -212,7 +220,7 @@ class Audit(MethodView):
     decorators = [admin_required]
 
     @blp.doc(**ADMIN_DOC)
-    @blp.arguments(AuditArgsSchema, location="query")
+    @blp.arguments(AuditArgsSchema, location="query", unknown=RAISE)
     @blp.response(200, AuditPageSchema)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """Admin actions, newest first."""

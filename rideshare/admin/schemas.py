@@ -6,6 +6,9 @@ from jobqueue.masking import mask
 from jobqueue.store import STATES
 from rideshare.jobs.control import CLEANABLE_STATES
 from rideshare.jobs.schemas import JobSchema
+from rideshare.validation import MAX_ID
+
+MAX_GRACE_MS = 10 * 365 * 24 * 3600 * 1000
 
 
 class JobCountsSchema(Schema):
@@ -44,10 +47,16 @@ class QueuesSchema(Schema):
 class JobListArgsSchema(Schema):
     state = fields.String(validate=validate.OneOf(STATES))
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
-    cursor = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    cursor = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_ID))
     jobId = fields.String(validate=validate.Length(max=64), metadata={"description": "Find one job by id"})
-    field = fields.String(validate=validate.Length(max=64), metadata={"description": "A field of the job data"})
-    value = fields.String(validate=validate.Length(max=256), metadata={"description": "Its value, as text"})
+    field = fields.String(
+        validate=validate.Length(max=64),
+        metadata={"description": "A field of the job data; field and value go together (422 if only one is given)"},
+    )
+    value = fields.String(
+        validate=validate.Length(max=256),
+        metadata={"description": "Its value, as text; field and value go together (422 if only one is given)"},
+    )
 
 
 class AttemptSchema(Schema):
@@ -86,8 +95,14 @@ class RetriedSchema(Schema):
 
 class CleanBodySchema(Schema):
     state = fields.String(required=True, validate=validate.OneOf(CLEANABLE_STATES))
-    graceMs = fields.Integer(load_default=0, validate=validate.Range(min=0))
-    limit = fields.Integer(load_default=1000, validate=validate.Range(min=1, max=100_000))
+    # strict: a JSON number with a fraction (2.589e-42) is refused, not truncated to an integer.
+    graceMs = fields.Integer(
+        load_default=0,
+        strict=True,
+        validate=validate.Range(min=0, max=MAX_GRACE_MS),
+        metadata={"description": "Only jobs finished at least this long ago (ms); at most 10 years"},
+    )
+    limit = fields.Integer(load_default=1000, strict=True, validate=validate.Range(min=1, max=100_000))
 
 
 class CleanedSchema(Schema):
@@ -110,4 +125,7 @@ class AuditPageSchema(Schema):
 
 class AuditArgsSchema(Schema):
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
-    before = fields.Integer(validate=validate.Range(min=1))
+    # Audit ids are 32-bit SQL integers: a larger one would overflow in the query (a 500), so it is a 422.
+    before = fields.Integer(
+        validate=validate.Range(min=1, max=MAX_ID), metadata={"description": "Only entries with a smaller id"}
+    )

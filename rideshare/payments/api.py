@@ -5,6 +5,7 @@ from typing import Any
 from flask import request
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
+from flask_smorest.error_handler import ErrorSchema
 from sqlalchemy.orm import selectinload
 
 from rideshare.auth import current_user, login_required
@@ -32,6 +33,16 @@ class Payments(MethodView):
     @blp.doc(security=[{"bearerAuth": []}])
     @blp.arguments(PaymentCreateSchema)
     @blp.response(202, PaymentAcceptedSchema)
+    @blp.alt_response(
+        400, schema=ErrorSchema, description="Idempotency-Key longer than 255 characters, or a hostile JSON body"
+    )
+    @blp.alt_response(409, schema=ErrorSchema, description="A request with this Idempotency-Key is still in progress")
+    @blp.alt_response(
+        422,
+        schema=ErrorSchema,
+        description="Invalid fields; or a rideId that does not exist or is not the caller's; "
+        "or an Idempotency-Key used before with another body",
+    )
     @blp.alt_response(503, description="The job could not be queued; nothing was stored")
     @blp.doc(
         parameters=[
@@ -79,6 +90,7 @@ class PaymentResource(MethodView):
 
     @blp.doc(security=[{"bearerAuth": []}])
     @blp.response(200, PaymentSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such payment, or not the caller's")
     def get(self, payment_id: int) -> Payment:
         """A payment's status, Stripe PaymentIntent and receipt number."""
         with get_db().session() as session:

@@ -46,7 +46,8 @@ class PaymentAcceptedSchema(Schema):
 class PaymentSchema(Schema):
     id = fields.Integer()
     rideId = fields.Integer(attribute="ride_id")
-    amount = fields.Decimal(as_string=True)
+    # A JSON number, as the document says (Flask would write a Decimal as a string).
+    amount = fields.Float(metadata={"description": "In major units, at most 2 decimals (25.5)"})
     currency = fields.String()
     status = fields.String(metadata={"description": "pending, processing, succeeded or failed"})
     jobId = fields.String(attribute="job_id")

@@ -36,7 +36,7 @@ class RideSchema(Schema):
     pickup = fields.String()
     dropoff = fields.String()
     status = fields.String(metadata={"description": "requested or completed"})
-    fare = fields.Decimal(as_string=True, allow_none=True)
+    fare = fields.Float(allow_none=True, metadata={"description": "In major units, at most 2 decimals"})
     distance = fields.Float(attribute="distance_km", allow_none=True)
     duration = fields.Integer(attribute="duration_s", allow_none=True)
     createdAt = fields.DateTime(attribute="created_at")

@@ -124,6 +124,11 @@ def test_a_number_too_long_to_convert_is_400_not_500(client, stack, headers):
     "amount",
     [
         "1_000",
+        "007",
+        "0",
+        "0.00",
+        "100001",
+        "100000.01",
         " 25",
         "25 ",
         "+5",
