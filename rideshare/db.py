@@ -1,5 +1,6 @@
 """SQLAlchemy 2 engine and session, bound to the Flask app with init_app."""
 
+import importlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,7 +60,11 @@ def make_engine(url: str, pool_size: int = 5, max_overflow: int = 10) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max_overflow)
+    # No ping per checkout (a round trip before every statement): a connection the server
+    # dropped fails where it is used, as OperationalError, which the jobs retry and the
+    # pool then replaces; pool_recycle retires connections before servers or proxies
+    # time idle ones out.
+    return create_engine(url, pool_recycle=1800, pool_size=pool_size, max_overflow=max_overflow)
 
 
 class Database:
@@ -103,6 +108,22 @@ class Database:
 def dialect_insert(session: Session):  # type: ignore[no-untyped-def]
     """The dialect's INSERT, which has ON CONFLICT on both SQLite and PostgreSQL."""
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+MODEL_MODULES = (
+    "rideshare.admin.models",
+    "rideshare.analytics.models",
+    "rideshare.mail.models",
+    "rideshare.payments.models",
+    "rideshare.rides.models",
+    "rideshare.jobs.outbox",
+)
+
+
+def load_models() -> None:
+    """Import every mapped module, so foreign keys between them resolve in any process."""
+    for module in MODEL_MODULES:
+        importlib.import_module(module)
 
 
 def get_db() -> Database:

@@ -31,7 +31,10 @@ def test_no_engine_module_imports_the_app_or_flask():
 
 
 def test_importing_the_engine_loads_no_app_module():
-    code = "import sys, jobqueue, jobqueue.task, jobqueue.worker\nprint(sorted(m for m in sys.modules if m.startswith(('rideshare', 'tasks', 'flask'))))"
+    code = (
+        "import sys, jobqueue, jobqueue.task, jobqueue.worker\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('rideshare', 'tasks', 'flask'))))"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
