@@ -1,5 +1,7 @@
 """The Celery app and the job engine, bound to the Flask app in one place."""
 
+import os
+import weakref
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -91,4 +93,15 @@ def celery_init_app(app: Flask) -> Celery:
     )
     celery.jobs.relays.append(outbox.relay)
     app.extensions["outbox"] = outbox
+    # The relay runs in a prefork worker's main process, which forks pool processes
+    # later too (autoscale, replacing a dead one): a child must not share the
+    # parent's pooled SQL connections, so it starts with an empty pool.
+    db = weakref.ref(app.extensions["db"])
+    os.register_at_fork(after_in_child=lambda: _forget_sql_connections(db))
     return celery
+
+
+def _forget_sql_connections(ref: "weakref.ReferenceType[Any]") -> None:
+    database = ref()
+    if database is not None and database.engine is not None:
+        database.engine.dispose(close=False)  # the parent still owns and closes them

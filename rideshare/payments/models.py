@@ -7,6 +7,7 @@ from sqlalchemy import ForeignKey, Numeric, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from rideshare.db import Base, utcnow
+from rideshare.rides import models as _rides  # noqa: F401  (payments.ride_id references rides.id)
 
 PENDING, PROCESSING, SUCCEEDED, FAILED = "pending", "processing", "succeeded", "failed"
 
