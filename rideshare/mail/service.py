@@ -14,9 +14,9 @@ from flask import current_app
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from jobqueue import Job, PermanentJobError, TransientJobError
+from jobqueue.deadline import job_time_left
 from rideshare.db import dialect_insert, get_db, utcnow
-from rideshare.jobs.queue import Job
-from rideshare.jobs.task import PermanentJobError, TransientJobError, job_time_left
 from rideshare.mail.models import FAILED, RETRYING, SENDING, SENT, EmailDelivery
 
 
