@@ -1,110 +1,458 @@
-"""Where a worker's time goes: py-spy samples a real worker while it drains jobs.
+"""Where the time goes: py-spy samples a real worker, or the API's gunicorn workers, under load.
 
     .venv/bin/python -m bench.profile noop     # CPU-light no-op jobs, one solo worker
     .venv/bin/python -m bench.profile email    # email jobs, SMTP answering after 100 ms, threads x32
+    .venv/bin/python -m bench.profile payment  # POST /payments, gunicorn 2 x 8 threads, wrk -c16
+    .venv/bin/python -m bench.profile email payment --json bench/profiles.json --label after
+    .venv/bin/python -m bench.profile email payment --before 054001c --json bench/profiles.json
 
 (installed by `bash scripts/run-bench.sh`, which pins py-spy in the bench extra.)
-Prints the functions with the most samples, inclusive and self, and keeps the raw
-py-spy file (collapsed stacks, for a flame graph) under the run's temporary folder.
-Samples are of running threads only: a thread waiting in a socket call the profiler
-does not know as idle still counts, so read socket reads as waiting on that server.
+Prints the samples grouped by what they are doing (GROUPS: the Celery/kombu consumer,
+SQLAlchemy, MIME building, the job-store scripts, logging, Flask/smorest, publishing...)
+and the functions with the most samples, and keeps py-spy's raw file (collapsed stacks,
+for a flame graph) under the run's temporary folder. `--json FILE --label L` also stores
+the grouped figures in FILE under L (bench/report.py renders bench/profiles.json as
+"Where the time goes", before vs after).
+
+`--before COMMIT` profiles an older tree with this same file: it checks COMMIT out with
+`git worktree add` in a temporary folder, copies this file over that tree's
+bench/profile.py, runs it there (cwd and PYTHONPATH the old tree, this .venv), stores
+the figures under the label "before" and removes the worktree. The old tree needs a
+bench/run.py with Bench (worker, queue_emails, tmp, env, smtp_port, procs, close), which
+054001c, the commit before the engine rework, has.
+
+Every mode runs with the shipped INFO log level. py-spy samples only the thread holding
+the GIL (--gil), so the shares are of the Python CPU time: threads waiting on SMTP, SQL
+or a queue are left out (py-spy's own idle detection misses some of those, such as a
+thread pool's worker blocked on its queue, which would otherwise count). The figures per
+job or request are the profiled processes' CPU time (user + system) over the jobs or
+requests done while py-spy sampled them, so they include py-spy's own overhead on them.
 """
 
 import argparse
+import asyncio
 import collections
+import contextlib
+import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from bench.run import Bench, slow_smtp_sink
+ROOT = Path(__file__).resolve().parent.parent
+SMTP_LATENCY_S = 0.1
+RATE_HZ = 200
+
+# What a sample is doing: the first frame from the leaf up that matches a rule names its
+# group. Frames of redis-py and kombu's transports are transparent (they belong to
+# whoever called them: the consumer's BRPOP, a job-store script, a publish).
+TRANSPARENT = ("/redis/", "/hiredis", "kombu/transport/", "/json/", "kombu/utils/json.py")
+RULES: list[tuple[str, str, tuple[str, ...] | None]] = [
+    # (group, path substring, function names or None for any)
+    ("logging", "/logging/", None),
+    ("logging", "rideshare/logs.py", None),
+    ("logging", "celery/utils/log.py", None),
+    ("MIME building", "/email/", None),
+    ("SMTP (smtplib; waiting on the server)", "/smtplib.py", None),
+    ("SQLAlchemy + psycopg", "sqlalchemy/", None),
+    ("SQLAlchemy + psycopg", "/psycopg", None),
+    ("job-store scripts", "rideshare/jobs/store.py", None),
+    ("job-store scripts", "jobqueue/store.py", None),
+    ("publishing", "celery/app/base.py", ("send_task",)),
+    ("publishing", "celery/app/amqp.py", None),
+    ("publishing", "celery/app/task.py", ("apply_async", "delay")),
+    ("publishing", "celery/events/", None),
+    ("publishing", "kombu/messaging.py", ("publish", "_publish")),
+    ("publishing", "kombu/connection.py", ("ensure", "_ensured", "default_channel")),
+    ("publishing", "rideshare/jobs/queue.py", ("_send", "publish", "publish_many", "_publish")),
+    ("publishing", "jobqueue/queue.py", ("_send", "publish", "publish_many", "_publish_chunks", "_message")),
+    ("publishing", "jobqueue/transport.py", ("message", "key")),
+    ("auth (JWT decode)", "/jwt/", None),
+    ("marshmallow", "marshmallow/", None),
+    ("marshmallow", "webargs/", None),
+    ("Flask/smorest", "flask/", None),
+    ("Flask/smorest", "flask_smorest/", None),
+    ("Flask/smorest", "werkzeug/", None),
+    ("Flask/smorest", "flask_limiter/", None),
+    ("Flask/smorest", "/limits/", None),
+    ("gunicorn", "gunicorn/", None),
+    ("Celery/kombu consumer", "celery/", None),
+    ("Celery/kombu consumer", "kombu/", None),
+    ("Celery/kombu consumer", "billiard/", None),
+    ("Celery/kombu consumer", "vine/", None),
+    ("Celery/kombu consumer", "jobqueue/transport.py", None),
+    ("Celery/kombu consumer", "rideshare/jobs/transport.py", None),
+    ("app and engine code (own frames)", "rideshare/", None),
+    ("app and engine code (own frames)", "jobqueue/", None),
+    ("app and engine code (own frames)", "tasks/", None),
+]
+OTHER = "other (stdlib, threads, JSON...)"
+# The groups in the order the report lists them.
+GROUPS = [
+    "Celery/kombu consumer",
+    "SQLAlchemy + psycopg",
+    "MIME building",
+    "SMTP (smtplib; waiting on the server)",
+    "job-store scripts",
+    "logging",
+    "Flask/smorest",
+    "marshmallow",
+    "auth (JWT decode)",
+    "publishing",
+    "Redis, other calls",
+    "gunicorn",
+    "app and engine code (own frames)",
+    OTHER,
+]
+FRAME = re.compile(r"(.*) \((.*?):\d+\)$")
+
+
+def parse_frame(frame: str) -> tuple[str, str] | None:
+    match = FRAME.match(frame)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def group_of(frames: list[tuple[str, str]]) -> str:
+    """The group of one sample, frames root first.
+
+    py-spy names stdlib files relative to the library ("smtplib.py", "logging/__init__.py")
+    and functions with their class ("SMTP.getreply"): paths are matched with a "/" in
+    front, functions by their last part.
+    """
+    flask = any("flask" in path for _, path in frames)
+    # Under send_task, apply_async or a kombu Producer, every Celery and kombu frame is publishing.
+    sending = any(f.endswith(("send_task", "apply_async")) or f.startswith("Producer.") for f, _ in frames)
+    saw_redis = False
+    for func, path in reversed(frames):
+        path = "/" + path
+        name = func.rsplit(".", 1)[-1]
+        if any(t in path for t in TRANSPARENT):
+            saw_redis = saw_redis or "/redis/" in path or "hiredis" in path
+            continue
+        for group, where, funcs in RULES:
+            if where in path and (funcs is None or name in funcs):
+                if group == "marshmallow" and flask:
+                    return "Flask/smorest"  # request parsing and answers, under flask-smorest
+                if where == "celery/events/" and not sending:
+                    return "Celery/kombu consumer"  # a worker's own events (heartbeats)
+                if group == "Celery/kombu consumer" and sending:
+                    return "publishing"
+                if group.startswith("app and engine") and saw_redis:
+                    return "Redis, other calls"
+                return group
+    return OTHER
+
+
+def read_raw(raw: Path) -> list[tuple[list[tuple[str, str]], int]]:
+    samples = []
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        frames = [f for f in (parse_frame(x) for x in stack.split(";")) if f is not None]
+        samples.append((frames, int(count)))
+    return samples
+
+
+def short(path: str) -> str:
+    path = path.split("site-packages/")[-1]
+    path = re.sub(r"^.*/rideshare-before-[^/]*/tree/", "", path.split(str(ROOT) + "/")[-1])
+    return re.sub(r"^.*/lib/python3\.\d+/", "", path)
+
+
+def breakdown(raw: Path, top: int = 12) -> dict[str, Any]:
+    """Samples grouped (percent of all), and the top functions by self samples."""
+    groups: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    total = 0
+    for frames, n in read_raw(raw):
+        total += n
+        groups[group_of(frames)] += n
+        if frames:
+            func, path = frames[-1]
+            own[f"{func} ({short(path)})"] += n
+    pct = {g: round(100 * groups[g] / total, 1) for g in GROUPS if groups[g]} if total else {}
+    return {
+        "samples": total,
+        "groups": pct,
+        "top_self": [[name, round(100 * n / total, 1)] for name, n in own.most_common(top)] if total else [],
+    }
 
 
 def summarize(raw: Path, top: int = 25) -> str:
-    """The top functions by inclusive and by self samples, from py-spy's raw (collapsed) output."""
+    """The groups, then the top functions by inclusive and by self samples."""
     inclusive: collections.Counter[str] = collections.Counter()
     own: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        n = int(count)
+    for frames, n in read_raw(raw):
         total += n
-        names = []
-        for frame in stack.split(";"):
-            match = re.match(r"(.*) \((.*?):\d+\)", frame)
-            if match:
-                where = match.group(2).split("site-packages/")[-1].split(str(Path.cwd()) + "/")[-1]
-                names.append(f"{match.group(1)} ({where})")
-            else:
-                names.append(frame)
+        names = [f"{func} ({short(path)})" for func, path in frames]
         for name in set(names):
             inclusive[name] += n
-        own[names[-1]] += n
-    lines = [f"{total} samples", "", "inclusive:"]
+        if names:
+            own[names[-1]] += n
+    found = breakdown(raw)
+    lines = [f"{total} samples", "", "groups:"]
+    lines += [f"{pct:5.1f}%  {g}" for g, pct in sorted(found["groups"].items(), key=lambda kv: -kv[1])]
+    lines += ["", "inclusive:"]
     lines += [f"{100 * n / total:5.1f}%  {name}" for name, n in inclusive.most_common(top * 2) if "click" not in name]
     lines += ["", "self:"]
     lines += [f"{100 * n / total:5.1f}%  {name}" for name, n in own.most_common(top)]
     return "\n".join(lines)
 
 
-def record(pid: int, out: Path, seconds: int) -> None:
-    subprocess.run(
-        [
-            shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
-            "record",
-            "-p",
-            str(pid),
-            "-d",
-            str(seconds),
-            "-r",
-            "200",
-            "-f",
-            "raw",
-            "-o",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=seconds + 60,
-    )
+# Recording ------------------------------------------------------------------------------
 
 
-def profile_noop(bench: Bench, seconds: int) -> Path:
+def py_spy() -> str:
+    return shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+
+
+def record(pid: int, out: Path, seconds: int, subprocesses: bool = False) -> None:
+    argv = [py_spy(), "record", "-p", str(pid), "-d", str(seconds), "-r", str(RATE_HZ), "-f", "raw", "-o", str(out)]
+    argv.append("--gil")  # only the thread holding the GIL: where the CPU goes, not who waits
+    if subprocesses:
+        argv.append("--subprocesses")
+    subprocess.run(argv, check=True, capture_output=True, timeout=seconds + 60)
+
+
+def tree(pid: int) -> list[int]:
+    found, todo = [pid], [pid]
+    while todo:
+        p = todo.pop()
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{p}/task").iterdir():
+                kids = [int(k) for k in (task / "children").read_text().split()]
+                found += kids
+                todo += kids
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its descendants so far, seconds."""
+    total = 0.0
+    for p in tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+@contextlib.contextmanager
+def counting_smtp_sink(port: int) -> Iterator[list[int]]:
+    """An SMTP server on 127.0.0.1:port accepting every message after SMTP_LATENCY_S; yields [count]."""
+    from aiosmtpd.controller import Controller
+
+    count = [0]
+
+    class SlowSink:
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            await asyncio.sleep(SMTP_LATENCY_S)
+            count[0] += 1
+            return "250 OK"
+
+    controller = Controller(SlowSink(), hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield count
+    finally:
+        controller.stop()
+
+
+def profile_noop(bench: Any, seconds: int) -> tuple[Path, dict]:
     from bench.full import flask_app, noop_queue
 
     with flask_app.app_context():
         queue = noop_queue()
         for _ in range(20_000):
             queue.add({})
-    worker = bench.worker("bench.full", pool="solo", concurrency=1, env={"CELERY_PREFETCH_MULTIPLIER": "4"})
+    env = {"CELERY_PREFETCH_MULTIPLIER": "4", "LOG_LEVEL": "INFO"}
+    worker = bench.worker("bench.full", pool="solo", concurrency=1, env=env)
     out = bench.tmp / "noop.raw"
+    cpu = cpu_seconds(worker.pid)
     record(worker.pid, out, seconds)
-    return out
+    return out, {"cpu_s": round(cpu_seconds(worker.pid) - cpu, 3), "setting": "1 solo worker, prefetch 4"}
 
 
-def profile_email(bench: Bench, seconds: int) -> Path:
-    with slow_smtp_sink(bench.smtp_port):
+def profile_email(bench: Any, seconds: int) -> tuple[Path, dict]:
+    """The shipped email worker (threads x32, prefetch 1, INFO) on 4,000 waiting email jobs."""
+    with counting_smtp_sink(bench.smtp_port) as sent:
         app = bench.queue_emails(4000)
-        worker = bench.worker("tasks", pool="threads", concurrency=32, queues="email")
+        worker = bench.worker("tasks", pool="threads", concurrency=32, queues="email", env={"LOG_LEVEL": "INFO"})
+        time.sleep(1)  # past the first connections
         out = bench.tmp / "email.raw"
+        cpu, done = cpu_seconds(worker.pid), sent[0]
         record(worker.pid, out, seconds)
+        cpu, done = cpu_seconds(worker.pid) - cpu, sent[0] - done
         app.extensions["db"].engine.dispose()
-    return out
+    return out, {
+        "setting": "1 worker, threads x32 (shipped), SMTP answering after 100 ms",
+        "units": done,
+        "unit": "job",
+        "cpu_s": round(cpu, 3),
+        "cpu_ms_per_unit": round(cpu * 1000 / max(1, done), 2),
+    }
+
+
+def gunicorn_argv(port: int) -> list[str]:
+    argv = [sys.executable, "-m", "gunicorn"]
+    if Path("rideshare/gunicorn_conf.py").exists():  # the shipped config, where the tree has one
+        argv += ["-c", "python:rideshare.gunicorn_conf"]
+    argv += ["rideshare:create_app()", "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "8"]
+    return argv + ["--no-control-socket", "--log-level", "warning"]
+
+
+def profile_payment(bench: Any, seconds: int) -> tuple[Path, dict]:
+    """POST /payments on gunicorn 2 x 8 threads under wrk -c16 (bench.loadgen without wrk)."""
+    from devstack.processes import free_port, wait_for_port
+    from rideshare import create_app
+    from rideshare.auth import issue_token
+    from rideshare.cli import upgrade_database
+
+    app = create_app()
+    with app.app_context():
+        upgrade_database()
+        token = issue_token("42", ttl_seconds=3600)
+    headers = {"Authorization": f"Bearer {token}"}
+    ride = (
+        app.test_client()
+        .post("/rides", json={"riderId": "42", "driverId": "d", "pickup": "A", "dropoff": "B"}, headers=headers)
+        .json["id"]
+    )
+    app.extensions["db"].engine.dispose()
+    port = free_port()
+    log = open(bench.tmp / "gunicorn-profile.log", "ab")  # noqa: SIM115 - the child keeps its copy
+    gunicorn = subprocess.Popen(
+        gunicorn_argv(port), env={**os.environ, **bench.env, "LOG_LEVEL": "INFO"}, stdout=log, stderr=log
+    )
+    log.close()
+    bench.procs.append(gunicorn)
+    wait_for_port("127.0.0.1", port, timeout=30, proc=gunicorn)
+    url = f"http://127.0.0.1:{port}/payments"
+    body = json.dumps({"amount": "10.00", "paymentMethod": "pm_card_visa", "rideId": ride})
+    result: dict[str, Any] = {}
+
+    def load(duration: float) -> dict:
+        from bench import wrk
+
+        if wrk.available():
+            return wrk.load(url, "POST", body, headers, 16, duration)
+        argv = [sys.executable, "-m", "bench.loadgen", url, "--method", "POST", "--json", body]
+        argv += ["--seconds", str(duration), "--connections", "16", "--header", f"Authorization: Bearer {token}"]
+        return json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+
+    # Warm-up: both workers booted, their lazy imports done, connections made; until the rate
+    # settles (two 2-second loads in a row within 25%), at most 6 of them.
+    rates = [load(2)["rps"]]
+    while len(rates) < 6 and (len(rates) < 2 or rates[-1] < 0.75 * rates[-2] or rates[-2] < 0.75 * rates[-1]):
+        rates.append(load(2)["rps"])
+    cpu = cpu_seconds(gunicorn.pid)
+    loader = threading.Thread(target=lambda: result.update(load(seconds + 1)))
+    loader.start()
+    out = bench.tmp / "payment.raw"
+    record(gunicorn.pid, out, seconds, subprocesses=True)
+    loader.join()
+    cpu = cpu_seconds(gunicorn.pid) - cpu
+    bench.procs.remove(gunicorn)
+    gunicorn.terminate()
+    gunicorn.wait(15)
+    requests = result.get("requests", 0)
+    return out, {
+        "setting": "gunicorn 2 workers x 8 threads, 16 connections",
+        "warm_up_rps": rates,
+        "units": requests,
+        "unit": "request",
+        "rps": result.get("rps"),
+        "p99_ms_while_profiled": result.get("p99_ms"),
+        "non2xx": result.get("non2xx"),
+        "cpu_s": round(cpu, 3),
+        "cpu_ms_per_unit": round(cpu * 1000 / max(1, requests), 2),
+    }
+
+
+PROFILES = {"noop": profile_noop, "email": profile_email, "payment": profile_payment}
+
+
+def profile(bench: Any, workload: str, seconds: int) -> dict[str, Any]:
+    """Profile one workload with a Bench; the breakdown, the figures per unit and the raw file."""
+    raw, figures = PROFILES[workload](bench, seconds)
+    found = breakdown(raw)
+    found.update(figures)
+    found["raw"] = str(raw)
+    found["summary"] = summarize(raw)
+    return found
+
+
+def describe_tree() -> str:
+    import rideshare
+
+    where = str(Path(rideshare.__file__).resolve().parent.parent)
+    done = subprocess.run(["git", "-C", where, "log", "-1", "--format=%h %s"], capture_output=True, text=True)
+    return f"{done.stdout.strip()[:100]} ({where})"
+
+
+def store(path: Path, label: str, workload: str, found: dict[str, Any]) -> None:
+    data = json.loads(path.read_text()) if path.exists() else {}
+    entry = {k: v for k, v in found.items() if k not in ("summary", "raw")}
+    entry["measured"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    entry["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    data.setdefault(label, {})[workload] = entry
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def run_before(commit: str, workloads: list[str], seconds: int, out: Path) -> None:
+    """Profile COMMIT's tree with this file, in a worktree of its own removed afterwards."""
+    where = Path(tempfile.mkdtemp(prefix="rideshare-before-")) / "tree"
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), commit], check=True)
+    try:
+        shutil.copy(__file__, where / "bench" / "profile.py")
+        env = {**os.environ, "PYTHONPATH": str(where)}
+        check = [sys.executable, "-c", "import rideshare; print(rideshare.__file__)"]
+        found = subprocess.run(check, cwd=where, env=env, capture_output=True, text=True, check=True).stdout
+        if not found.strip().startswith(str(where)):
+            raise RuntimeError(f"rideshare imports from {found.strip()}, not from {where}")
+        argv = [sys.executable, "-m", "bench.profile", *workloads, "--seconds", str(seconds)]
+        argv += ["--json", str(out.resolve()), "--label", "before"]
+        subprocess.run(argv, cwd=where, env=env, check=True, timeout=900)
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(where)], check=False)
+        shutil.rmtree(where.parent, ignore_errors=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("workload", choices=["noop", "email"])
-    parser.add_argument("--seconds", type=int, default=6)
+    parser.add_argument("workloads", nargs="+", choices=sorted(PROFILES))
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--json", type=Path, default=None, help="store the grouped figures in this file")
+    parser.add_argument("--label", default="after", help="the key they are stored under (default: after)")
+    parser.add_argument("--before", metavar="COMMIT", default=None, help="profile COMMIT's tree (label 'before')")
     args = parser.parse_args()
-    bench = Bench(quick=True)
-    try:
-        raw = profile_noop(bench, args.seconds) if args.workload == "noop" else profile_email(bench, args.seconds)
-        print(summarize(raw))
-        print(f"\nraw py-spy samples: {raw}", file=sys.stderr)
-    finally:
-        bench.close()
+    if args.before:
+        run_before(args.before, args.workloads, args.seconds, args.json or ROOT / "bench" / "profiles.json")
+        return
+    from bench.run import Bench
+
+    for workload in args.workloads:
+        bench = Bench(quick=True)
+        try:
+            found = profile(bench, workload, args.seconds)
+        finally:
+            bench.close()
+        found["tree"] = describe_tree()
+        print(f"== {workload} ({found['tree']}) ==")
+        print(found["summary"])
+        if found.get("units") is not None:
+            print(f"\n{found['units']} {found['unit']}s, {found['cpu_ms_per_unit']} ms of CPU per {found['unit']}")
+        print(f"raw py-spy samples: {found['raw']}\n", file=sys.stderr)
+        if args.json:
+            store(args.json, args.label, workload, found)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,39 @@
 """The benchmark suite: one command, every figure measured against a baseline in the same run.
 
-    bash scripts/run-bench.sh [--quick]
+    bash scripts/run-bench.sh [--quick] [--rounds N] [--no-peers] [--no-profile]
 
-(a) API enqueue vs GET /healthz on the same gunicorn; (b) drain of CPU-light
-jobs through the full path vs a bare Celery no-op task; (c) I/O-bound email
-jobs (SMTP answers after 100 ms) per pool vs Little's-law ceiling; (d)
-enqueue-to-start latency; (e) memory. Writes docs/benchmarks.md and
-docs/benchmarks.png. Everything runs on loopback and stops by itself.
+Measured in one sitting, on loopback, everything stopping by itself:
+
+- (b) drains of CPU-light no-op jobs through the full path (bench/full.py: queue API,
+  job store, fencing, JobTask) one `add()` or `add_bulk()` at a time, on one prefork -c 2
+  worker and on 2 solo workers (prefetch 4), next to a bare Celery no-op on the same
+  transport (bench/bare.py: what tracking and fencing cost per job) and to the peers
+  (bench/peers_run.py: stock Celery `apply_async` with acks_late on the same pools,
+  Dramatiq 2 x 8, BullMQ via node). Ours and the peers take turns, round by round
+  (3 rounds, 1 with --quick; the order alternates), and every drain figure is the
+  median over the rounds;
+- (c) I/O-bound email jobs (SMTP answers after 100 ms) per pool vs the Little's-law
+  ceiling, with the worker's CPU per job, on the shipped worker settings (threads,
+  prefetch 1, INFO logs);
+- (a) the API's enqueue endpoints vs GET /healthz on the same gunicorn (2 x 8 threads,
+  rideshare.gunicorn_conf), with wrk when installed, and the server's CPU per request;
+- (d) enqueue-to-start latency; (e) memory, idle workers vs bare and stock Celery;
+- py-spy breakdowns of an email job and a POST /payments (bench/profile.py), shown
+  next to the "before" ones stored in bench/profiles.json.
+
+Writes docs/benchmarks.md (the Targets table of issue 9 first) and docs/benchmarks.png.
+A full run takes about 20 minutes on 2 cores; --quick (3,000 jobs, one round) a few.
 """
 
 import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import platform
 import secrets
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,11 +50,21 @@ from devstack.processes import free_port, start_celery_worker, start_redis, stop
 ROOT = Path(__file__).resolve().parent.parent
 SMTP_LATENCY_S = 0.1
 API_CONNECTIONS = 16
-# The analytics worker's shipped prefetch (docker-compose.yml, Procfile), used for (b).
+# The analytics worker's shipped prefetch (docker-compose.yml, Procfile), used for (b), as
+# bench/peers_run.py uses it for stock Celery.
 DRAIN_PREFETCH = 4
 # add_bulk call size in (b).
 BULK_CHUNK = 1000
-# (c): pool, concurrency per worker, worker processes. The email worker ships threads x32.
+# (b): the drains, each (name, app, add path, pool, concurrency, worker processes).
+DRAINS = [
+    ("bare", "bench.bare", "bare", "prefork", 2, 1),
+    ("single", "bench.full", "single", "prefork", 2, 1),
+    ("single_solo2", "bench.full", "single", "solo", 1, 2),
+    ("bulk", "bench.full", "bulk", "prefork", 2, 1),
+    ("bulk_solo2", "bench.full", "bulk", "solo", 1, 2),
+]
+# (c): pool, concurrency per worker, worker processes. The email worker ships threads x32
+# (docker-compose.yml), grown by replicas, one per core: 2 x threads x32 is 64 on 2 cores.
 IO_CONFIGS = [
     ("prefork", 2, 1),
     ("prefork", 8, 1),
@@ -45,19 +73,27 @@ IO_CONFIGS = [
     ("threads", 64, 1),
     ("threads", 32, 2),
 ]
-# gunicorn for (a): the API's shipped setting (Procfile, docker-compose.yml).
+# gunicorn for (a): the API's shipped setting (docker-compose.yml).
 GUNICORN = (2, 8)
+# Light load for (d): one job every 10 ms.
+LIGHT_INTERVAL_S = 0.01
 
 
 def process_tree(pid: int) -> list[int]:
-    """A process and its children (a prefork worker's pool processes)."""
-    with contextlib.suppress(OSError):
-        return [pid, *(int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
-    return [pid]
+    """A process and all its descendants (a prefork worker's pool processes)."""
+    found, todo = [pid], [pid]
+    while todo:
+        p = todo.pop()
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{p}/task").iterdir():
+                kids = [int(k) for k in (task / "children").read_text().split()]
+                found += kids
+                todo += kids
+    return found
 
 
 def rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children, MB."""
+    """Resident memory of a process and its descendants, MB."""
     total = 0
     for p in process_tree(pid):
         with contextlib.suppress(OSError):
@@ -68,7 +104,7 @@ def rss_mb(pid: int) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) of a process and its children so far, seconds."""
+    """CPU time (user + system) of a process and its descendants so far, seconds."""
     total = 0.0
     for p in process_tree(pid):
         with contextlib.suppress(OSError):
@@ -114,9 +150,41 @@ def percentile(values: list[float], p: float) -> float:
     return round(values[min(len(values) - 1, int(p * len(values)))], 2) if values else 0.0
 
 
+def median(values: list[float]) -> float:
+    return round(statistics.median(values), 2) if values else 0.0
+
+
+def merge_peer_rounds(per_round: list[dict[str, Any]]) -> dict[str, Any]:
+    """One measure_peers() result from several single-round ones: medians of every figure."""
+    merged: dict[str, Any] = {"jobs": per_round[0]["jobs"], "rounds": len(per_round), "logs": per_round[0]["logs"]}
+    for peer in ("celery", "dramatiq", "bullmq"):
+        rows = [r.get(peer, {"skipped": "not measured"}) for r in per_round]
+        bad = next((row for row in rows if "skipped" in row or "error" in row), None)
+        if bad is not None:
+            merged[peer] = bad
+            continue
+        out: dict[str, Any] = {"version": rows[0]["version"], "settings": rows[0]["settings"]}
+        for key, value in rows[0].items():
+            if key in ("version", "settings", "rounds", "seconds") or not isinstance(value, int | float):
+                continue
+            value = statistics.median([row[key] for row in rows if key in row])
+            if key.startswith("first"):
+                out[key] = round(value, 3)
+            elif key.endswith("_mb"):
+                out[key] = round(value, 1)
+            else:
+                out[key] = round(value)
+        out["idle_rss_mb"] = rows[0].get("idle_rss_mb", out.get("idle_rss_mb"))
+        out["rounds"] = [row["rounds"][0] for row in rows]
+        out["seconds"] = round(sum(row.get("seconds", 0) for row in rows), 1)
+        merged[peer] = out
+    return merged
+
+
 class Bench:
-    def __init__(self, quick: bool) -> None:
+    def __init__(self, quick: bool, rounds: int | None = None) -> None:
         self.quick = quick
+        self.rounds = rounds or (1 if quick else 3)
         self.gunicorn = GUNICORN
         self.tmp = Path(tempfile.mkdtemp(prefix="rideshare-bench-"))
         port = free_port()
@@ -130,7 +198,8 @@ class Bench:
             "RIDESHARE_VAR_DIR": str(self.tmp),
             "SECRET_KEY": "bench-secret-key-of-at-least-thirty-two-bytes",
             "RATELIMIT_ENABLED": "false",
-            "LOG_LEVEL": "WARNING",
+            # The shipped log level (docker-compose.yml): every process logs what it logs in production.
+            "LOG_LEVEL": "INFO",
             "JOB_KEY_PREFIX": "bench",
             "SMTP_HOST": "127.0.0.1",
             "SMTP_PORT": str(self.smtp_port),
@@ -138,8 +207,24 @@ class Bench:
         os.environ.update(self.env)
         database = "PostgreSQL" if self.env["DATABASE_URL"].startswith("postgresql") else "SQLite"
         machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {database}"
-        self.results: dict[str, Any] = {"machine": machine}
+        self.results: dict[str, Any] = {
+            "machine": machine,
+            "quick": quick,
+            "rounds": self.rounds,
+            "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "load_average": {"start": [round(x, 2) for x in os.getloadavg()]},
+            "commit": self.commit(),
+        }
+        self.load_samples: list[float] = []
         self.procs: list[subprocess.Popen] = []
+
+    @staticmethod
+    def commit() -> str:
+        done = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h"], capture_output=True, text=True)
+        return done.stdout.strip()
+
+    def sample_load(self) -> None:
+        self.load_samples.append(os.getloadavg()[0])
 
     def database_url(self) -> str:
         """PostgreSQL (a database of its own) when BENCH_POSTGRES_URL or the local one answers, else SQLite.
@@ -166,6 +251,17 @@ class Bench:
         if self.pg_admin is not None:
             self.pg_admin.execute(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
             self.pg_admin.close()
+
+    def client_logs_to_file(self) -> None:
+        """The bench process's own app logs (job.created per add, at INFO) go to a file, not the terminal.
+
+        They are still formatted and written, as a shipped API process does.
+        """
+        stream = open(self.tmp / "bench-client.log", "a")  # noqa: SIM115 - open for the run
+        for name in ("rideshare", "jobqueue"):
+            for handler in logging.getLogger(name).handlers:
+                if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                    handler.setStream(stream)
 
     def worker(
         self,
@@ -197,23 +293,30 @@ class Bench:
         self.procs.remove(proc)
 
     def timed_drain(
-        self, app: Any, done: Any, n: int, *, workers: int = 1, pool: str = "prefork", concurrency: int = 2
-    ) -> tuple[float, list[subprocess.Popen]]:
-        """Jobs/s for n jobs already in the analytics queue, from the moment `workers` workers all start on it.
+        self, app: str, done: Any, n: int, *, workers: int = 1, pool: str = "prefork", concurrency: int = 2
+    ) -> tuple[float, float, list[subprocess.Popen]]:
+        """(jobs/s, worker CPU ms per job) for n jobs already in the analytics queue, from the moment
+        `workers` workers all start on it.
 
         The workers boot on the idle email queue and are then told, in one broadcast,
         to consume analytics too, so no worker gets a head start while others boot.
         """
         env = {"CELERY_PREFETCH_MULTIPLIER": str(DRAIN_PREFETCH)}
         procs = [self.worker(app, pool=pool, concurrency=concurrency, env=env, queues="email") for _ in range(workers)]
+        cpu = sum(cpu_seconds(p.pid) for p in procs)
         started = time.perf_counter()
         start_consuming(self.celery_apps[app], procs, "analytics")
         deadline = time.monotonic() + 600
         while done() < n and time.monotonic() < deadline:
             time.sleep(0.005)
-        return n / (time.perf_counter() - started), procs
+        rate = n / (time.perf_counter() - started)
+        if done() < n:
+            raise RuntimeError(f"{app} drained {done()} of {n} jobs in 600 s")
+        cpu_ms = (sum(cpu_seconds(p.pid) for p in procs) - cpu) * 1000 / n
+        self.sample_load()
+        return rate, cpu_ms, procs
 
-    # (b) CPU-light drain -----------------------------------------------------------
+    # (b) CPU-light drain, with the peers round by round ------------------------------
 
     def drain(self) -> None:
         n = 3000 if self.quick else 20000
@@ -221,6 +324,7 @@ class Bench:
         from bench.full import app as full_celery
         from bench.full import flask_app, noop_queue
 
+        self.client_logs_to_file()
         self.celery_apps = {"bench.bare": bare.app, "bench.full": full_celery}
         queue_ = None
 
@@ -245,34 +349,61 @@ class Bench:
                     queue_.add_bulk([{}] * min(BULK_CHUNK, count - i))
             return count / (time.perf_counter() - started)
 
+        per_round: list[dict[str, Any]] = []
+        peer_rounds: list[dict[str, Any]] = []
+        extras: dict[str, Any] = {}
         with flask_app.app_context():
             queue_ = noop_queue()
-            enqueue, drain = {}, {}
-            for path, app, done in (
-                ("bare", "bench.bare", bare_done),
-                ("single", "bench.full", full_done),
-                ("bulk", "bench.full", full_done),
+
+            def ours(index: int) -> None:
+                row: dict[str, Any] = {}
+                for name, app, path, pool, concurrency, workers in DRAINS:
+                    row[f"enqueue_{name}"] = fill(path, n)
+                    done = bare_done if path == "bare" else full_done
+                    rate, cpu_ms, procs = self.timed_drain(
+                        app, done, n, workers=workers, pool=pool, concurrency=concurrency
+                    )
+                    row[f"drain_{name}"], row[f"cpu_ms_{name}"] = rate, cpu_ms
+                    if name == "single" and index == 0:
+                        extras["busy_rss"] = rss_mb(procs[0].pid)
+                        extras["latency"] = self.start_latency(queue_, n)
+                    for proc in procs:
+                        self.retire(proc)
+                per_round.append(row)
+                figures = json.dumps({k: round(v, 2) for k, v in row.items()})
+                print(f"[bench] drain round {index + 1}: {figures}", flush=True)
+
+            for index in range(self.rounds):
+                # Ours and the peers take turns; who goes first alternates, so a drift in
+                # the machine's load does not always fall on the same side.
+                first_ours = index % 2 == 0
+                if first_ours:
+                    ours(index)
+                if self.peers:
+                    peer_rounds.append(self.peers_round(n))
+                if not first_ours:
+                    ours(index)
+
+            # Idle RSS, same pool (prefork x2, main process + children), 2 s after ready.
+            idle = {}
+            for name, app, queues in (
+                ("ours", "tasks", "analytics"),
+                ("bench_full", "bench.full", "analytics"),
+                ("bare", "bench.bare", "analytics"),
             ):
-                enqueue[path] = fill(path, n)
-                drain[path], procs = self.timed_drain(app, done, n)
-                if path == "single":
-                    busy_rss = rss_mb(procs[0].pid)
-                    light_ms, burst_ms = self.start_latency(queue_, n)
-                for proc in procs:
-                    self.retire(proc)
-            idle = self.worker("bench.full")
-            time.sleep(2)
-            idle_rss = rss_mb(idle.pid)
-            self.retire(idle)
+                proc = self.worker(app, pool="prefork", concurrency=2, queues=queues)
+                time.sleep(2)
+                idle[name] = rss_mb(proc.pid)
+                self.retire(proc)
             # Throughput as workers are added (solo pool: one process each), until the CPU is full.
             scaling = []
-            m = n // 2
+            m = n // 2 if self.quick else n // 4
             for workers in (1, 2, 3, 4):
                 row = {"workers": workers}
                 for path in ("single", "bulk"):
                     fill(path, m)
-                    row[path], procs = self.timed_drain("bench.full", full_done, m, workers=workers, pool="solo")
-                    row[path] = round(row[path])
+                    rate, _, procs = self.timed_drain("bench.full", full_done, m, workers=workers, pool="solo")
+                    row[path] = round(rate)
                     for proc in procs:
                         self.retire(proc)
                 scaling.append(row)
@@ -284,45 +415,70 @@ class Bench:
             for key in self.redis.scan_iter("analytics*"):
                 self.redis.delete(key)
             store_mb = (self.redis.info("memory")["used_memory"] - before) / 1e6
-        self.results["drain"] = {
+
+        def med(key: str) -> float:
+            return median([row[key] for row in per_round])
+
+        drain = {
             "jobs": n,
-            "settings": f"one worker, prefork x2, prefetch multiplier {DRAIN_PREFETCH}",
-            "bare_enqueue": round(enqueue["bare"]),
-            "full_enqueue": round(enqueue["single"]),
-            "bulk_enqueue": round(enqueue["bulk"]),
-            "bare_drain": round(drain["bare"]),
-            "full_drain": round(drain["single"]),
-            "bulk_drain": round(drain["bulk"]),
-            "ratio": round(drain["single"] / drain["bare"], 2),
-            "bulk_ratio": round(drain["bulk"] / drain["bare"], 2),
+            "rounds": self.rounds,
+            "settings": f"prefetch multiplier {DRAIN_PREFETCH}; prefork: one worker -c 2; solo x2: two solo workers",
             "batch_size": queue_.batch_size,
+            "per_round": [{k: round(v, 3 if k.startswith("cpu") else 1) for k, v in row.items()} for row in per_round],
         }
+        for name, *_ in DRAINS:
+            drain[f"enqueue_{name}"] = round(med(f"enqueue_{name}"))
+            drain[f"drain_{name}"] = round(med(f"drain_{name}"))
+            drain[f"cpu_ms_{name}"] = round(med(f"cpu_ms_{name}"), 3)
+        drain["ratio"] = round(drain["drain_single"] / drain["drain_bare"], 2)
+        drain["bulk_ratio"] = round(drain["drain_bulk"] / drain["drain_bare"], 2)
+        self.results["drain"] = drain
         self.results["scaling"] = scaling
+        drain["scaling_jobs"] = m
+        light, burst = extras["latency"]
         self.results["latency"] = {
-            "light_p50": percentile(light_ms, 0.5),
-            "light_p99": percentile(light_ms, 0.99),
-            "burst_p50": percentile(burst_ms, 0.5),
-            "burst_p99": percentile(burst_ms, 0.99),
+            "light_jobs": len(light),
+            "light_p50": percentile(light, 0.5),
+            "light_p99": percentile(light, 0.99),
+            "light_max": max(light) if light else 0,
+            "burst_p50": percentile(burst, 0.5),
+            "burst_p99": percentile(burst, 0.99),
         }
         self.results["memory"] = {
-            "worker_idle_mb": idle_rss,
-            "worker_busy_mb": busy_rss,
+            "worker_idle_mb": idle["ours"],
+            "bench_full_idle_mb": idle["bench_full"],
+            "bare_idle_mb": idle["bare"],
+            "idle_ratio": round(idle["ours"] / idle["bare"], 2),
+            "worker_busy_mb": extras["busy_rss"],
             "store_mb_per_10k": round(store_mb, 2),
         }
+        if peer_rounds:
+            self.results["peers"] = merge_peer_rounds(peer_rounds)
+
+    def peers_round(self, n: int) -> dict[str, Any]:
+        """One round of every peer (bench/peers_run.py), each on a fresh Redis of its own."""
+        from bench.peers_run import fresh_redis, measure_peers
+
+        with fresh_redis() as factory:
+            found = measure_peers(factory, n, self.quick, rounds=1, progress=lambda m: print(m, flush=True))
+        self.sample_load()
+        return found
 
     def start_latency(self, queue: Any, n: int) -> tuple[list[float], list[float]]:
         """(d) enqueue-to-start, ms: one job every 10 ms, then a burst of 2,000, on the running worker.
 
         Kept after they complete (remove_on_complete=False), so their times can be read.
         """
+        light_jobs = 200 if self.quick else 1000
         light = []
-        for _ in range(200):
+        for _ in range(light_jobs):
             light.append(queue.add({}, remove_on_complete=False))
-            time.sleep(0.01)
+            time.sleep(LIGHT_INTERVAL_S)
         time.sleep(1)
         burst = [queue.add({}, remove_on_complete=False) for _ in range(2000)]
         deadline = time.monotonic() + 60
-        while queue.store.metrics().get("analytics:completed", 0) < n + 2200 and time.monotonic() < deadline:
+        total = n + light_jobs + 2000
+        while queue.store.metrics().get("analytics:completed", 0) < total and time.monotonic() < deadline:
             time.sleep(0.05)
         return start_delays(queue.store, light), start_delays(queue.store, burst)
 
@@ -356,6 +512,7 @@ class Bench:
                     for worker in workers:
                         self.retire(worker)
                 app.extensions["db"].engine.dispose()
+                self.sample_load()
                 rows.append(
                     {
                         "pool": pool,
@@ -378,6 +535,7 @@ class Bench:
         from rideshare.jobs import add_email_job
 
         app = create_app()
+        self.client_logs_to_file()
         with app.app_context():
             upgrade_database()
             for i in range(n):
@@ -393,31 +551,16 @@ class Bench:
         from rideshare.cli import upgrade_database
 
         app = create_app()
+        self.client_logs_to_file()
         with app.app_context():
             upgrade_database()
             token = issue_token("42", ttl_seconds=3600)
         port = free_port()
-        gunicorn = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "rideshare:create_app()",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                str(self.gunicorn[0]),
-                "--threads",
-                str(self.gunicorn[1]),
-                "--no-control-socket",
-                "--log-level",
-                "warning",
-            ],
-            cwd=ROOT,
-            env={**os.environ, **self.env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
+        argv = [sys.executable, "-m", "gunicorn", "-c", "python:rideshare.gunicorn_conf", "rideshare:create_app()"]
+        argv += ["--bind", f"127.0.0.1:{port}", "--workers", str(self.gunicorn[0])]
+        argv += ["--threads", str(self.gunicorn[1]), "--no-control-socket", "--log-level", "warning"]
+        with open(self.tmp / "gunicorn.log", "ab") as log:
+            gunicorn = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **self.env}, stdout=log, stderr=log)
         self.procs.append(gunicorn)
         wait_for_port("127.0.0.1", port, timeout=30, proc=gunicorn)
         base = f"http://127.0.0.1:{port}"
@@ -451,11 +594,13 @@ class Bench:
             return json.loads(subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True).stdout)
 
         load("/healthz", seconds=2)  # warm-up: every gunicorn worker has booted and served
+        load("/payments", "POST", {"amount": "10.00", "paymentMethod": "pm_card_visa", "rideId": ride}, seconds=1)
         healthz = load("/healthz")
         welcome = load("/send-welcome-email", "POST", {"email": "a@example.com", "name": "Ann"})
         payment = load("/payments", "POST", {"amount": "10.00", "paymentMethod": "pm_card_visa", "rideId": ride})
         self.retire(gunicorn)
         app.extensions["db"].engine.dispose()
+        self.sample_load()
         self.results["api"] = {
             "healthz": healthz,
             "welcome": welcome,
@@ -465,24 +610,55 @@ class Bench:
             "payment_ratio": round(payment["rps"] / healthz["rps"], 2),
         }
 
+    # py-spy -------------------------------------------------------------------------
+
+    def profiles(self) -> None:
+        """Where an email job's and a POST /payments' time goes, on this tree (bench/profile.py)."""
+        from bench import profile
+
+        seconds = 4 if self.quick else 10
+        found = {}
+        for workload in ("email", "payment"):
+            self.redis.flushdb()
+            try:
+                result = profile.profile(self, workload, seconds)
+            except (subprocess.SubprocessError, OSError, RuntimeError) as exc:
+                found[workload] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+                continue
+            result.pop("summary")
+            result["tree"] = profile.describe_tree()
+            found[workload] = result
+        self.results["profiles"] = found
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer jobs and shorter runs")
+    parser.add_argument("--quick", action="store_true", help="fewer jobs, one round, shorter runs")
+    parser.add_argument("--rounds", type=int, default=None, help="drain rounds, ours and peers (default 3, quick 1)")
+    parser.add_argument("--no-peers", action="store_true", help="skip stock Celery, Dramatiq and BullMQ")
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profiles")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args()
-    bench = Bench(args.quick)
+    bench = Bench(args.quick, args.rounds)
+    bench.peers = not args.no_peers
+    began = time.monotonic()
+    steps = ["drain", "io_bound", "api"] + ([] if args.no_profile else ["profiles"])
     try:
-        for name in ("drain", "io_bound", "api"):
+        for name in steps:
             print(f"[bench] {name} ...", flush=True)
             getattr(bench, name)()
-            print(json.dumps(bench.results, indent=1), flush=True)
+            summary = {k: v for k, v in bench.results.items() if k not in ("peers", "profiles")}
+            print(json.dumps(summary, indent=1), flush=True)
     finally:
         bench.close()
+    bench.results["load_average"]["end"] = [round(x, 2) for x in os.getloadavg()]
+    samples = bench.load_samples or [os.getloadavg()[0]]
+    bench.results["load_average"]["during"] = [round(min(samples), 2), round(max(samples), 2)]
+    bench.results["minutes"] = round((time.monotonic() - began) / 60, 1)
     from bench.report import write_report
 
     write_report(bench.results, args.out)
-    print(f"[bench] wrote {args.out / 'benchmarks.md'}")
+    print(f"[bench] wrote {args.out / 'benchmarks.md'} after {bench.results['minutes']} minutes")
 
 
 if __name__ == "__main__":
