@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from flask import Flask, current_app
-from sqlalchemy import DateTime, Engine, create_engine, event
+from sqlalchemy import Connection, DateTime, Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import QueuePool
@@ -98,6 +98,13 @@ class Database:
         log.info("db.pool_sized", extra={"pool_size": pool_size, "max_overflow": self.max_overflow})
 
     @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A connection in a transaction that commits on success: for plain statements, no ORM."""
+        assert self.engine is not None, "Database.init_app was not called"
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
     def session(self) -> Iterator[Session]:
         """A session that commits on success and rolls back on error."""
         assert self.sessionmaker is not None, "Database.init_app was not called"
@@ -105,9 +112,10 @@ class Database:
             yield session
 
 
-def dialect_insert(session: Session):  # type: ignore[no-untyped-def]
+def dialect_insert(bind: Session | Connection):  # type: ignore[no-untyped-def]
     """The dialect's INSERT, which has ON CONFLICT on both SQLite and PostgreSQL."""
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    engine = bind.get_bind() if isinstance(bind, Session) else bind
+    return postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
 
 MODEL_MODULES = (

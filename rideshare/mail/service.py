@@ -1,5 +1,6 @@
 """send_email: one message over SMTP, its delivery recorded by job id."""
 
+import email.headerregistry
 import email.policy
 import functools
 import smtplib
@@ -11,12 +12,12 @@ from email.utils import make_msgid
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from jobqueue import Job, PermanentJobError, TransientJobError
 from jobqueue.deadline import job_time_left
-from rideshare.db import dialect_insert, get_db, utcnow
+from rideshare.db import get_db, utcnow
 from rideshare.mail.models import FAILED, RETRYING, SENDING, SENT, EmailDelivery
 
 
@@ -33,7 +34,15 @@ class SmtpReplyError(Exception):
 # as RFC 2047 encoded words, and 7-bit bodies: text that is not short ASCII lines is
 # sent quoted-printable or base64, so no line comes near the 998-octet limit of
 # RFC 5322 and no 8BITMIME support is assumed of the server.
-SMTP_POLICY = email.policy.SMTP.clone(cte_type="7bit")
+class _HeaderClasses(email.headerregistry.HeaderRegistry):
+    """The standard header registry, but each header's class is made once, not per header set."""
+
+    @functools.cache  # noqa: B019 - one registry for the process's life
+    def __getitem__(self, name: str) -> type:
+        return super().__getitem__(name)
+
+
+SMTP_POLICY = email.policy.SMTP.clone(cte_type="7bit", header_factory=_HeaderClasses())
 
 
 def build_message(data: dict[str, Any], sender: str) -> EmailMessage:
@@ -160,36 +169,54 @@ def _deliver(msg: EmailMessage) -> str:
     return reply
 
 
-def _delivery(session: Session, job_id: str) -> EmailDelivery | None:
-    """The delivery row of one email job."""
-    return session.scalar(select(EmailDelivery).where(EmailDelivery.job_id == job_id))
+# Plain SQL statements on a connection, not the ORM: a job's two statements are its
+# only SQL, and a Session's unit of work would cost more CPU than the statements.
+DELIVERIES = EmailDelivery.__table__
 
 
-def _record(job_id: str, *where: Any, **values: Any) -> None:
-    """Set fields of a job's delivery row (where the extra conditions hold): one UPDATE."""
-    with get_db().session() as session:
-        session.execute(
-            update(EmailDelivery).where(EmailDelivery.job_id == job_id, *where).values(updated_at=utcnow(), **values)
-        )
+@functools.cache
+def _update(columns: tuple[str, ...], unless_sent: bool) -> Any:
+    """The UPDATE of a delivery row that sets columns, built once per shape (values are bound)."""
+    where = [DELIVERIES.c.job_id == bindparam("job_id_")]
+    if unless_sent:
+        where.append(DELIVERIES.c.status != SENT)
+    return update(DELIVERIES).where(*where).values({c: bindparam(c) for c in (*columns, "updated_at")})
 
 
-def _begin_attempt(job: Job) -> EmailDelivery | None:
+@functools.cache
+def _upsert(dialect: str) -> Any:
+    """The upsert that opens an attempt, built once per dialect (values are bound)."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(DELIVERIES).values(
+        job_id=bindparam("job_id"),
+        to_addr=bindparam("to_addr"),
+        subject=bindparam("subject"),
+        status=SENDING,
+        attempts=1,
+        updated_at=bindparam("now"),
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[DELIVERIES.c.job_id],
+        set_={"status": SENDING, "attempts": DELIVERIES.c.attempts + 1, "updated_at": stmt.excluded.updated_at},
+        where=DELIVERIES.c.status != SENT,
+    ).returning(DELIVERIES.c.id)
+
+
+def _record(job_id: str, *, unless_sent: bool = False, **values: Any) -> None:
+    """Set fields of a job's delivery row (unless it was sent, if asked): one UPDATE."""
+    with get_db().connection() as conn:
+        conn.execute(_update(tuple(sorted(values)), unless_sent), {**values, "job_id_": job_id, "updated_at": utcnow()})
+
+
+def _begin_attempt(job: Job) -> Any:
     """Mark the job's delivery as sending (one upsert); the row if it was already sent, else None."""
     data = job.data
-    with get_db().session() as session:
-        insert = dialect_insert(session)
-        now = utcnow()
-        stmt = insert(EmailDelivery).values(
-            job_id=job.id, to_addr=data["to"], subject=data["subject"][:200], status=SENDING, attempts=1, updated_at=now
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[EmailDelivery.job_id],
-            set_={"status": SENDING, "attempts": EmailDelivery.attempts + 1, "updated_at": now},
-            where=EmailDelivery.status != SENT,
-        ).returning(EmailDelivery.id)
-        if session.execute(stmt).first() is not None:
+    with get_db().connection() as conn:
+        params = {"job_id": job.id, "to_addr": data["to"], "subject": data["subject"][:200], "now": utcnow()}
+        if conn.execute(_upsert(conn.dialect.name), params).first() is not None:
             return None
-        return _delivery(session, job.id)  # the upsert left a sent row alone
+        # The upsert left a sent row alone: that row, to answer as the first delivery did.
+        return conn.execute(select(DELIVERIES).where(DELIVERIES.c.job_id == job.id)).first()
 
 
 def send_email(job: Job) -> dict[str, Any]:
@@ -223,4 +250,4 @@ def send_email(job: Job) -> dict[str, Any]:
 
 def mark_delivery_failed(job: Job, reason: str) -> None:
     """Record that a delivery has failed for good (a sent one stays sent)."""
-    _record(job.id, EmailDelivery.status != SENT, status=FAILED, last_reply=reason[:500])
+    _record(job.id, unless_sent=True, status=FAILED, last_reply=reason[:500])
