@@ -189,6 +189,23 @@ def _free_or_fail(port: int, what: str, setting: str) -> None:
         raise StartupError(f"port {port} on 127.0.0.1 is already in use; cannot start {what} ({setting})")
 
 
+def redis_eviction_risk(env: dict[str, str]) -> str | None:
+    """What the Redis in env risks by its maxmemory-policy (anything but noeviction), or None.
+
+    REDIS_ALLOW_EVICTION=true accepts the risk; a Redis that does not answer is left to the app.
+    """
+    import redis
+
+    from jobqueue.memory import check_eviction_policy
+
+    allow = env.get("REDIS_ALLOW_EVICTION", "").lower() in ("1", "true", "yes")
+    client = redis.Redis.from_url(env["REDIS_URL"], socket_timeout=3, socket_connect_timeout=3)
+    try:
+        return check_eviction_policy(client, allow=allow, who="devstack")
+    finally:
+        client.close()
+
+
 def start_services(stack: Stack, env: dict[str, str], var_dir: Path) -> list[str]:
     """Start Redis, the SMTP sink and localstripe as needed; returns banner lines."""
     from celeryconfig import redis_url_from_env
@@ -225,6 +242,10 @@ def start_services(stack: Stack, env: dict[str, str], var_dir: Path) -> list[str
                 f"Redis at {host}:{port} is not reachable; start it, or unset REDIS_HOST to run one here"
             )
         env["REDIS_URL"] = redis_url_from_env(env)
+    risk = redis_eviction_risk(env)
+    if risk:
+        say(f"ERROR: {risk}")
+        lines.append(f"  ERROR   {risk}")
 
     # SMTP: the sink keeps every message as an .eml file.
     if env.get("SMTP_HOST"):

@@ -24,6 +24,8 @@ import kombu.transport.redis as kombu_redis
 from kombu.transport import TRANSPORT_ALIASES
 from redis import exceptions as redis_exceptions
 
+from jobqueue.memory import FullRedisTolerantChannel
+
 DEAD_LETTER_TASK = "jobqueue.dead_letter"
 EXCERPT_BYTES = 2000
 _original_loads = kombu_redis.loads
@@ -85,8 +87,8 @@ def install() -> None:
     TRANSPORT_ALIASES["redis"] = "jobqueue.transport:Transport"
 
 
-class Channel(kombu_redis.Channel):
-    """Survives the broker going away and coming back.
+class Channel(FullRedisTolerantChannel, kombu_redis.Channel):
+    """Survives the broker going away and coming back, and a full Redis (FullRedisTolerantChannel).
 
     When Redis dies, the worker drops its channel and reconnects with a new
     one. kombu 5.7 then still uses the old channel twice: closing it tries

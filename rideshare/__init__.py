@@ -8,7 +8,7 @@ from flask import Flask
 from flask_smorest import Api
 
 from jobqueue import QueueUnavailable
-from rideshare import cli, errors, json_body, ratelimit
+from rideshare import cli, errors, json_body, ratelimit, redis_memory
 from rideshare.celery_app import celery_init_app
 from rideshare.config import settings_from_env
 from rideshare.db import Database
@@ -37,6 +37,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     Database().init_app(app)
     ratelimit.init_app(app)
     celery_init_app(app)
+    redis_memory.init_app(app)
     cli.init_app(app)
 
     api = Api(app)

@@ -51,6 +51,12 @@ def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         # derived from SECRET_KEY.
         "JOB_DATA_KEYS": env.get("JOB_DATA_KEYS", ""),
         "JOB_KEY_PREFIX": env.get("JOB_KEY_PREFIX", "rideshare"),
+        # Redis must not evict (README, "Redis memory"): any maxmemory-policy but noeviction
+        # is an ERROR at start-up and fails /readyz, unless this accepts the risk.
+        "REDIS_ALLOW_EVICTION": env.get("REDIS_ALLOW_EVICTION", "false").lower() in ("1", "true", "yes"),
+        # New jobs get 503 once Redis's used_memory is past this share of maxmemory; the
+        # rest is kept for workers to move and finish the jobs already accepted.
+        "JOB_STORE_MAX_MEMORY_SHARE": float(env.get("JOB_STORE_MAX_MEMORY_SHARE") or 0.9),
         "SMTP_HOST": env.get("SMTP_HOST", "127.0.0.1"),
         "SMTP_PORT": _int(env, "SMTP_PORT", 1025),
         "SMTP_USER": env.get("SMTP_USER", ""),

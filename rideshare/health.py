@@ -1,4 +1,4 @@
-"""GET /healthz (the process is up) and GET /readyz (broker and database reachable)."""
+"""GET /healthz (the process is up) and GET /readyz (broker and database reachable, Redis not evicting)."""
 
 from typing import Any
 
@@ -7,6 +7,7 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from rideshare import redis_memory
 from rideshare.db import get_db
 
 bp = Blueprint("health", __name__)
@@ -22,7 +23,8 @@ def readyz() -> tuple[dict[str, Any], int]:
     checks: dict[str, str] = {}
     try:
         current_app.extensions["jobs"].store.redis.ping()
-        checks["redis"] = "ok"
+        # An evicting Redis answers, but can drop accepted jobs: not ready, and why.
+        checks["redis"] = redis_memory.readiness(current_app) or "ok"
     except RedisError as exc:
         checks["redis"] = f"unreachable: {exc.__class__.__name__}"
     try:

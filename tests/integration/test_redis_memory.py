@@ -1,0 +1,241 @@
+"""Redis memory: an evicting policy is reported, and a full Redis still drains.
+
+A test-owned redis-server with maxmemory 20mb. Under noeviction the API refuses
+new jobs (503) once Redis is past JOB_STORE_MAX_MEMORY_SHARE of it, which keeps
+room for a worker started only after the refusals to drain every accepted job,
+each exactly once, with no operator step. Any other policy is an ERROR line at
+start-up and a failing /readyz check, unless REDIS_ALLOW_EVICTION=true.
+"""
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import select
+
+from devstack.processes import free_port, redis_server_binary, stop, wait_for_port
+from devstack.run import redis_eviction_risk
+from jobqueue.memory import MemoryGuard, MemoryReading, eviction_risk
+from rideshare.db import get_db
+from rideshare.mail.models import EmailDelivery
+from tests.conftest import REPO, own_app, start_worker
+
+pytestmark = pytest.mark.integration
+MAXMEMORY = 20 * 1024 * 1024
+SHARE = 0.9
+
+
+@pytest.fixture
+def small_redis(tmp_path: Path) -> Iterator[str]:
+    """redis-server --maxmemory 20mb --maxmemory-policy noeviction on a free port; its URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            redis_server_binary(),
+            "--bind", "127.0.0.1", "--port", str(port), "--dir", str(tmp_path),
+            "--save", "", "--appendonly", "no",
+            "--maxmemory", "20mb", "--maxmemory-policy", "noeviction",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_for_port("127.0.0.1", port, proc=proc)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop(proc)
+
+
+@pytest.fixture
+def small_env(stack, small_redis: str) -> dict[str, str]:
+    """The stack's settings (its SQL database and SMTP server) on the small Redis, broker included."""
+    return {**stack.env, "REDIS_URL": small_redis, "BROKER_URL": "", "JOB_STORE_MAX_MEMORY_SHARE": str(SHARE)}
+
+
+def used(client: redis.Redis) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
+def fill_with_ballast(client: redis.Redis, share: float) -> None:
+    """Other data in the same Redis, up to share of maxmemory, so the API fills the rest quickly."""
+    index = 0
+    while used(client) < share * MAXMEMORY:
+        with client.pipeline(transaction=False) as pipe:
+            for _ in range(100):
+                pipe.set(f"ballast:{index}", b"x" * 1000)
+                index += 1
+            pipe.execute()
+
+
+def test_the_guard_reads_redis_at_most_once_a_second():
+    class Counting:
+        calls = 0
+
+        def info(self, section: str) -> dict[str, object]:
+            Counting.calls += 1
+            return {"used_memory": 95, "maxmemory": 100, "maxmemory_policy": "noeviction"}
+
+    now = [0.0]
+    guard = MemoryGuard(Counting(), 0.9, clock=lambda: now[0])
+    for _ in range(1000):
+        with pytest.raises(Exception, match="95% of maxmemory"):
+            guard()
+    assert Counting.calls == 1
+    now[0] = 1.5
+    with pytest.raises(Exception, match="past the 90%"):
+        guard()
+    assert Counting.calls == 2
+    assert MemoryReading(5, 0, "noeviction").share == 0.0  # no maxmemory: never refused
+
+
+@pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-lru", "allkeys-random", "volatile-ttl", "allkeys-lfu"])
+def test_every_evicting_policy_names_the_risk(policy):
+    risk = eviction_risk(policy)
+    assert policy in risk and "accepted jobs" in risk and "noeviction" in risk and "REDIS_ALLOW_EVICTION" in risk
+    assert eviction_risk("noeviction") is None
+
+
+def test_an_evicting_redis_is_an_error_at_start_up_and_fails_readyz(small_env, small_redis, caplog):
+    client = redis.Redis.from_url(small_redis)
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    caplog.clear()
+    with own_app(small_env) as app:
+        response = app.test_client().get("/readyz")
+    [error] = [r for r in caplog.records if r.getMessage() == "redis.eviction_policy"]
+    assert error.levelname == "ERROR" and error.policy == "allkeys-lru" and "accepted jobs" in error.risk
+    assert response.status_code == 503
+    assert response.json["checks"]["database"] == "ok"
+    assert response.json["checks"]["redis"].startswith("Redis maxmemory-policy is allkeys-lru")
+    assert "accepted jobs can vanish" in response.json["checks"]["redis"]
+    # run-stack.sh says it too, before it starts anything else.
+    assert "allkeys-lru" in redis_eviction_risk(small_env)
+
+    with own_app({**small_env, "REDIS_ALLOW_EVICTION": "true"}) as app:
+        allowed = app.test_client().get("/readyz")
+    assert allowed.status_code == 200, allowed.json
+    assert redis_eviction_risk({**small_env, "REDIS_ALLOW_EVICTION": "true"}) is None
+    client.close()
+
+
+def test_an_evicting_redis_is_an_error_when_a_worker_starts(small_env, small_redis, tmp_path):
+    client = redis.Redis.from_url(small_redis)
+    client.config_set("maxmemory-policy", "volatile-lru")
+    log = tmp_path / "worker.log"
+    worker = start_worker(small_env, log, queues="email", concurrency=1, pool="threads")
+    stop(worker)
+    assert '"event": "redis.eviction_policy"' in log.read_text()
+    assert '"policy": "volatile-lru"' in log.read_text()
+    client.close()
+
+
+def test_a_full_redis_refuses_new_jobs_and_a_worker_started_afterwards_drains_it(
+    small_env, small_redis, stack, tmp_path
+):
+    client = redis.Redis.from_url(small_redis)
+    smtp = stack.services.smtp.handler
+    with own_app(small_env) as app:
+        fill_with_ballast(client, SHARE - 0.06)
+        api = app.test_client()
+        run = secrets.token_hex(3)
+        accepted: dict[str, str] = {}  # address -> job id
+        refused: list[str] = []
+        index = 0
+        started = time.monotonic()
+        while len(refused) < 20:
+            address = f"full-{run}-{index}@example.com"
+            index += 1
+            response = api.post("/send-welcome-email", json={"email": address, "name": "Ann"})
+            if response.status_code == 202:
+                assert not refused, "a job was accepted after a refusal, within the same second"
+                accepted[address] = response.json["jobId"]
+            else:
+                assert response.status_code == 503, response.get_data(as_text=True)
+                assert "nothing was queued" in response.json["message"]
+                refused.append(address)
+            assert time.monotonic() - started < 60, f"no refusal after {len(accepted)} jobs"
+            if refused:
+                time.sleep(0.06)  # across a guard reading or two: still refused
+        peak = used(client)
+        assert peak < MAXMEMORY, "Redis itself reached maxmemory: the guard left no headroom"
+        print(f"\nfull redis: {len(accepted)} accepted, {len(refused)} refused at {peak / MAXMEMORY:.1%} of maxmemory")
+
+        # Only now a worker: it must start on this Redis and drain it.
+        log = tmp_path / "worker.log"
+        worker = start_worker(small_env, log, queues="email", concurrency=8, pool="threads")
+        try:
+            deadline = time.monotonic() + 90
+            while any(not smtp.messages_to(a) for a in accepted):
+                peak = max(peak, used(client))
+                assert worker.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, f"undelivered after 90 s\n{log.read_text()[-3000:]}"
+                time.sleep(0.2)
+            time.sleep(1.5)  # a duplicate would land within this
+        finally:
+            stop(worker)
+        delivered = {a: len(smtp.messages_to(a)) for a in accepted}
+        with get_db().session() as session:
+            rows = session.scalars(select(EmailDelivery).where(EmailDelivery.job_id.in_(accepted.values()))).all()
+    ran_once = sum(1 for count in delivered.values() if count == 1)
+    print(f"full redis: {ran_once} of {len(accepted)} accepted jobs ran exactly once; peak {peak / MAXMEMORY:.1%}")
+    assert delivered == {a: 1 for a in accepted}
+    assert {r.job_id: (r.status, r.attempts) for r in rows} == {j: ("sent", 1) for j in accepted.values()}
+    assert all(not smtp.messages_to(a) for a in refused)
+    text = log.read_text()
+    assert "OutOfMemoryError" not in text and "OOM command not allowed" not in text
+    assert used(client) < MAXMEMORY
+    client.close()
+
+
+def test_a_worker_started_on_a_redis_full_to_the_brim_waits_for_room_instead_of_exiting(
+    small_env, small_redis, stack, tmp_path
+):
+    """Past maxmemory Redis refuses the writes a worker makes as it starts (kombu's restore lock,
+    its queue declarations); the worker waits and reconnects, and drains once there is room."""
+    client = redis.Redis.from_url(small_redis)
+    smtp = stack.services.smtp.handler
+    with own_app(small_env) as app:
+        api = app.test_client()
+        run = secrets.token_hex(3)
+        addresses = [f"brim-{run}-{i}@example.com" for i in range(30)]
+        for address in addresses:
+            assert api.post("/send-welcome-email", json={"email": address, "name": "Ann"}).status_code == 202
+        index = 0
+        with pytest.raises(redis.exceptions.OutOfMemoryError):  # another tenant fills Redis up
+            while True:
+                client.set(f"tenant:{index}", b"x" * 10_000)
+                index += 1
+        log = tmp_path / "worker.log"
+        with open(log, "ab") as out:  # as the Procfile starts it: mingle and gossip on
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", "email", "--pool", "threads",
+                 "-c", "4", "-n", f"brim-{run}@%h", "--loglevel", "INFO"],
+                cwd=REPO, env={**os.environ, **small_env}, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while "broker.redis_full" not in log.read_text(errors="replace"):
+                assert worker.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.2)
+            time.sleep(3)
+            assert worker.poll() is None, f"the worker exited on a full Redis:\n{log.read_text()[-3000:]}"
+            assert not any(smtp.messages_to(a) for a in addresses)
+            for key in client.scan_iter("tenant:*", count=1000):  # the tenant lets go
+                client.delete(key)
+            deadline = time.monotonic() + 60
+            while any(not smtp.messages_to(a) for a in addresses):
+                assert worker.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, f"undelivered after 60 s\n{log.read_text()[-3000:]}"
+                time.sleep(0.2)
+            time.sleep(1.0)
+        finally:
+            stop(worker)
+    assert {a: len(smtp.messages_to(a)) for a in addresses} == {a: 1 for a in addresses}
+    assert "Unrecoverable error" not in log.read_text()
+    client.close()
