@@ -19,6 +19,8 @@ lock): a relay that dies gives its rows back when its transaction rolls back.
 
 import json
 import logging
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +39,12 @@ log = logging.getLogger("jobqueue")
 
 # A staged job is left to the request that staged it this long before a relay takes it.
 SETTLE_MS = 2_000
+# A published job's id is remembered by the job store this long after it was added,
+# so a relay that finds its row (the process died before dropping it) does not add
+# it again even once the job has run and been removed.
+REMEMBER_MS = 3_600_000
+# Rows of published jobs are dropped in batches, this often, off the request's path.
+DROP_INTERVAL_S = 0.05
 # The most rows one relay call moves.
 RELAY_BATCH = 500
 
@@ -85,6 +93,10 @@ class Outbox:
         self.queues = queues
         self.settle_ms = settle_ms
         self.batch_size = batch_size
+        self._published: list[str] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._dropper: threading.Thread | None = None
 
     def stage(
         self,
@@ -116,15 +128,42 @@ class Outbox:
         return StagedJob(target.name, job_id, dict(data), owner, dict(options))
 
     def publish(self, staged: StagedJob) -> Job:
-        """Add a committed staged job to its queue and drop its row; raises QueueUnavailable, leaving the row."""
-        job = self.queues[staged.queue].add(staged.data, job_id=staged.job_id, owner=staged.owner, **staged.options)
+        """Add a committed staged job to its queue; raises QueueUnavailable, leaving the row.
+
+        Its row is dropped soon after, in a batch with others, off the request's path: the
+        request makes one SQL transaction. A row left behind (the process died first) is
+        found by a relay, which sees the job was added (JobStore.was_added) and only drops it.
+        """
+        job = self.queues[staged.queue].add(
+            staged.data, job_id=staged.job_id, owner=staged.owner, remember_ms=REMEMBER_MS, **staged.options
+        )
+        with self._lock:
+            self._published.append(staged.job_id)
+            if self._dropper is None or not self._dropper.is_alive():
+                self._dropper = threading.Thread(target=self._drop_published, name="outbox-dropper", daemon=True)
+                self._dropper.start()
+        self._wake.set()
+        return job
+
+    def flush(self) -> None:
+        """Drop the rows of the jobs published so far, now."""
+        with self._lock:
+            ids, self._published = self._published, []
+        if not ids:
+            return
         try:
             with self.engine().begin() as conn:
-                conn.execute(delete(self.table).where(self.table.c.job_id == staged.job_id))
+                conn.execute(delete(self.table).where(self.table.c.job_id.in_(ids)))
         except SQLAlchemyError as exc:
-            # The job is queued; the row left behind is added again (the same job) by a relay.
-            log.warning("outbox.delete_failed", extra={"job_id": staged.job_id, "error": str(exc)})
-        return job
+            # The jobs are queued; a relay drops the rows it finds later.
+            log.warning("outbox.drop_failed", extra={"count": len(ids), "error": str(exc)})
+
+    def _drop_published(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(DROP_INTERVAL_S)  # gather the rows of the requests around this one
+            self._wake.clear()
+            self.flush()
 
     def publish_left_behind(self, job_id: str) -> Job | None:
         """Publish the row of job_id if it is still in the outbox; None if it is not there."""
@@ -159,7 +198,8 @@ class Outbox:
         return len(moved)
 
     def pending(self) -> int:
-        """Rows waiting in the outbox."""
+        """Rows waiting in the outbox (those of published jobs dropped first)."""
+        self.flush()
         with self.engine().connect() as conn:
             return conn.execute(select(func.count()).select_from(self.table)).scalar_one()
 
@@ -188,11 +228,15 @@ class Outbox:
 
     def _add(self, row: Row[Any]) -> Job | None:
         queue = self.queues[row.queue]
+        if queue.store.was_added([row.job_id])[0]:
+            return queue.store.get(row.job_id)  # published already; only its row was left
         data = json.loads(row.data)
         if queue.store.sealer:
             data = queue.store.sealer.unseal(data)
         try:
-            return queue.add(data, job_id=row.job_id, owner=row.owner, **json.loads(row.options))
+            return queue.add(
+                data, job_id=row.job_id, owner=row.owner, remember_ms=REMEMBER_MS, **json.loads(row.options)
+            )
         except (InvalidJobData, InvalidJobOptions) as exc:
             # It passed when it was staged; the queue's schema changed since. It can never be
             # added, so it is dropped, loudly, rather than retried for ever.

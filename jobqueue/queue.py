@@ -45,6 +45,8 @@ MAX_JOB_ID_LENGTH = 64
 # Job data is kept whole in Redis; anything bigger belongs in SQL, passed by id.
 MAX_JOB_DATA_BYTES = 32 * 1024
 BROKER_ERRORS = (KombuOperationalError, RedisError, OSError)
+# On a broker with acks of its own (RabbitMQ), the lost-message sweep's bound.
+STALE_WAITING_ELSEWHERE_MS = 300_000
 
 
 class JobQueue:
@@ -80,9 +82,14 @@ class JobQueue:
         *,
         job_id: str | None = None,
         owner: str | None = None,
+        remember_ms: int = 0,
         **options: Any,
     ) -> Job:
-        """Store and publish a job; an existing job_id returns that job instead."""
+        """Store and publish a job; an existing job_id returns that job instead.
+
+        remember_ms: the store remembers the id was added for that long, even once the
+        job is done and removed (JobStore.was_added; the outbox's relay asks it).
+        """
         opts = resolve_options(self.defaults, options, self.policy.priorities)
         self.validate(data)
         if job_id is not None and not (isinstance(job_id, str) and 0 < len(job_id) <= MAX_JOB_ID_LENGTH):
@@ -91,7 +98,7 @@ class JobQueue:
             self.admission()
         record = self._record(job_id or uuid.uuid4().hex, data, opts, owner, now_ms())
         try:
-            created = self._store([record], opts)[0]
+            created = self._store([record], opts, remember_ms)[0]
         except RedisError as exc:
             raise QueueUnavailable(f"job store unreachable: {exc}") from exc
         if not created:
@@ -131,23 +138,23 @@ class JobQueue:
             self._log_created(record, opts)
         return records
 
-    def _store(self, records: list[JobRecord], opts: JobOptions) -> list[bool]:
+    def _store(self, records: list[JobRecord], opts: JobOptions, remember_ms: int = 0) -> list[bool]:
         """Write new jobs with their messages: in the add script on Redis, else store then publish."""
         scores = [r.created_at + opts.delay for r in records]
-        if opts.delay:  # a delayed job is published by a worker's scheduler when due
-            return self.store.create_many(records, scores)
-        if self.messages is not None:
+        if opts.delay or self.messages is not None:
+            # Nothing to publish apart: a delayed job is published by a worker's scheduler
+            # when due, and on Redis the add script pushes the message itself.
             messages: list[tuple[str, str]] = [("", "")] * len(records)
-            # A batch message rides with the first job of its chunk.
-            index = 0
-            for chunk in self._chunks([(r.id, 1, opts) for r in records]):
-                messages[index] = self._message(chunk)
-                index += len(chunk)
+            if not opts.delay:
+                index = 0  # a batch message rides with the first job of its chunk
+                for chunk in self._chunks([(r.id, 1, opts) for r in records]):
+                    messages[index] = self._message(chunk)
+                    index += len(chunk)
             if len(records) == 1:
-                message, key = messages[0]
-                return [self.store.create(records[0], scores[0], message=message, broker_key=key)]
-            return self.store.create_many(records, scores, messages)
-        created = self.store.create_many(records, scores)
+                (message, key), record = messages[0], records[0]
+                return [self.store.create(record, scores[0], message=message, broker_key=key, remember_ms=remember_ms)]
+            return self.store.create_many(records, scores, messages, remember_ms)
+        created = self.store.create_many(records, scores, remember_ms=remember_ms)
         try:
             with self.celery.producer_or_acquire() as producer:
                 for chunk in self._chunks([(r.id, 1, opts) for r, new in zip(records, created, strict=True) if new]):
@@ -288,29 +295,35 @@ class JobQueue:
         """Publish the delayed jobs (delays, retry backoffs) that are due; returns how many."""
         return self.publish_many(self.store.promote(self.name))
 
-    def oldest_in_broker(self) -> float | None:
-        """When the job of the oldest message still in the broker entered waiting (ms), or None.
+    def oldest_in_broker(self) -> int | None:
+        """When the oldest message still in the broker was published (ms), or None if there is none.
 
-        A waiting job that entered waiting before it cannot have its message in the
+        A waiting job that entered waiting before then cannot have its message in the
         broker any more: it is running, in a worker's prefetch buffer, or lost.
         """
-        if self.messages is None:
-            return None
-        keys = [self.messages.key(self.name, level) for level in range(self.policy.priorities)]
+        assert self.messages is not None
+        keys = dict.fromkeys(self.messages.key(self.name, level) for level in range(self.policy.priorities))
         with self.store.redis.pipeline(transaction=False) as pipe:
-            for key in dict.fromkeys(keys):
-                pipe.lindex(key, -1)
+            for key in keys:
+                pipe.lindex(key, -1)  # BRPOP takes from the right: the oldest message
             tails = [raw for raw in pipe.execute() if raw]
-        ids = [ids[0] for ids in map(RedisMessages.job_ids, tails) if ids]
-        scores = [s for s in self.store.waiting_since(ids, self.name) if s is not None] if ids else []
-        return min(scores) if scores else (now_ms() if tails else None)
+        if not tails:
+            return None
+        # A message from elsewhere (no publish time) counts as just published: nothing is taken for lost.
+        return min(RedisMessages.published_at(raw) or now_ms() for raw in tails)
 
     def recover(self, max_stalls: int, lost_after_ms: int) -> int:
         """Deliver again the jobs whose worker died, and waiting jobs whose message was lost."""
-        lost_before = now_ms() - lost_after_ms
-        oldest = self.oldest_in_broker()
-        if oldest is not None:
-            lost_before = min(lost_before, int(oldest))
+        if self.messages is None:
+            # Another broker (RabbitMQ) hands a dead consumer's unacked messages back itself;
+            # only a message lost inside the broker is left, looked for after 5 minutes.
+            lost_after_ms = max(lost_after_ms, STALE_WAITING_ELSEWHERE_MS)
+            lost_before = now_ms() - lost_after_ms
+        else:
+            lost_before = now_ms() - lost_after_ms
+            oldest = self.oldest_in_broker()
+            if oldest is not None:
+                lost_before = min(lost_before, oldest)
         return self.publish_many(self.store.recover(self.name, max_stalls=max_stalls, lost_before=lost_before))
 
     # -- reading ----------------------------------------------------------------

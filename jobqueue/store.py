@@ -197,12 +197,21 @@ class JobStore:
     # -- the life of one job -------------------------------------------------
 
     def create(
-        self, record: JobRecord, score: int, *, message: str = "", broker_key: str = "", client: Any = None
+        self,
+        record: JobRecord,
+        score: int,
+        *,
+        message: str = "",
+        broker_key: str = "",
+        remember_ms: int = 0,
+        client: Any = None,
     ) -> bool:
         """Store a new job in its first state; False if that id already exists.
 
         With message and broker_key, a waiting job's broker message is pushed in the
-        same script: the job and its message exist together or not at all.
+        same script: the job and its message exist together or not at all. With
+        remember_ms, was_added() says the id was added for that long, even once the
+        job itself is removed.
         """
         fields = {
             "id": record.id,
@@ -218,18 +227,29 @@ class JobStore:
             "seq": 1 if record.state == "waiting" else 0,
         }
         flat = [v for kv in fields.items() for v in kv]
-        args = [record.state, score, record.queue, message if record.state == "waiting" else "", *flat]
+        args = [record.state, score, record.queue, message if record.state == "waiting" else "", remember_ms, *flat]
         return bool(self._run("add", record.id, record.queue, args, broker=broker_key, client=client))
 
     def create_many(
-        self, records: list[JobRecord], scores: list[int], messages: list[tuple[str, str]] | None = None
+        self,
+        records: list[JobRecord],
+        scores: list[int],
+        messages: list[tuple[str, str]] | None = None,
+        remember_ms: int = 0,
     ) -> list[bool]:
         """create() for many jobs in one round trip; each flag says whether that job is new."""
         with self.redis.pipeline(transaction=False) as pipe:
             for index, (record, score) in enumerate(zip(records, scores, strict=True)):
-                message, broker_key = messages[index] if messages else ("", "")
-                self.create(record, score, message=message, broker_key=broker_key, client=pipe)
+                message, key = messages[index] if messages else ("", "")
+                self.create(record, score, message=message, broker_key=key, remember_ms=remember_ms, client=pipe)
             return [bool(created) for created in pipe.execute()]
+
+    def was_added(self, job_ids: list[str]) -> list[bool]:
+        """For each id: whether its job exists, or was added with remember_ms that has not run out."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.exists(self.keys.job(job_id), f"{self.keys.job(job_id)}:added")
+            return [bool(n) for n in pipe.execute()]
 
     def discard(self, job_id: str, queue: str) -> bool:
         """Forget a job that was never published (the broker refused it)."""
@@ -282,11 +302,6 @@ class JobStore:
         if ids:
             self.redis.zadd(self.keys.queue(queue, "claims"), dict.fromkeys(ids, until_ms))
             self.redis.zremrangebyscore(self.keys.queue(queue, "claims"), "-inf", now_ms())
-
-    def waiting_since(self, job_ids: Iterable[str], queue: str) -> list[float | None]:
-        """When each job entered waiting (ms), or None if it is not waiting."""
-        key = self.keys.queue(queue, "waiting")
-        return self.redis.zmscore(key, list(job_ids)) if job_ids else []
 
     def finish(
         self,

@@ -163,6 +163,9 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
 
 
+PUBLISHED_AT = "x-published-at"
+
+
 class RedisMessages:
     """Builds the broker message kombu's Redis channel would write for a task call.
 
@@ -190,6 +193,8 @@ class RedisMessages:
         headers, properties, body, _ = self.celery.amqp.as_task_v2(
             task_id, task, args=args, time_limit=time_limit, ignore_result=True, argsrepr=repr(args), kwargsrepr="{}"
         )
+        # When it entered the broker: the lost-message sweep reads it off the oldest message.
+        headers[PUBLISHED_AT] = int(time.time() * 1000)
         payload = json.dumps(body, separators=(",", ":")).encode()
         return json.dumps(
             {
@@ -208,6 +213,15 @@ class RedisMessages:
             },
             separators=(",", ":"),
         )
+
+    @staticmethod
+    def published_at(raw: str) -> int | None:
+        """When a message built here entered the broker (ms), or None for any other message."""
+        try:
+            value = json.loads(raw)["headers"].get(PUBLISHED_AT)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+        return int(value) if isinstance(value, int | float) else None
 
     @staticmethod
     def job_ids(raw: str) -> list[str]:

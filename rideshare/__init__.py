@@ -5,18 +5,21 @@ from typing import Any
 
 from dotenv import load_dotenv
 from flask import Flask
-from flask_smorest import Api
 
 from jobqueue import QueueUnavailable
-from rideshare import cli, errors, json_body, ratelimit, redis_memory
+from rideshare import redis_memory
 from rideshare.celery_app import celery_init_app
 from rideshare.config import settings_from_env
-from rideshare.db import Database
+from rideshare.db import Database, load_models
 from rideshare.logs import configure_logging
 
 
-def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app: defaults, then the environment (and .env), then test_config."""
+def create_app(test_config: Mapping[str, Any] | None = None, *, worker: bool = False) -> Flask:
+    """Build the app: defaults, then the environment (and .env), then test_config.
+
+    worker=True builds only what a Celery worker needs (settings, logs, SQL, the job
+    engine): no API, CLI, OpenAPI or rate limits, so a worker imports none of them.
+    """
     load_dotenv(override=False)
     app = Flask(__name__)
     app.config.update(
@@ -35,11 +38,18 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     configure_logging()
 
     Database().init_app(app)
-    ratelimit.init_app(app)
+    load_models()
     celery_init_app(app)
     redis_memory.init_app(app)
-    cli.init_app(app)
+    if worker:
+        return app
 
+    from flask_smorest import Api
+
+    from rideshare import cli, errors, json_body, ratelimit
+
+    ratelimit.init_app(app)
+    cli.init_app(app)
     api = Api(app)
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
     from rideshare import health, metrics

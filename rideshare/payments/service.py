@@ -4,13 +4,14 @@ The charge itself runs in payment workers (rideshare.payments.charge), so the AP
 never imports the Stripe SDK.
 """
 
+import functools
 import hashlib
 import json
 import secrets
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, insert, literal, select
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import make_transient_to_detached
 
@@ -115,6 +116,40 @@ def create_payment(
         return payment, get_job(staged.job_id)
 
 
+PAYMENT_COLUMNS = (
+    "user_id",
+    "amount",
+    "currency",
+    "payment_method",
+    "receipt_email",
+    "status",
+    "job_id",
+    "attempts",
+    "charge_round",
+    "created_at",
+    "updated_at",
+)
+
+
+@functools.cache
+def _insert_payment(payer_must_be_rider: bool) -> Any:
+    """INSERT ... SELECT from the ride, built once (values are bound): no row when the ride
+    does not exist, or (for a rider; an admin may pay for any ride) is not the payer's."""
+    table = Payment.__table__
+    ride = select(Ride.id, *(bindparam(name, type_=table.c[name].type) for name in PAYMENT_COLUMNS)).where(
+        Ride.id == bindparam("ride_id_")
+    )
+    if payer_must_be_rider:
+        ride = ride.where(Ride.rider_id == bindparam("payer_"))
+    return insert(table).from_select(["ride_id", *PAYMENT_COLUMNS], ride).returning(table.c.id)
+
+
+@functools.cache
+def _insert_key() -> Any:
+    """The idempotency key's INSERT, built once (values are bound)."""
+    return insert(IdempotencyKey.__table__)
+
+
 def _store_payment(
     user_id: str,
     ride_id: int,
@@ -143,32 +178,25 @@ def _store_payment(
         "created_at": now,
         "updated_at": now,
     }
-    table = Payment.__table__
-    # INSERT ... SELECT from the ride: no row when the ride does not exist, or (for a
-    # rider; an admin may pay for any ride) is not the payer's.
-    ride = select(Ride.id, *(literal(value, table.c[name].type) for name, value in values.items())).where(
-        Ride.id == ride_id
-    )
-    if payer_must_be_rider:
-        ride = ride.where(Ride.rider_id == user_id)
-    with get_db().session() as session:
-        payment_id = session.execute(
-            insert(table).from_select(["ride_id", *values], ride).returning(table.c.id)
+    with get_db().connection() as conn:
+        payment_id = conn.execute(
+            _insert_payment(payer_must_be_rider), {**values, "ride_id_": ride_id, "payer_": user_id}
         ).scalar()
         if payment_id is None:
             raise UnknownRide(ride_id)
         if idempotency is not None:
-            session.execute(
-                insert(IdempotencyKey.__table__).values(
-                    user_id=user_id,
-                    key=idempotency[0],
-                    request_hash=idempotency[1],
-                    payment_id=payment_id,
-                    created_at=now,
-                )
+            conn.execute(
+                _insert_key(),
+                {
+                    "user_id": user_id,
+                    "key": idempotency[0],
+                    "request_hash": idempotency[1],
+                    "payment_id": payment_id,
+                    "created_at": now,
+                },
             )
         staged = stage_job(
-            session, "payment", {"paymentId": payment_id}, job_id=values["job_id"], owner=user_id, **job_options
+            conn, "payment", {"paymentId": payment_id}, job_id=values["job_id"], owner=user_id, **job_options
         )
     payment = Payment(id=payment_id, ride_id=ride_id, **values)
     make_transient_to_detached(payment)  # reads as a loaded row, without another SELECT
