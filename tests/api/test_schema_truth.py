@@ -136,3 +136,15 @@ def test_job_list_query_is_checked(client, stack, admin, query):
 
 def test_an_unknown_audit_query_parameter_is_422(client, stack, admin):
     assert_error(client.get("/admin/audit?befor=5", headers=admin), 422)
+
+
+def test_the_currency_list_is_in_the_document(spec):
+    currency = request_properties(spec, "/payments")["currency"]
+    assert {"USD", "usd", "EUR", "eur"} <= set(currency["enum"]) and "ABC" not in currency["enum"]
+
+
+@pytest.mark.parametrize(("currency", "status"), [("eur", 202), ("EUR", 202), ("Eur", 422), ("ABC", 422)])
+def test_currencies_are_taken_exactly_as_the_document_lists_them(client, stack, headers, currency, status):
+    ride_id = create_ride(client, headers)
+    response = client.post("/payments", json={**PAYMENT, "currency": currency, "rideId": ride_id}, headers=headers)
+    assert response.status_code == status, response.get_data(as_text=True)
