@@ -25,7 +25,7 @@ from jobqueue.masking import mask
 from jobqueue.options import JobOptions
 from jobqueue.policy import QueuePolicy
 from jobqueue.queue import HARD_KILL_GRACE_S, Job, JobQueue, JobService
-from jobqueue.store import FINISHED, StaleDelivery, now_ms, to_json
+from jobqueue.store import FINISHED, Retention, StaleDelivery, now_ms, to_json
 
 log = logging.getLogger("jobqueue")
 
@@ -145,24 +145,7 @@ class JobTask(Task):
         finally:
             OVERSEER.done(watch)
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        finished_at = now_ms()
-        try:
-            queue.store.finish(
-                job,
-                "completed",
-                score=finished_at,
-                retention=queue.retention_for(job, "completed"),
-                attempt=self._attempt(job, finished_at, duration_ms),
-                duration_ms=duration_ms,
-                fields={"result": to_json(result), "finishedAt": finished_at, "failedReason": ""},
-            )
-        except StaleDelivery:
-            self._log_stale(queue, job, "completed", duration_ms)
-            return None
-        log.info(
-            "job.completed",
-            extra={"job_id": job.id, "queue": queue.name, "attempt": job.attempts, "duration_ms": duration_ms},
-        )
+        self._end(queue, job, "completed", duration_ms, result=result)
         return result
 
     def _handle_error(self, queue: JobQueue, job: Job, exc: Exception, started: float) -> None:
@@ -171,36 +154,13 @@ class JobTask(Task):
         opts = JobOptions.from_dict(job.opts)
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
         if self.policy.is_retryable(exc) and job.attempts < opts.attempts:
-            wait_ms = opts.backoff.wait_ms(job.attempts)
-            finished_at = now_ms()
             # The retry waits in the job store's delayed set; a worker's scheduler
             # publishes it when due. This delivery ends here.
-            try:
-                queue.store.finish(
-                    job,
-                    "delayed",
-                    score=finished_at + wait_ms,
-                    attempt=self._attempt(job, finished_at, duration_ms, reason, tb),
-                    duration_ms=duration_ms,
-                    fields={"failedReason": reason},
-                )
-            except StaleDelivery:
-                self._log_stale(queue, job, "delayed", duration_ms)
-                return
-            log.warning(
-                "job.retry",
-                extra={
-                    "job_id": job.id,
-                    "queue": queue.name,
-                    "attempt": job.attempts,
-                    "duration_ms": duration_ms,
-                    "error": reason,
-                    "retry_in_ms": wait_ms,
-                    "data": mask(job.data),
-                },
-            )
-            # Retry, not self.retry(): nothing is re-sent, Celery and Flower just see RETRY.
-            raise Retry(reason, exc, when=wait_ms / 1000) from exc
+            wait_ms = opts.backoff.wait_ms(job.attempts)
+            if self._end(queue, job, "delayed", duration_ms, error=reason, tb=tb, wait_ms=wait_ms):
+                # Retry, not self.retry(): nothing is re-sent, Celery and Flower just see RETRY.
+                raise Retry(reason, exc, when=wait_ms / 1000) from exc
+            return
         self.end_failed(queue, job, reason, tb, duration_ms=duration_ms)
 
     def end_failed(self, queue: JobQueue, job: Job, reason: str, tb: str, *, duration_ms: float = 0.0) -> None:
@@ -221,31 +181,52 @@ class JobTask(Task):
                 log.exception(
                     "job.failure_hook_failed", extra={"job_id": job.id, "queue": queue.name, "error": describe(exc)}
                 )
+        self._end(queue, job, "failed", duration_ms, error=reason, tb=tb)
+
+    def _end(
+        self,
+        queue: JobQueue,
+        job: Job,
+        state: str,
+        duration_ms: float,
+        *,
+        result: Any = None,
+        error: str = "",
+        tb: str = "",
+        wait_ms: int = 0,
+    ) -> bool:
+        """End this delivery's attempt: completed, delayed (a retry after wait_ms) or failed.
+
+        One fenced finish and one log line; False when the delivery no longer holds the job.
+        """
         finished_at = now_ms()
+        if state == "completed":
+            fields = {"result": to_json(result), "finishedAt": finished_at, "failedReason": ""}
+        elif state == "failed":
+            fields = {"failedReason": error, "finishedAt": finished_at}
+        else:
+            fields = {"failedReason": error}
         try:
             queue.store.finish(
                 job,
-                "failed",
-                score=finished_at,
-                retention=queue.retention_for(job, "failed"),
-                attempt=self._attempt(job, finished_at, duration_ms, reason, tb),
+                state,
+                score=finished_at + wait_ms,
+                retention=queue.retention_for(job, state) if state != "delayed" else Retention(),
+                attempt=self._attempt(job, finished_at, duration_ms, error, tb),
                 duration_ms=duration_ms,
-                fields={"failedReason": reason, "finishedAt": finished_at},
+                fields=fields,
             )
         except StaleDelivery:
-            self._log_stale(queue, job, "failed", duration_ms)
-            return
-        log.error(
-            "job.failed",
-            extra={
-                "job_id": job.id,
-                "queue": queue.name,
-                "attempt": job.attempts,
-                "duration_ms": duration_ms,
-                "error": reason,
-                "data": mask(job.data),
-            },
-        )
+            self._log_stale(queue, job, state, duration_ms)
+            return False
+        line = {"job_id": job.id, "queue": queue.name, "attempt": job.attempts, "duration_ms": duration_ms}
+        if state == "completed":
+            log.info("job.completed", extra=line)
+        elif state == "delayed":
+            log.warning("job.retry", extra={**line, "error": error, "retry_in_ms": wait_ms, "data": mask(job.data)})
+        else:
+            log.error("job.failed", extra={**line, "error": error, "data": mask(job.data)})
+        return True
 
     @staticmethod
     def _log_stale(queue: JobQueue, job: Job, state: str, duration_ms: float) -> None:
