@@ -134,9 +134,15 @@ def slow_smtp_sink(port: int) -> Iterator[None]:
 def start_consuming(celery: Any, workers: list[subprocess.Popen], queue: str) -> None:
     """Tell booted workers, in one broadcast, to consume queue as well (Celery's add_consumer)."""
     nodes = [w.node for w in workers]  # type: ignore[attr-defined]
-    replies = celery.control.add_consumer(queue, destination=nodes, reply=True, timeout=10)
-    if len(replies) != len(nodes):
-        raise RuntimeError(f"add_consumer answered by {len(replies)} of {len(nodes)} workers: {replies}")
+    answered: set[str] = set()
+    # A reply can be lost on a loaded machine; add_consumer is idempotent, so ask again.
+    for _ in range(3):
+        missing = [node for node in nodes if node not in answered]
+        replies = celery.control.add_consumer(queue, destination=missing, reply=True, timeout=10)
+        answered |= {name for reply in replies for name in reply}
+        if answered >= set(nodes):
+            return
+    raise RuntimeError(f"add_consumer answered by {len(answered)} of {len(nodes)} workers: {sorted(answered)}")
 
 
 def start_delays(store: Any, jobs: list[Any]) -> list[float]:
