@@ -79,6 +79,7 @@ from typing import Any
 import redis
 
 from bench.peers import COUNTER, GATE, READY
+from bench.procs import process_tree, rss_mb
 from devstack.processes import free_port, start_celery_worker, start_redis, stop
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,34 +91,9 @@ BATCH = 1000  # group / addBulk size
 PEERS = ("celery", "dramatiq", "bullmq")
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below pid (children, their children...), from /proc."""
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{p}/task").iterdir():
-                kids = [int(k) for k in (task / "children").read_text().split()]
-                found += kids
-                todo += kids
-    return found
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process and all its descendants, MB."""
-    total = 0
-    for p in [pid, *_descendants(pid)]:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return round(total / 1024, 1)
-
-
 def _stop_tree(proc: subprocess.Popen) -> None:
     """Stop a process we started (SIGTERM, then SIGKILL), then any of its descendants left behind."""
-    below = _descendants(proc.pid)
+    below = process_tree(proc.pid)[1:]
     stop(proc)
     for pid in below:
         with contextlib.suppress(OSError):

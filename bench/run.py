@@ -45,6 +45,7 @@ from typing import Any
 import redis
 
 from bench import wrk
+from bench.procs import cpu_seconds, rss_mb
 from devstack.processes import free_port, start_celery_worker, start_redis, stop, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,40 +78,6 @@ IO_CONFIGS = [
 GUNICORN = (2, 8)
 # Light load for (d): one job every 10 ms.
 LIGHT_INTERVAL_S = 0.01
-
-
-def process_tree(pid: int) -> list[int]:
-    """A process and all its descendants (a prefork worker's pool processes)."""
-    found, todo = [pid], [pid]
-    while todo:
-        p = todo.pop()
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{p}/task").iterdir():
-                kids = [int(k) for k in (task / "children").read_text().split()]
-                found += kids
-                todo += kids
-    return found
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process and its descendants, MB."""
-    total = 0
-    for p in process_tree(pid):
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return round(total / 1024, 1)
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) of a process and its descendants so far, seconds."""
-    total = 0.0
-    for p in process_tree(pid):
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
 
 
 @contextlib.contextmanager
