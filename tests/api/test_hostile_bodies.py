@@ -8,18 +8,17 @@ header limits are checked through a real gunicorn with the shipped settings.
 import http.client
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
-from devstack.processes import free_port, stop, wait_for_port
+from devstack.processes import stop
 from rideshare import gunicorn_conf
 from rideshare.json_body import MAX_JSON_DEPTH, nesting_depth
 from rideshare.payments.api import MAX_IDEMPOTENCY_KEY
 from tests.api.test_rejections import PAYMENT, RIDE, assert_error, create_ride, nothing_written
-from tests.conftest import REPO, Stack
+from tests.conftest import Stack
+from tests.support.api_process import start_api
 
 pytestmark = pytest.mark.integration
 
@@ -203,33 +202,10 @@ def test_an_idempotency_key_at_the_limit_is_accepted(client, stack, headers, rid
 @pytest.fixture(scope="module")
 def gunicorn_url(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """The API under gunicorn, configured as the Procfile, Dockerfile and compose file run it."""
-    port = free_port()
     log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                "python:rideshare.gunicorn_conf",
-                "rideshare:create_app()",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                "1",
-                "--threads",
-                "2",
-                "--no-control-socket",
-            ],
-            env={**os.environ, **stack.env},
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc, url = start_api({**os.environ, **stack.env}, log)
     try:
-        wait_for_port("127.0.0.1", port, proc=proc)
-        yield ("127.0.0.1", port)
+        yield ("127.0.0.1", int(url.rsplit(":", 1)[1]))
     finally:
         stop(proc)
 
