@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.profile import GROUPS
+
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "bench" / "profiles.json"
 
@@ -211,22 +213,8 @@ def target_rows(results: dict[str, Any]) -> tuple[list[str], list[str]]:
     return lines, missed
 
 
-GROUP_ORDER = [
-    "Celery/kombu consumer",
-    "SQLAlchemy + psycopg",
-    "MIME building",
-    "SMTP (smtplib; waiting on the server)",
-    "job-store scripts",
-    "logging",
-    "Flask/smorest",
-    "marshmallow",
-    "auth (JWT decode)",
-    "publishing",
-    "Redis, other calls",
-    "gunicorn",
-    "app and engine code (own frames)",
-    "other (stdlib, threads, JSON...)",
-]
+# The groups of bench/profile.py, in the order the report lists them.
+GROUP_ORDER = GROUPS
 
 
 def profile_section(results: dict[str, Any]) -> list[str]:

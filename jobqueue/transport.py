@@ -180,22 +180,42 @@ class RedisMessages:
         self.sep = options.get("sep", kombu_redis.Channel.sep)
         self.steps = list(options.get("priority_steps", kombu_redis.Channel.priority_steps))
         self.prefix = options.get("global_keyprefix", "")
+        self._templates: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {}
 
     def key(self, queue: str, priority: int | None) -> str:
         """The list a message of this priority goes to, as kombu's _q_for_pri names it."""
         level = self.steps[bisect.bisect(self.steps, priority or 0) - 1] if self.steps else 0
         return f"{self.prefix}{queue}{self.sep}{level}" if level else f"{self.prefix}{queue}"
 
+    def _template(self, task: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """Celery's own headers, properties and embed for a task call, made once per task.
+
+        Only the id, root id, time limit and args repr differ from one call to the next
+        (message() sets them), so Celery builds the rest once rather than per job.
+        """
+        if task not in self._templates:
+            headers, properties, body, _ = self.celery.amqp.as_task_v2(
+                "-", task, args=[], ignore_result=True, kwargsrepr="{}"
+            )
+            self._templates[task] = (headers, properties, body[2])
+        return self._templates[task]
+
     def message(
         self, task: str, task_id: str, args: list[Any], queue: str, *, priority: int | None, time_limit: float
     ) -> str:
         """The JSON envelope of one task message."""
-        headers, properties, body, _ = self.celery.amqp.as_task_v2(
-            task_id, task, args=args, time_limit=time_limit, ignore_result=True, argsrepr=repr(args), kwargsrepr="{}"
-        )
-        # When it entered the broker: the lost-message sweep reads it off the oldest message.
-        headers[PUBLISHED_AT] = int(time.time() * 1000)
-        payload = json.dumps(body, separators=(",", ":")).encode()
+        template, properties, embed = self._template(task)
+        headers = {
+            **template,
+            "id": task_id,
+            "root_id": task_id,
+            "timelimit": [time_limit, None],
+            "argsrepr": repr(args),
+            # When it entered the broker: the lost-message sweep reads it off the oldest message.
+            PUBLISHED_AT: int(time.time() * 1000),
+        }
+        properties = {**properties, "correlation_id": task_id}
+        payload = json.dumps([args, {}, embed], separators=(",", ":")).encode()
         return json.dumps(
             {
                 "body": base64.b64encode(payload).decode(),
