@@ -26,27 +26,24 @@ def redis_url_from_env(environ: os._Environ | dict = os.environ) -> str:
     return f"redis://{auth}{host}:{port}/{db}"
 
 
-QUEUES = ("email", "analytics", "payment")
-
 broker_url = os.environ.get("BROKER_URL") or redis_url_from_env()
 broker_connection_retry_on_startup = True
 
 
-def task_queues_for(url: str) -> tuple[Queue, ...]:
-    """The three queues; on RabbitMQ the payment queue is a quorum queue (replicated, durable)."""
+def task_queues_for(url: str, names: tuple[str, ...]) -> tuple[Queue, ...]:
+    """Celery's queues of these names (the app derives them from its queue policies).
+
+    Jobs never travel through the broker: a worker's -Q names the job queues it takes
+    from the job store, and Celery checks those names against this list. On RabbitMQ
+    the queues are declared as quorum queues, should anything else be routed there.
+    """
     rabbit = url.startswith(("amqp", "pyamqp"))
-
-    def arguments(name: str) -> dict[str, str] | None:
-        return {"x-queue-type": "quorum"} if rabbit and name == "payment" else None
-
-    return tuple(Queue(name, Exchange(name), routing_key=name, queue_arguments=arguments(name)) for name in QUEUES)
+    arguments = {"x-queue-type": "quorum"} if rabbit else None
+    return tuple(Queue(name, Exchange(name), routing_key=name, queue_arguments=arguments) for name in names)
 
 
 # Every queue is declared; a typo in a route must fail, not create a queue nobody consumes.
-task_queues = task_queues_for(broker_url)
 task_create_missing_queues = False
-task_default_queue = "analytics"
-task_routes = {f"{name}.*": {"queue": name, "routing_key": name} for name in QUEUES}
 
 # JSON only: pickle is never accepted, from the broker or anywhere else.
 task_serializer = "json"
@@ -59,37 +56,22 @@ result_accept_content = ["json"]
 task_ignore_result = True
 result_backend = None
 
-# Task events feed Flower. Workers send them only once someone watches: Flower turns
-# them on in every worker when it starts and every 5 s after (its --enable_events),
-# since sending three events per job costs a quarter of a worker's throughput
-# (docs/benchmarks.md). CELERY_TASK_EVENTS=true sends them from the start.
-worker_send_task_events = os.environ.get("CELERY_TASK_EVENTS", "false").lower() in ("1", "true", "yes")
-# The publisher's "task-sent" event (Flower lists jobs still waiting in the broker): off
-# unless asked for, as it costs a publish per job. On a Redis broker the job store's
-# add script writes the message itself and sends no event either way; Flower still
-# sees every job once a worker receives it.
-task_send_sent_event = os.environ.get("CELERY_SENT_EVENTS", "false").lower() in ("1", "true", "yes")
+# Task events feed Flower (received, started, succeeded, failed, retried, with the job id
+# as the task id). Workers send them from the start (CELERY_TASK_EVENTS=false turns them
+# off): a job that runs while no Flower watches is still in Flower's view once it starts,
+# as long as Flower was running to hear it. Flower started later knows only what happens
+# after it starts; the job store (API, dashboard) always knows every job.
+worker_send_task_events = os.environ.get("CELERY_TASK_EVENTS", "true").lower() in ("1", "true", "yes")
+task_send_sent_event = False
 
-# Ack after the work is done, and hand a job back if its worker dies.
+# Plain Celery tasks, if any: ack after the work is done. (Jobs are leased from the job
+# store instead; a worker fetches only as many as it has free slots.)
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = int(os.environ.get("CELERY_PREFETCH_MULTIPLIER", "1"))
 worker_hijack_root_logger = False
 
-broker_transport_options = {
-    # No kombu unacked record nor ack per message: a message is simply popped. Recovery
-    # rests on one mechanism, the job store's: a started job holds a lease, and a job
-    # whose message was taken by a worker that died before starting it is published
-    # again (JOB_STALE_WAITING_MS). kombu's bookkeeping would pay for the same twice.
-    "ack_emulation": False,
-    # Lower number = served first, as in BullMQ; 0..9. A queue waits only on the lists
-    # of the priority levels its policy offers (QueuePolicy.priorities).
-    "queue_order_strategy": "priority",
-    "priority_steps": list(range(10)),
-    "sep": ":",
-}
-
 # Recycle pool processes now and then, so a slow leak in a library cannot grow for ever.
 worker_max_tasks_per_child = int(os.environ.get("CELERY_MAX_TASKS_PER_CHILD", "1000"))
 worker_max_memory_per_child = int(os.environ.get("CELERY_MAX_MEMORY_PER_CHILD_KB", "262144"))
-imports = ("tasks.email", "tasks.analytics", "tasks.payment", "tasks.dead_letter")
+imports = ("tasks.email", "tasks.analytics", "tasks.payment")

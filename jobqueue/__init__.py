@@ -1,20 +1,23 @@
 """jobqueue: a BullMQ-style job engine on Celery and Redis.
 
-Every job lives in a Redis job store, moved between states by one Lua script per
-change (jobqueue/scripts/*.lua), each fenced by its delivery's token. A queue's
-whole policy is one QueuePolicy; ``job_task(policy)`` declares the task that runs
-it; ``build_service`` binds the queues to a Celery app. The engine knows nothing
-of the application that uses it.
+The Redis job store is the only queue. Every job moves between states only by a
+row of one transition table (jobqueue.lifecycle), inside the store's Lua scripts
+(jobqueue/scripts/*.lua), each fenced by its delivery's token. A queue's whole
+policy is one QueuePolicy; ``job_task(policy)`` declares the task that runs it;
+``JobService.from_policies`` builds the engine; ``configure_worker`` adds the
+consumer bootstep that feeds Celery's pool from the store. The engine knows
+nothing of the application that uses it.
 """
 
 from jobqueue.errors import InvalidJobData, JobTimeout, PermanentJobError, QueueUnavailable, TransientJobError
 from jobqueue.options import Backoff, InvalidJobOptions, JobOptions
 from jobqueue.policy import QueuePolicy
-from jobqueue.queue import Job, JobQueue, JobService
+from jobqueue.queue import EngineSettings, Job, JobQueue, JobService, PreparedJob
 from jobqueue.store import JobRecord, JobStore, Retention, StaleDelivery
 
 __all__ = [
     "Backoff",
+    "EngineSettings",
     "InvalidJobData",
     "InvalidJobOptions",
     "Job",
@@ -24,6 +27,7 @@ __all__ = [
     "JobService",
     "JobStore",
     "JobTimeout",
+    "PreparedJob",
     "PermanentJobError",
     "QueuePolicy",
     "QueueUnavailable",

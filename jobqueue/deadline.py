@@ -128,7 +128,7 @@ class Overseer:
         if not entry.released:
             entry.released = True
             try:
-                seq = queue.store.release(job)
+                queue.store.release(job)
             except StaleDelivery:
                 # Another delivery holds the job already; ours will be refused when it ends.
                 log.warning("job.stuck_orphaned", extra={"job_id": job.id, "queue": queue.name})
@@ -137,11 +137,8 @@ class Overseer:
                 log.warning("job.release_failed", extra={"job_id": job.id, "queue": queue.name, "error": str(exc)})
                 return
             else:
+                # Back to waiting: the next fetch, here or on another worker, takes it.
                 log.error("job.stuck_released", extra={"job_id": job.id, "queue": queue.name, "attempt": job.attempts})
-                try:
-                    queue.publish(job.id, seq, _options(job))
-                except Exception:  # noqa: BLE001 - it stays waiting: the lost-message sweep sends it
-                    log.warning("job.release_publish_failed", extra={"job_id": job.id, "queue": queue.name})
             # Give it one more hard interval to return before the process is recycled.
             entry.hard_at = now + max(WAKE_GRACE_S, 1.0)
             return
@@ -157,9 +154,3 @@ class Overseer:
         timer = threading.Timer(RECYCLE_DEADLINE_S, os._exit, args=(75,))
         timer.daemon = True
         timer.start()
-
-
-def _options(job: Any) -> Any:
-    from jobqueue.options import JobOptions
-
-    return JobOptions.from_dict(job.opts)

@@ -16,14 +16,11 @@ finish the jobs already accepted. The reading is cached for a second per process
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-import kombu.transport.redis as kombu_redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import RedisError
 
 from jobqueue.errors import QueueUnavailable
 
@@ -97,6 +94,7 @@ class MemoryGuard:
         reserve: Callable[[], int] | None = None,
         ttl: float = READING_TTL_S,
         clock: Callable[[], float] = time.monotonic,
+        allow_eviction: bool = False,
     ) -> None:
         """reserve(): bytes that accepted work will still write (a delayed job's broker message is
         written only when it is due), counted as used; read along with each INFO."""
@@ -105,6 +103,7 @@ class MemoryGuard:
         self.redis = redis
         self.max_share = max_share
         self.reserve = reserve
+        self.allow_eviction = allow_eviction
         self.ttl = ttl
         self.clock = clock
         self._lock = threading.Lock()
@@ -137,9 +136,16 @@ class MemoryGuard:
             return self.ttl / 10
         return self.ttl
 
-    def __call__(self) -> None:
+    def __call__(self, headroom: bool = True) -> None:
+        """Raise QueueUnavailable while Redis evicts (unless allowed) or, with headroom, is too full."""
         reading = self.reading()
-        if reading is None or not reading.maxmemory or reading.share < self.max_share:
+        if reading is None:
+            return
+        risk = None if self.allow_eviction else eviction_risk(reading.policy)
+        if risk is not None:
+            # Once the store is the only queue, an evicted sorted set loses every job in it.
+            raise QueueUnavailable(f"refusing new jobs: {risk}")
+        if not headroom or not reading.maxmemory or reading.share < self.max_share:
             return
         log.warning(
             "jobs.refused_memory",
@@ -149,60 +155,3 @@ class MemoryGuard:
             f"job store memory at {reading.share:.0%} of maxmemory, past the {self.max_share:.0%} kept for "
             "accepted jobs to finish"
         )
-
-
-class OutOfMemoryTolerantQoS(kombu_redis.QoS):
-    """kombu's Redis QoS, but a full Redis does not stop the worker.
-
-    At connect (and then every so often) kombu hands back messages whose
-    consumer died without acking, under a lock taken with SET NX. On a full
-    noeviction Redis that SET is refused with OutOfMemoryError, which Celery
-    treats as unrecoverable: a fresh worker exits at once. Skipping one
-    restore loses nothing: the messages stay in the unacked set for the next
-    round, and the job store's lease sweep delivers their jobs again anyway.
-    """
-
-    def restore_visible(self, *args: Any, **kwargs: Any) -> None:
-        try:
-            super().restore_visible(*args, **kwargs)
-        except OutOfMemoryError as exc:
-            log.warning("broker.restore_skipped", extra={"reason": "redis out of memory", "error": str(exc)})
-
-
-FULL_LOG_INTERVAL_S = 10.0
-_last_full_log = float("-inf")
-
-
-@contextmanager
-def _full_redis_is_a_connection_error() -> Iterator[None]:
-    global _last_full_log
-    try:
-        yield
-    except OutOfMemoryError as exc:
-        now = time.monotonic()
-        if now - _last_full_log >= FULL_LOG_INTERVAL_S:  # Celery retries about once a second
-            _last_full_log = now
-            log.error("broker.redis_full", extra={"error": str(exc), "action": "waiting for room in Redis"})
-        raise RedisConnectionError(f"Redis is full (maxmemory, noeviction): {exc}") from exc
-
-
-class FullRedisTolerantChannel:
-    """A mixin for kombu's Redis Channel: a worker that meets a full Redis waits instead of exiting.
-
-    Declaring and binding a queue writes (SADD, and LLENs inside MULTI, which a
-    full Redis refuses too), and the worker declares its task, reply and
-    broadcast queues as it starts. On a full noeviction Redis these raise
-    OutOfMemoryError, which Celery treats as unrecoverable. Raised as a
-    connection error instead, Celery logs it and reconnects with backoff, and
-    the worker starts as soon as Redis has room again.
-    """
-
-    QoS = OutOfMemoryTolerantQoS
-
-    def queue_declare(self, *args: Any, **kwargs: Any) -> Any:
-        with _full_redis_is_a_connection_error():
-            return super().queue_declare(*args, **kwargs)  # type: ignore[misc]
-
-    def queue_bind(self, *args: Any, **kwargs: Any) -> Any:
-        with _full_redis_is_a_connection_error():
-            return super().queue_bind(*args, **kwargs)  # type: ignore[misc]

@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, Text, delete, func, insert, select
@@ -30,10 +30,10 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from jobqueue.errors import InvalidJobData, QueueUnavailable
+from jobqueue.errors import QueueUnavailable
 from jobqueue.options import InvalidJobOptions, resolve_options
-from jobqueue.queue import MAX_JOB_ID_LENGTH, Job, JobQueue
-from jobqueue.store import now_ms, to_json
+from jobqueue.queue import MAX_JOB_ID_LENGTH, Job, JobQueue, PreparedJob
+from jobqueue.store import JobRecord, now_ms, to_json
 
 log = logging.getLogger("jobqueue")
 
@@ -66,13 +66,14 @@ def outbox_table(metadata: MetaData, name: str = "job_outbox") -> Table:
 
 @dataclass(frozen=True)
 class StagedJob:
-    """A job written to the outbox and not yet published."""
+    """A job written to the outbox and not yet published: checked and sealed once, when staged."""
 
     queue: str
-    job_id: str
-    data: Mapping[str, Any]
-    owner: str | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
+    job: PreparedJob
+
+    @property
+    def job_id(self) -> str:
+        return self.job.id
 
 
 class Outbox:
@@ -108,24 +109,25 @@ class Outbox:
         owner: str | None = None,
         **options: Any,
     ) -> StagedJob:
-        """Check the job as JobQueue.add does and INSERT it in conn's transaction; publish it after the commit."""
+        """Prepare the job as JobQueue.add does (once) and INSERT it in conn's transaction.
+
+        Publish it after the commit.
+        """
         target = self.queues[queue] if isinstance(queue, str) else queue
-        resolve_options(target.defaults, options, target.policy.priorities)
-        target.validate(data)
         if not (isinstance(job_id, str) and 0 < len(job_id) <= MAX_JOB_ID_LENGTH):
             raise ValueError(f"job_id must be a string of 1 to {MAX_JOB_ID_LENGTH} characters")
-        sealer = target.store.sealer
+        job = target.prepare(data, job_id=job_id, owner=owner, **options)
         conn.execute(
             insert(self.table).values(
                 job_id=job_id,
                 queue=target.name,
-                data=to_json(sealer.seal(data) if sealer else data),
+                data=job.sealed,
                 options=to_json(options),
                 owner=owner,
-                created_at=now_ms(),
+                created_at=job.record.created_at,
             )
         )
-        return StagedJob(target.name, job_id, dict(data), owner, dict(options))
+        return StagedJob(target.name, job)
 
     def publish(self, staged: StagedJob) -> Job:
         """Add a committed staged job to its queue; raises QueueUnavailable, leaving the row.
@@ -134,9 +136,7 @@ class Outbox:
         request makes one SQL transaction. A row left behind (the process died first) is
         found by a relay, which sees the job was added (JobStore.was_added) and only drops it.
         """
-        job = self.queues[staged.queue].add(
-            staged.data, job_id=staged.job_id, owner=staged.owner, remember_ms=REMEMBER_MS, **staged.options
-        )
+        job = self.queues[staged.queue].add_prepared(staged.job, remember_ms=REMEMBER_MS)
         with self._lock:
             self._published.append(staged.job_id)
             if self._dropper is None or not self._dropper.is_alive():
@@ -230,15 +230,23 @@ class Outbox:
         queue = self.queues[row.queue]
         if queue.store.was_added([row.job_id])[0]:
             return queue.store.get(row.job_id)  # published already; only its row was left
-        data = json.loads(row.data)
-        if queue.store.sealer:
-            data = queue.store.sealer.unseal(data)
+        options = json.loads(row.options)
         try:
-            return queue.add(
-                data, job_id=row.job_id, owner=row.owner, remember_ms=REMEMBER_MS, **json.loads(row.options)
-            )
-        except (InvalidJobData, InvalidJobOptions) as exc:
-            # It passed when it was staged; the queue's schema changed since. It can never be
-            # added, so it is dropped, loudly, rather than retried for ever.
+            opts = resolve_options(queue.defaults, options, queue.policy.priorities)
+        except InvalidJobOptions as exc:
+            # They passed when staged; the queue's policy changed since. It can never be added,
+            # so it is dropped, loudly, rather than retried for ever.
             log.error("outbox.rejected", extra={"job_id": row.job_id, "queue": row.queue, "error": str(exc)})
             return None
+        record = JobRecord(
+            id=row.job_id,
+            queue=queue.name,
+            name=queue.task_name,
+            state="delayed" if opts.delay else "waiting",
+            data={},
+            opts=opts.to_dict(),
+            owner=row.owner,
+            created_at=now_ms(),
+        )
+        # Checked and sealed when it was staged: added as it was written.
+        return queue.add_prepared(PreparedJob(record, opts, row.data), remember_ms=REMEMBER_MS)

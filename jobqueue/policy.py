@@ -53,11 +53,8 @@ class QueuePolicy:
     # Exceptions (classes, tuples, or "module:attr" names) that earn another attempt;
     # every other error fails the job at once.
     retry_on: tuple[Any, ...] = ()
-    # Most jobs one broker message may carry (bulk adds, scheduler promotions). Jobs in
-    # one message run one after the other, so only short CPU-light jobs gain from more.
-    batch_size: int = 1
-    # Priority levels the queue offers (priority option 0 .. priorities-1). Each level is
-    # one broker list a worker waits on, so a queue without priorities waits on one.
+    # Priority levels the queue offers (priority option 0 .. priorities-1); the fetch
+    # takes the lowest number first, then the oldest.
     priorities: int = 1
     on_final_failure: Hook = None  # (job, reason): once, when a job has failed for good
     on_manual_retry: Hook = None  # (job, data): before an operator's retry requeues a failed job

@@ -5,15 +5,18 @@ Layout under a prefix P (default ``jobqueue``):
 - ``P:job:<id>``: a hash with the job's fields;
 - ``P:job:<id>:attempts``: a list of JSON attempt records;
 - ``P:<queue>:<state>``: a sorted set of job ids per state, scored by time (ms);
+  waiting is scored priority * PRIORITY_STEP + time, so fetch takes the first;
 - ``P:<queue>:paused``: present while the queue is paused;
 - ``P:metrics``: counters per queue (added, completed, failed, retried);
 - ``P:<queue>:hist``: processing-time histogram buckets, with sum and count;
 - ``P:<queue>:durations``: the last 1,000 processing times (ms);
 - ``P:<queue>:tp:<completed|failed>:<10 s bucket>``: finishes per 10 s, kept 2 h;
 - ``P:<queue>:leases``: active job ids, scored by when their lease runs out;
+- ``P:<queue>:wake``: a marker list idle workers block on (BLPOP);
 - ``P:workers``: a heartbeat per worker with the queues it consumes.
 
-A job moves between the sorted sets inside one Lua script, so the counts per
+A job moves between the sorted sets inside one Lua script, and only by a row of
+jobqueue.lifecycle.TRANSITIONS, so the counts per
 state are ZCARDs (O(queues)), never a scan, and they stay right while jobs
 are trimmed.
 """
@@ -22,7 +25,7 @@ import json
 import math
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -31,6 +34,7 @@ from redis.retry import Retry
 
 from jobqueue import scripts
 from jobqueue.keys import FINISHED, STATES, Keys
+from jobqueue.lifecycle import PRIORITY_STEP
 from jobqueue.sealing import Sealer
 
 # Upper bounds (seconds) of the processing-time histogram, as Prometheus expects.
@@ -103,9 +107,10 @@ class JobRecord:
     processed_on: int | None = None
     finished_at: int | None = None
     worker: str | None = None
-    seq: int = 0
     stalls: int = 0
-    token: str = ""  # the current delivery's fencing token, set when it starts
+    token: str = ""  # the current delivery's fencing token, set when a worker fetches it
+    priority: int = 0
+    raw: Mapping[str, str] | None = field(default=None, repr=False, compare=False)  # the hash it was read from
 
     @classmethod
     def from_hash(cls, raw: Mapping[str, str]) -> "JobRecord":
@@ -127,10 +132,17 @@ class JobRecord:
             processed_on=opt_int("processedOn"),
             finished_at=opt_int("finishedAt"),
             worker=raw.get("worker") or None,
-            seq=int(raw.get("seq") or 0),
             stalls=int(raw.get("stalls") or 0),
             token=raw.get("token") or "",
+            priority=int(raw.get("priority") or 0),
+            raw=raw,
         )
+
+    def to_fields(self) -> Mapping[str, str]:
+        """The store's hash this record was read from (a fetched job travels to the pool as it)."""
+        if self.raw is None:
+            raise ValueError(f"job {self.id} was not read from the store")
+        return self.raw
 
 
 @dataclass(frozen=True)
@@ -143,10 +155,6 @@ class QueueActivity:
     failed_last_hour: int
     mean_ms: float | None
     p95_ms: float | None
-
-
-def _deliveries(raw: list[Any]) -> list[tuple[str, int]]:
-    return [(raw[i], int(raw[i + 1])) for i in range(0, len(raw), 2)]
 
 
 def _pairs(raw: Iterable[str]) -> dict[str, str]:
@@ -168,6 +176,7 @@ class JobStore:
         self.keys = Keys(prefix)
         self.sealer = sealer
         self.scripts = scripts.register_all(client)
+        self.priority_step = PRIORITY_STEP
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "jobqueue", sealer: Sealer | None = None) -> "JobStore":
@@ -191,58 +200,45 @@ class JobStore:
             record.data = self.sealer.unseal(record.data)
         return record
 
-    def _run(self, script: str, job_id: str, queue: str, args: list[Any], broker: str = "", client: Any = None) -> Any:
-        return self.scripts[script](keys=self.keys.for_script(job_id, queue, broker), args=args, client=client)
+    def _run(self, script: str, job_id: str, queue: str, args: list[Any], client: Any = None) -> Any:
+        return self.scripts[script](keys=self.keys.for_script(job_id, queue), args=args, client=client)
 
-    # -- the life of one job -------------------------------------------------
+    # -- the life of one job (each move a row of jobqueue.lifecycle.TRANSITIONS) ----
 
     def create(
         self,
         record: JobRecord,
         score: int,
         *,
-        message: str = "",
-        broker_key: str = "",
+        lease_ms: int,
+        priority: int = 0,
+        sealed: str | None = None,
         remember_ms: int = 0,
         client: Any = None,
     ) -> bool:
-        """Store a new job in its first state; False if that id already exists.
+        """Store a new job (add, or add_delayed) and wake a worker; False if that id already exists.
 
-        With message and broker_key, a waiting job's broker message is pushed in the
-        same script: the job and its message exist together or not at all. With
-        remember_ms, was_added() says the id was added for that long, even once the
-        job itself is removed.
+        sealed: the data as the store keeps it, when the caller sealed it already. With
+        remember_ms, was_added() says the id was added for that long, even once the job
+        itself is removed.
         """
         fields = {
             "id": record.id,
             "queue": record.queue,
             "name": record.name,
-            "data": self._seal(record.data),
+            "data": sealed if sealed is not None else self._seal(record.data),
             "opts": to_json(record.opts),
             "owner": record.owner or "",
             "attempts": 0,
             "createdAt": record.created_at,
-            # A waiting job is published at once as delivery 1; a delayed one gets its
-            # number when it is promoted.
-            "seq": 1 if record.state == "waiting" else 0,
+            "priority": priority,
+            "leaseMs": lease_ms,
+            "token": 0,
         }
         flat = [v for kv in fields.items() for v in kv]
-        args = [record.state, score, record.queue, message if record.state == "waiting" else "", remember_ms, *flat]
-        return bool(self._run("add", record.id, record.queue, args, broker=broker_key, client=client))
-
-    def create_many(
-        self,
-        records: list[JobRecord],
-        scores: list[int],
-        messages: list[tuple[str, str]] | None = None,
-        remember_ms: int = 0,
-    ) -> list[bool]:
-        """create() for many jobs in one round trip; each flag says whether that job is new."""
-        with self.redis.pipeline(transaction=False) as pipe:
-            for index, (record, score) in enumerate(zip(records, scores, strict=True)):
-                message, key = messages[index] if messages else ("", "")
-                self.create(record, score, message=message, broker_key=key, remember_ms=remember_ms, client=pipe)
-            return [bool(created) for created in pipe.execute()]
+        event = "add" if record.state == "waiting" else "add_delayed"
+        args = [event, score, record.queue, remember_ms, *flat]
+        return bool(self._run("add", record.id, record.queue, args, client=client))
 
     def was_added(self, job_ids: list[str]) -> list[bool]:
         """For each id: whether its job exists, or was added with remember_ms that has not run out."""
@@ -250,10 +246,6 @@ class JobStore:
             for job_id in job_ids:
                 pipe.exists(self.keys.job(job_id), f"{self.keys.job(job_id)}:added")
             return [bool(n) for n in pipe.execute()]
-
-    def discard(self, job_id: str, queue: str) -> bool:
-        """Forget a job that was never published (the broker refused it)."""
-        return bool(self._run("discard", job_id, queue, [queue]))
 
     def get(self, job_id: str) -> JobRecord | None:
         """The job with this id, or None if it was never created or has been removed."""
@@ -264,49 +256,38 @@ class JobStore:
         """The attempt log of a job, oldest first."""
         return [json.loads(a) for a in self.redis.lrange(f"{self.keys.job(job_id)}:attempts", 0, -1)]
 
-    def start(
-        self, job_id: str, queue: str, worker: str, *, seq: int | None = None, lease_ms: int = 60_000
-    ) -> JobRecord | str | None:
-        """Mark a job active under a lease of lease_ms and a new token, and return it.
+    def fetch(
+        self, queue: str, count: int, worker: str, *, max_stalls: int, most_wait_ms: int = 5_000
+    ) -> tuple[int, list[JobRecord]]:
+        """Take up to count jobs of queue for worker, in one round trip (fetch.lua).
 
-        A finished job comes back unchanged. Otherwise the job is left as it is
-        and the answer is None (unknown job), "stale" (the message's delivery
-        number seq is not the job's latest), "paused" (its queue is paused) or
-        "leased" (this delivery may still be running elsewhere).
+        On the way it stalls the jobs whose lease ran out and promotes the delayed jobs
+        that are due. Returns how long the caller may block before anything falls due
+        (ms), and the jobs, each active under a lease and a new token, data still sealed.
         """
-        raw = self._run("start", job_id, queue, [now_ms(), worker, "" if seq is None else seq, lease_ms])
-        if isinstance(raw, str):
-            return raw
-        return self._record(_pairs(raw)) if raw else None
+        raw = self._run("fetch", "", queue, [now_ms(), count, worker, max_stalls, most_wait_ms])
+        return int(raw[0]), [JobRecord.from_hash(_pairs(fields)) for fields in raw[1:]]
 
-    def promote(self, queue: str, limit: int = 500) -> list[tuple[str, int]]:
-        """Move due delayed jobs to waiting; returns (id, delivery number) pairs to publish."""
-        return _deliveries(self._run("promote", "", queue, [now_ms(), limit]))
+    def unseal(self, record: JobRecord) -> JobRecord:
+        """record with its data unsealed (fetch hands jobs over sealed: the pool unseals them)."""
+        if self.sealer:
+            record.data = self.sealer.unseal(record.data)
+        return record
 
-    def defer(self, job_ids: list[str], queue: str, delay_ms: int) -> None:
-        """Put waiting jobs whose message was not published back to delayed, due after delay_ms."""
-        if job_ids:
-            self._run("defer", "", queue, [now_ms() + delay_ms, *job_ids])
+    def wait_for_work(self, queues: list[str], timeout_s: float, client: Any = None) -> str | None:
+        """Block until a job is added to (or falls due in) one of queues, or timeout_s passes."""
+        keys = [self.keys.queue(queue, "wake") for queue in queues]
+        popped = (client or self.redis).blpop(keys, timeout=max(timeout_s, 0.001))
+        return popped[0] if popped else None
 
-    def recover(
-        self, queue: str, *, max_stalls: int, lost_before: int = -1, limit: int = 500
-    ) -> list[tuple[str, int]]:
-        """Requeue jobs whose worker died (or fail them past max_stalls), and waiting jobs
-        that entered waiting before lost_before (ms) and are claimed by no live worker;
-        returns (id, delivery number) pairs to publish."""
-        return _deliveries(self._run("recover", "", queue, [now_ms(), limit, max_stalls, lost_before]))
-
-    def claim(self, queue: str, job_ids: Iterable[str], until_ms: int) -> None:
-        """Mark waiting jobs as held in this worker's prefetch buffer until until_ms."""
-        ids = list(job_ids)
-        if ids:
-            self.redis.zadd(self.keys.queue(queue, "claims"), dict.fromkeys(ids, until_ms))
-            self.redis.zremrangebyscore(self.keys.queue(queue, "claims"), "-inf", now_ms())
+    def renew(self, record: JobRecord, lease_ms: int) -> bool:
+        """Extend an active job's lease from now; False when record's delivery no longer holds it."""
+        return self._run("renew", record.id, record.queue, [now_ms(), record.token, lease_ms]) != "stale"
 
     def finish(
         self,
         record: JobRecord,
-        state: str,
+        event: str,
         *,
         score: int,
         retention: Retention = Retention(),
@@ -314,7 +295,7 @@ class JobStore:
         duration_ms: float | None = None,
         fields: Mapping[str, Any] | None = None,
     ) -> str | None:
-        """Move an active job to state (completed, failed, or delayed for a retry) and trim that state.
+        """End an active job's attempt by event (complete, fail, or retry) and trim the state it reaches.
 
         Fenced by record.token: raises StaleDelivery when the job is no longer held by
         this delivery (its lease was taken over, or it was finished meanwhile).
@@ -326,7 +307,7 @@ class JobStore:
             record.queue,
             [
                 self.prefix,
-                state,
+                event,
                 score,
                 now_ms(),
                 retention.count,
@@ -348,18 +329,13 @@ class JobStore:
         state, token = self.redis.hmget(self.keys.job(record.id), "state", "token")
         return state == "active" and token == record.token
 
-    def release(self, record: JobRecord) -> int:
-        """Hand an active job back to waiting for another worker; its new delivery number.
-
-        Fenced by record.token (StaleDelivery otherwise).
-        """
-        seq = self._run("release", record.id, record.queue, [now_ms(), record.token, record.queue])
-        if seq == "stale":
+    def release(self, record: JobRecord, reason: str = "released") -> None:
+        """Hand an active job back to waiting for another worker (release). Fenced by record.token."""
+        if self._run("release", record.id, record.queue, [now_ms(), record.token, record.queue, reason]) == "stale":
             raise StaleDelivery(f"job {record.id}: delivery {record.token} no longer holds it")
-        return int(seq)
 
-    def retry(self, job_id: str, queue: str, data: Mapping[str, Any] | None = None) -> int | str | None:
-        """Move a failed job back to waiting: its new delivery number, the state it is in instead, or None."""
+    def retry(self, job_id: str, queue: str, data: Mapping[str, Any] | None = None) -> str | None:
+        """An operator's retry of a failed job: 'waiting', the state it is in instead, or None."""
         return self._run("retry", job_id, queue, [now_ms(), self._seal(data) if data is not None else ""])
 
     def delete(self, job_id: str, queue: str) -> str | None:
@@ -369,7 +345,7 @@ class JobStore:
     def clean(self, queue: str, state: str, grace_ms: int, limit: int) -> list[str]:
         """Remove up to limit jobs in state that reached it more than grace_ms ago."""
         cutoff = now_ms() - grace_ms
-        return self._run("clean", "-", queue, [self.prefix, state, cutoff, limit])
+        return self._run("clean", "", queue, [state, cutoff, limit])
 
     # -- queues ----------------------------------------------------------------
 
@@ -405,7 +381,10 @@ class JobStore:
         if paused:
             self.redis.set(key, now_ms())
         else:
-            self.redis.delete(key)
+            with self.redis.pipeline() as pipe:
+                pipe.delete(key)
+                pipe.lpush(self.keys.queue(queue, "wake"), 1)  # idle workers take its jobs at once
+                pipe.execute()
 
     def list_jobs(self, queue: str, states: Iterable[str], *, offset: int = 0, limit: int = 50) -> list[JobRecord]:
         """Jobs of the given states, newest first (by the time they entered the state)."""
@@ -414,7 +393,8 @@ class JobStore:
             for state in states:
                 pipe.zrevrange(f"{self.prefix}:{queue}:{state}", 0, offset + limit - 1, withscores=True)
             for batch in pipe.execute():
-                entries.extend((score, job_id) for job_id, score in batch)
+                # A waiting job's score carries its priority above the time it became waiting.
+                entries.extend((score % PRIORITY_STEP, job_id) for job_id, score in batch)
         entries.sort(reverse=True)
         page = [job_id for _, job_id in entries[offset : offset + limit]]
         return [job for job in self.get_many(page) if job is not None]

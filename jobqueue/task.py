@@ -15,21 +15,21 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Task, shared_task
-from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
+from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.worker.request import Request
-from redis.exceptions import RedisError
 
 from jobqueue.deadline import Overseer, job_deadline, past_deadline
 from jobqueue.errors import JobTimeout, PermanentJobError, TransientJobError
 from jobqueue.masking import mask
 from jobqueue.options import JobOptions
 from jobqueue.policy import QueuePolicy
-from jobqueue.queue import HARD_KILL_GRACE_S, Job, JobQueue, JobService
-from jobqueue.store import FINISHED, Retention, StaleDelivery, now_ms, to_json
+from jobqueue.queue import HARD_KILL_GRACE_S, Job, JobQueue, JobService, lease_ms
+from jobqueue.store import JobRecord, Retention, StaleDelivery, now_ms, to_json
 
 log = logging.getLogger("jobqueue")
 
-PAUSED_REQUEUE_DELAY_S = 0.5
+# A job that waited this long in a busy pool after its fetch renews its lease before it starts.
+RENEW_AFTER_WAIT_MS = 1_000
 OVERSEER = Overseer()
 
 
@@ -60,70 +60,38 @@ class JobRequest(Request):
         task: JobTask = self.task
         service = service_of(task)
         queue = service.queue(task.queue)
-        first = self.args[0] if self.args else None
-        deliveries = first if isinstance(first, list) else [[first, self.args[1] if len(self.args) > 1 else None]]
+        job = JobRecord.from_hash(self.args[0])
         with service.context():
-            for delivery in deliveries:
-                job = queue.store.get(str(delivery[0]))
-                # Only this delivery's job: a later delivery (a new seq) is not ours to fail.
-                if job is not None and job.state == "active" and str(job.seq) == str(delivery[1]):
-                    task.end_failed(queue, job, f"timeout: killed after {timeout:g} s", "", duration_ms=timeout * 1000)
+            # Only while this delivery holds the job: a later delivery is not ours to fail.
+            if queue.store.holds(job):
+                queue.store.unseal(job)
+                task.end_failed(queue, job, f"timeout: killed after {timeout:g} s", "", duration_ms=timeout * 1000)
 
 
 class JobTask(Task):
-    """Runs one stored job: loads it, marks it active under a token, retries or finishes it."""
+    """Runs one fetched job under its delivery's token, then retries or finishes it (fenced)."""
 
     Request = JobRequest
     typing = False
+    # Celery acks a job's request once it has ended, which frees the worker's slot for the next fetch.
+    acks_late = True
+    reject_on_worker_lost = True
     policy: QueuePolicy
 
-    def __call__(self, job_id: str | list[list[Any]], seq: int | None = None) -> Any:
+    def __call__(self, fields: dict[str, str]) -> Any:
         service = service_of(self)
         queue = service.queue(self.queue)
         with service.context():
-            if isinstance(job_id, list):
-                return self._run_batch(queue, job_id)
-            return self._run_job(queue, job_id, seq)
+            return self._run_job(queue, queue.store.unseal(JobRecord.from_hash(fields)))
 
-    def _run_batch(self, queue: JobQueue, deliveries: list[list[Any]]) -> int:
-        """Run a message's jobs in turn, each with its own state, timeout and retries; returns how many ran."""
-        for index, (job_id, seq, timeout_ms) in enumerate(deliveries):
-            try:
-                self._run_job(queue, job_id, seq, timeout_ms)
-            except Reject:
-                # Paused: this job and the rest wait in the delayed set and are
-                # published again, one scheduler tick after the queue resumes.
-                queue.store.defer([d[0] for d in deliveries[index:]], queue.name, int(PAUSED_REQUEUE_DELAY_S * 1000))
-                return index
-            except RedisError:
-                raise  # the job store is gone: the rest stay waiting, and the lost-message sweep sends them again
-            except Exception:  # noqa: BLE001 - a retry or failure, already recorded in the job store
-                continue
-        return len(deliveries)
-
-    def _run_job(self, queue: JobQueue, job_id: str, seq: int | None, timeout_ms: int | None = None) -> Any:
-        if timeout_ms is None:
-            # The message's hard time limit is the job's timeout option plus the grace.
-            hard_s = (self.request.timelimit or (None, None))[0]
-            timeout_ms = int((hard_s - HARD_KILL_GRACE_S) * 1000) if hard_s else queue.defaults.timeout
-        lease_ms = queue.lease_ms(JobOptions(timeout=timeout_ms))
-        job = queue.store.start(job_id, queue.name, worker=self.request.hostname or "", seq=seq, lease_ms=lease_ms)
-        if job in ("stale", "leased"):
-            # An older delivery (stale), or a copy of one that may still be running
-            # (leased): the job's latest delivery, or the lease sweep, runs it.
-            log.info("job.skipped_delivery", extra={"job_id": job_id, "queue": queue.name, "reason": job})
+    def _run_job(self, queue: JobQueue, job: Job) -> Any:
+        timeout_ms = int(job.opts.get("timeout") or queue.defaults.timeout)
+        waited = now_ms() - (job.processed_on or 0) > RENEW_AFTER_WAIT_MS
+        # A job that waited in a busy pool since its fetch starts only while this delivery
+        # still holds it, and gets its whole lease from now.
+        if waited and not queue.store.renew(job, lease_ms(JobOptions(timeout=timeout_ms))):
+            log.info("job.skipped_delivery", extra={"job_id": job.id, "queue": queue.name, "reason": "stale"})
             return None
-        if job == "paused":
-            # Hand the message back; the worker stops consuming a paused queue
-            # within a poll interval, so it waits in the broker until resumed.
-            time.sleep(PAUSED_REQUEUE_DELAY_S)
-            raise Reject("queue paused", requeue=True)
-        if job is None:
-            log.warning("job.missing", extra={"job_id": job_id, "queue": queue.name})
-            return None
-        if job.state in FINISHED:
-            log.info("job.duplicate_delivery", extra={"job_id": job_id, "queue": queue.name})
-            return job.result
         if log.isEnabledFor(logging.DEBUG):
             log.debug("job.started", extra={"job_id": job.id, "queue": queue.name, "attempt": job.attempts})
         started = time.perf_counter()
@@ -200,6 +168,7 @@ class JobTask(Task):
         One fenced finish and one log line; False when the delivery no longer holds the job.
         """
         finished_at = now_ms()
+        event = {"completed": "complete", "failed": "fail", "delayed": "retry"}[state]
         if state == "completed":
             fields = {"result": to_json(result), "finishedAt": finished_at, "failedReason": ""}
         elif state == "failed":
@@ -209,7 +178,7 @@ class JobTask(Task):
         try:
             queue.store.finish(
                 job,
-                state,
+                event,
                 score=finished_at + wait_ms,
                 retention=queue.retention_for(job, state) if state != "delayed" else Retention(),
                 attempt=self._attempt(job, finished_at, duration_ms, error, tb),

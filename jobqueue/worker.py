@@ -1,50 +1,271 @@
-"""A worker bootstep: the scheduler of delayed jobs, stalled-job and lost-message recovery,
-heartbeats, prefetch claims, pause/resume and the outbox relays; and the worker's start-up settings."""
+"""The worker side of the engine, as two consumer bootsteps (Celery's extension guide, app.steps['consumer']).
+
+``JobConsumer`` takes jobs from the job store and hands them to the worker's
+pool through Celery's own task strategy (``consumer.strategies``), so a job is
+a Celery request like any other: prefork, threads and solo pools,
+``--concurrency``, ``--autoscale``, ``--max-tasks-per-child``, warm and cold
+shutdown, ``celery inspect active|reserved`` and Flower's task events all
+work, with the job id as the task id. No job travels through the broker: a
+fetcher thread blocks on the store (BLPOP on the queues' wake markers) while
+the worker has free slots, takes as many jobs as it has free slots with one
+script (fetch.lua), and hands them to the event loop (``hub.call_soon``).
+
+``Housekeeping`` beats the worker's heartbeat and runs the outbox relays.
+"""
 
 import contextlib
+import itertools
+import json
 import logging
 import os
+import threading
 import time
+import uuid
 from typing import Any
 
 from celery import Celery, bootsteps, signals
-from celery.worker import state as worker_state
-from kombu.exceptions import OperationalError as KombuOperationalError
+from kombu.message import Message
 from redis.exceptions import RedisError
 
-from jobqueue.store import now_ms
+from jobqueue.queue import HARD_KILL_GRACE_S, JobService
+from jobqueue.store import JobRecord, StaleDelivery
 
 log = logging.getLogger("jobqueue")
 THREADED_POOLS = ("thread", "threads", "gevent", "eventlet")
 
-# Due delayed jobs are published within this interval.
-SCHEDULE_INTERVAL_S = 0.2
-# Pause flags and heartbeats: pause and resume take effect within this interval.
-POLL_INTERVAL_S = 1.0
-# Stalled jobs (their worker died) and lost messages are looked for this often.
-RECOVER_INTERVAL_S = 2.0
+# An idle worker blocks at most this long before it looks again (delays and leases
+# falling due shorten it; a new job wakes it at once).
+MOST_WAIT_MS = 5_000
+# Heartbeats: the dashboard's worker list is this fresh.
+HEARTBEAT_INTERVAL_S = 1.0
+# The outbox relays run this often.
+RELAY_INTERVAL_S = 2.0
+# After the store fails, the fetcher tries again after this long, doubling up to the most.
+RETRY_FIRST_S, RETRY_MOST_S = 0.1, 2.0
 
 
-class QueueControl(bootsteps.StartStopStep):
-    """Publishes due delayed jobs, recovers stalled ones, and follows the pause flags."""
+class Fetcher:
+    """Takes jobs from the store for one consumer, as many as its pool has free slots."""
+
+    def __init__(self, consumer: Any, service: JobService) -> None:
+        self.consumer = consumer
+        self.service = service
+        self.store = service.store
+        self.hostname = consumer.hostname
+        self.hub = consumer.hub
+        self.running = True
+        self.in_flight = 0
+        self._slots = threading.Condition()
+        self._templates: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {}
+        self._turn = itertools.count()
+        self.thread = threading.Thread(target=self._run, name="job-fetcher", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.running = False
+        with self._slots:
+            self._slots.notify_all()
+
+    # -- what this worker serves -------------------------------------------------
+
+    def queues(self) -> list[str]:
+        """The job queues this worker consumes now (-Q, add_consumer, cancel_consumer)."""
+        task_consumer = self.consumer.task_consumer
+        if task_consumer is None:
+            return []
+        return [q.name for q in task_consumer.queues if q.name in self.service.queues]
+
+    def capacity(self) -> int:
+        """Jobs this worker runs at once: its pool's size, or the autoscaler's most."""
+        autoscaler = getattr(self.consumer.controller, "autoscaler", None)
+        if autoscaler is not None:
+            return max(int(autoscaler.max_concurrency), 1)
+        return max(int(self.consumer.pool.num_processes or 1), 1)
+
+    def _free_slots(self) -> int:
+        with self._slots:
+            while self.running:
+                free = self.capacity() - self.in_flight
+                if free > 0:
+                    return free
+                self._slots.wait(1.0)
+        return 0
+
+    def done(self) -> None:
+        """A job handed over has ended (acked or rejected): its slot is free."""
+        with self._slots:
+            self.in_flight -= 1
+            self._slots.notify()
+
+    # -- the loop ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        pause = RETRY_FIRST_S
+        while self.running:
+            try:
+                self._once()
+                pause = RETRY_FIRST_S
+            except RedisError as exc:
+                # The store is away (restart, freeze, failover): look again, and again; the
+                # worker never stops consuming for it.
+                log.warning("fetch.failed", extra={"error": str(exc), "retry_in_s": pause})
+                time.sleep(pause)
+                pause = min(pause * 2, RETRY_MOST_S)
+            except Exception:  # noqa: BLE001 - the fetcher must outlive any one bad turn
+                log.exception("fetch.crashed")
+                time.sleep(RETRY_MOST_S)
+
+    def _once(self) -> None:
+        free = self._free_slots()
+        queues = self.queues()
+        if not free or not queues:
+            if self.running and not queues:
+                time.sleep(0.5)
+            return
+        # Start from a different queue each turn, so no queue of this worker starves another.
+        start = next(self._turn) % len(queues)
+        wait_ms, full = MOST_WAIT_MS, False
+        for name in queues[start:] + queues[:start]:
+            if free <= 0 or not self.running:
+                break
+            wait, jobs = self.store.fetch(
+                name, free, self.hostname, max_stalls=self.service.max_stalls, most_wait_ms=MOST_WAIT_MS
+            )
+            wait_ms = min(wait_ms, wait)
+            if jobs:
+                self._hand_over(name, jobs)
+                full = full or len(jobs) == free
+                free -= len(jobs)
+        if full or not self.running:
+            return  # the queue may hold more: take them as slots free up
+        if free > 0:
+            self.store.wait_for_work(queues, wait_ms / 1000)
+
+    # -- handing jobs to the pool ----------------------------------------------------
+
+    def _hand_over(self, queue: str, jobs: list[JobRecord]) -> None:
+        with self._slots:
+            self.in_flight += len(jobs)
+        if self.hub is not None:
+            self.hub.call_soon(self._deliver, queue, jobs)
+        else:
+            self._deliver(queue, jobs)
+
+    def _deliver(self, queue: str, jobs: list[JobRecord]) -> None:
+        """In the worker's event loop: each job becomes a Celery request through its task's strategy."""
+        for job in jobs:
+            try:
+                if not self.running:
+                    raise StaleDelivery("worker stopping")
+                task = self.service.queue(queue).task_name
+                strategy = self.consumer.strategies[task]
+                done = _Ending(self)
+                strategy(self._message(task, queue, job), None, done.ack, done.reject, None)
+            except Exception as exc:  # noqa: BLE001 - hand the job back rather than lose it
+                self.done()
+                self._give_back(job, str(exc))
+
+    def _give_back(self, job: JobRecord, why: str) -> None:
+        try:
+            self.store.release(job, reason="given_back")
+            log.info("job.given_back", extra={"job_id": job.id, "queue": job.queue, "reason": why})
+        except (StaleDelivery, RedisError) as exc:
+            # Its lease runs out and the next fetch takes it.
+            log.warning("job.give_back_failed", extra={"job_id": job.id, "queue": job.queue, "error": str(exc)})
+
+    def _template(self, task: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """Celery's own headers, properties and embed for a call of task, built once per task."""
+        if task not in self._templates:
+            headers, properties, body, _ = self.consumer.app.amqp.as_task_v2(
+                "-", task, args=[], ignore_result=True, kwargsrepr="{}"
+            )
+            self._templates[task] = (headers, properties, body[2])
+        return self._templates[task]
+
+    def _message(self, task: str, queue: str, job: JobRecord) -> Message:
+        """The Celery task message of one fetched job: its id is the job id, its one arg the job."""
+        template, properties, embed = self._template(task)
+        timeout_s = int(job.opts.get("timeout") or 30000) / 1000
+        headers = {
+            **template,
+            "id": job.id,
+            "root_id": job.id,
+            "timelimit": [timeout_s + HARD_KILL_GRACE_S, None],
+            "argsrepr": repr((job.id,)),
+            "retries": max(job.attempts - 1, 0),
+        }
+        body = json.dumps([[job.to_fields()], {}, embed], separators=(",", ":"))
+        return Message(
+            body=body.encode(),
+            delivery_tag=uuid.uuid4().hex,
+            content_type="application/json",
+            content_encoding="utf-8",
+            headers=headers,
+            properties={**properties, "correlation_id": job.id, "priority": job.priority},
+            delivery_info={"exchange": "", "routing_key": queue, "redelivered": job.attempts > 1},
+        )
+
+
+class _Ending:
+    """A handed-over job's ack and reject (Celery calls one of them once): frees its slot."""
+
+    __slots__ = ("fetcher", "ended")
+
+    def __init__(self, fetcher: Fetcher) -> None:
+        self.fetcher = fetcher
+        self.ended = False
+
+    def _end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self.fetcher.done()
+
+    def ack(self, *args: Any, **kwargs: Any) -> None:
+        self._end()
+
+    def reject(self, *args: Any, **kwargs: Any) -> None:
+        # Its pool process died (reject_on_worker_lost): the job stays active under this
+        # delivery's lease, and the next fetch after the lease takes it again.
+        self._end()
+
+
+class JobConsumer(bootsteps.StartStopStep):
+    """Feeds the pool from the job store while the consumer runs."""
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self.fetcher: Fetcher | None = None
+
+    def start(self, consumer: Any) -> None:
+        self.fetcher = Fetcher(consumer, consumer.app.jobs)
+        self.fetcher.start()
+
+    def stop(self, consumer: Any) -> None:
+        if self.fetcher is not None:
+            self.fetcher.stop()
+            self.fetcher = None
+
+    def shutdown(self, consumer: Any) -> None:
+        self.stop(consumer)
+
+
+class Housekeeping(bootsteps.StartStopStep):
+    """Heartbeats (the dashboard's worker list) and the outbox relays."""
 
     requires = {"celery.worker.consumer.tasks:Tasks"}
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self.timer_ref = None
-        self.queues: list[str] = []
-        self.cancelled: set[str] = set()
-        self.last_poll = self.last_recover = 0.0
         self.last_relay = 0.0
 
     def start(self, consumer: Any) -> None:
-        # On a reconnect the consumer is rebuilt with every queue: start afresh.
-        self.queues = sorted({q.name for q in consumer.task_consumer.queues})
-        self.cancelled = set()
-        self.last_poll = self.last_recover = 0.0
         self.tick(consumer)
-        self.timer_ref = consumer.timer.call_repeatedly(SCHEDULE_INTERVAL_S, self.tick, (consumer,), priority=10)
+        self.timer_ref = consumer.timer.call_repeatedly(HEARTBEAT_INTERVAL_S, self.tick, (consumer,), priority=10)
 
     def stop(self, consumer: Any) -> None:
         if self.timer_ref is not None:
@@ -54,77 +275,30 @@ class QueueControl(bootsteps.StartStopStep):
     def shutdown(self, consumer: Any) -> None:
         self.stop(consumer)
         with contextlib.suppress(RedisError):
-            self._jobs(consumer).store.forget_worker(consumer.hostname)
-
-    @staticmethod
-    def _jobs(consumer: Any) -> Any:
-        return consumer.app.jobs
+            consumer.app.jobs.store.forget_worker(consumer.hostname)
 
     def tick(self, consumer: Any) -> None:
-        jobs = self._jobs(consumer)
-        now = time.monotonic()
+        jobs: JobService = consumer.app.jobs
+        task_consumer = consumer.task_consumer
+        queues = sorted(q.name for q in task_consumer.queues if q.name in jobs.queues) if task_consumer else []
         try:
-            if now - self.last_poll >= POLL_INTERVAL_S:
-                self.last_poll = now
-                self._follow_pause_flags(consumer, jobs.store)
-                self._claim_prefetched(jobs)
-            for name in self.queues:
-                if name in jobs.queues and name not in self.cancelled:
-                    jobs.queues[name].promote_due()
-            if now - self.last_recover >= RECOVER_INTERVAL_S:
-                self.last_recover = now
-                for name in self.queues:
-                    if name in jobs.queues:
-                        recovered = jobs.queues[name].recover(jobs.max_stalls, jobs.lost_after_ms)
-                        if recovered:
-                            log.warning("jobs.recovered", extra={"queue": name, "count": recovered})
-            if jobs.relays and now - self.last_relay >= RECOVER_INTERVAL_S:
+            jobs.store.heartbeat(
+                consumer.hostname,
+                {
+                    "queues": queues,
+                    "paused": sorted(jobs.store.paused_queues(queues)),
+                    "pid": os.getpid(),
+                    "concurrency": consumer.pool.num_processes if consumer.pool else None,
+                },
+            )
+            now = time.monotonic()
+            if jobs.relays and now - self.last_relay >= RELAY_INTERVAL_S:
                 self.last_relay = now
                 with jobs.context():
                     for relay in jobs.relays:
                         relay()
-        except (RedisError, KombuOperationalError, OSError) as exc:
-            # The broker or store is unreachable: the next tick tries again. Jobs
-            # promoted but not published stay waiting and the recovery sweep sends them.
-            log.warning("scheduler.tick_failed", extra={"error": str(exc)})
-
-    def _claim_prefetched(self, jobs: Any) -> None:
-        """Claim the waiting jobs held in this worker's prefetch buffer, so the lost-message
-        sweep leaves them be while this worker lives (claims lapse after three polls)."""
-        active = {request.id for request in worker_state.active_requests}
-        held: dict[str, list[str]] = {}
-        for request in list(worker_state.reserved_requests):
-            if request.id in active:
-                continue
-            queue = (request.delivery_info or {}).get("routing_key")
-            first = request.args[0] if request.args else None
-            ids = [str(d[0]) for d in first] if isinstance(first, list) else [str(first)]
-            held.setdefault(queue, []).extend(ids)
-        until = now_ms() + int(POLL_INTERVAL_S * 3000)
-        for queue, ids in held.items():
-            if queue in jobs.queues:
-                jobs.store.claim(queue, ids, until)
-
-    def _follow_pause_flags(self, consumer: Any, store: Any) -> None:
-        paused = store.paused_queues(self.queues)
-        store.heartbeat(
-            consumer.hostname,
-            {
-                "queues": self.queues,
-                "paused": sorted(paused),
-                "pid": os.getpid(),
-                "concurrency": consumer.pool.num_processes if consumer.pool else None,
-            },
-        )
-        for name in self.queues:
-            if name in paused and name not in self.cancelled:
-                consumer.cancel_task_queue(name)
-                self.cancelled.add(name)
-                log.info("queue.paused", extra={"queue": name, "worker": consumer.hostname})
-            elif name not in paused and name in self.cancelled:
-                consumer.add_task_queue(name)
-                self.cancelled.discard(name)
-                log.info("queue.resumed", extra={"queue": name, "worker": consumer.hostname})
+        except (RedisError, OSError) as exc:
+            log.warning("housekeeping.failed", extra={"error": str(exc)})
 
 
 def worker_parallelism(options: dict[str, Any], conf: Any) -> tuple[str, int]:
@@ -140,7 +314,7 @@ def worker_parallelism(options: dict[str, Any], conf: Any) -> tuple[str, int]:
 
 
 def configure_worker(celery: Celery, on_init: Any = None) -> None:
-    """Settings a worker of celery takes at start-up, before its pool starts.
+    """The engine's bootsteps, and settings a worker of celery takes at start-up, before its pool starts.
 
     Pools without Celery's hard time limit (threads, solo) get the Overseer; Celery's
     own per-task INFO lines (received, succeeded) are off unless CELERY_TASK_LOG is
@@ -162,4 +336,5 @@ def configure_worker(celery: Celery, on_init: Any = None) -> None:
             on_init(pool, most)
 
     signals.celeryd_init.connect(on_worker_init, weak=False)
-    celery.steps["consumer"].add(QueueControl)
+    celery.steps["consumer"].add(JobConsumer)
+    celery.steps["consumer"].add(Housekeeping)

@@ -1,104 +1,92 @@
-"""The Celery app and the job engine, bound to the Flask app in one place."""
+"""The Celery app and the job engine, bound to the Flask app in one place (Flask's Celery pattern)."""
 
 import os
 import weakref
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from typing import Any
 
 from celery import Celery
 from flask import Flask, has_app_context
 
-import celeryconfig
-from jobqueue import JobQueue, JobService, JobStore, QueuePolicy, Retention, transport
+from jobqueue import EngineSettings, JobService, JobStore, QueuePolicy
 from jobqueue.outbox import Outbox
 from jobqueue.sealing import Sealer
 from jobqueue.worker import THREADED_POOLS, configure_worker
-from rideshare.analytics.queue import ANALYTICS_QUEUE
+from rideshare import redis_memory
 from rideshare.jobs.outbox import JOB_OUTBOX
-from rideshare.mail.queue import EMAIL_QUEUE
-from rideshare.payments.queue import PAYMENT_QUEUE
-
-# Every queue's policy, each declared beside its domain. The API reads them to
-# queue jobs; it never imports the tasks that run them.
-POLICIES: tuple[QueuePolicy, ...] = (EMAIL_QUEUE, ANALYTICS_QUEUE, PAYMENT_QUEUE)
+from rideshare.queues import POLICIES
 
 
 def celery_init_app(app: Flask) -> Celery:
-    """Build the Celery app from celeryconfig and bind the job queues to it."""
-    # redis:// brokers get kombu's transport with fixes: a worker survives the broker
-    # restarting, an unreadable message becomes a dead letter, and each queue waits
-    # only on the priority lists it has.
-    transport.install()
-    celery = Celery(app.name)
-    celery.config_from_object("celeryconfig")
-    # The broker follows the app's settings (defaults, env, .env, test config): by
-    # default the Redis whose job store records the jobs; BROKER_URL may name another
-    # broker (RabbitMQ), the job store staying in Redis.
-    celery.conf.broker_url = app.config["BROKER_URL"] or app.config["REDIS_URL"]
-    celery.conf.update(app.config.get("CELERY", {}))
-    # Queues as this broker wants them (a quorum queue for payments on RabbitMQ).
-    celery.conf.task_queues = celeryconfig.task_queues_for(celery.conf.broker_url)
-    if celery.conf.broker_url.startswith("redis"):
-        celery.conf.broker_transport_options = {
-            **celery.conf.broker_transport_options,
-            "queue_priorities": {policy.name: policy.priorities for policy in POLICIES},
-        }
-    else:
-        celery.conf.broker_transport_options = {}  # the Redis transport's options mean nothing elsewhere
+    """Build the Celery app from celeryconfig and the job engine from the policies."""
+    config = app.config
+    celery = Celery(app.name, config_source="celeryconfig")
     celery.set_default()
-
-    def size_sql_pool(pool: str, most: int) -> None:
-        # On a threads/gevent pool every job runs in this process: one SQL connection per job.
-        if pool in THREADED_POOLS and most:
-            app.extensions["db"].grow_pool(most)
-
-    configure_worker(celery, on_init=size_sql_pool)
-
+    # The broker carries Celery's own traffic (events, remote control): by default the
+    # Redis that holds the job store; BROKER_URL may name another (RabbitMQ). Jobs never
+    # travel through it.
+    celery.conf.broker_url = config["BROKER_URL"] or config["REDIS_URL"]
+    celery.conf.update(config.get("CELERY", {}))
+    celery.conf.update(task_queues_and_routes(POLICIES, celery.conf.broker_url))
     store = JobStore.from_url(
-        app.config["REDIS_URL"],
-        prefix=app.config["JOB_KEY_PREFIX"],
-        sealer=Sealer.from_keys(
-            app.config["JOB_DATA_KEYS"], secret=app.config["SECRET_KEY"], salt=b"rideshare-job-data:"
-        ),
+        config["REDIS_URL"],
+        prefix=config["JOB_KEY_PREFIX"],
+        sealer=Sealer.from_keys(config["JOB_DATA_KEYS"], secret=config["SECRET_KEY"], salt=b"rideshare-job-data:"),
     )
-    retention = (Retention(count=app.config["JOB_KEEP_COMPLETED"]), Retention(count=app.config["JOB_KEEP_FAILED"]))
-    # Messages go in the job store's own scripts when the broker is that same Redis.
-    direct = celery.conf.broker_url == app.config["REDIS_URL"]
-    defaults = (app.config["JOB_RETRY_ATTEMPTS"], app.config["JOB_RETRY_DELAY"], app.config["JOB_TIMEOUT"])
-    queues = {
-        policy.name: JobQueue(policy, celery, store, policy.defaults(*defaults), retention, direct=direct)
-        for policy in POLICIES
-    }
-
-    def app_context() -> AbstractContextManager[Any]:
-        # Entered only when none is active: a job run from inside a request or another
-        # job must reuse that context, or it would get a separate DB session.
-        return nullcontext() if has_app_context() else app.app_context()
-
-    celery.jobs = JobService(
+    celery.jobs = JobService.from_policies(
+        POLICIES,
         store,
-        queues,
-        context=app_context,
-        max_stalls=app.config["JOB_MAX_STALLS"],
-        lost_after_ms=app.config["JOB_STALE_WAITING_MS"],
+        EngineSettings(
+            attempts=config["JOB_RETRY_ATTEMPTS"],
+            delay=config["JOB_RETRY_DELAY"],
+            timeout=config["JOB_TIMEOUT"],
+            keep_completed=config["JOB_KEEP_COMPLETED"],
+            keep_failed=config["JOB_KEEP_FAILED"],
+            max_stalls=config["JOB_MAX_STALLS"],
+        ),
+        admission=redis_memory.admission(app, store, [policy.name for policy in POLICIES]),
+        # A job run from inside a request or another job reuses that app context.
+        context=lambda: nullcontext() if has_app_context() else app.app_context(),
     )
-    app.extensions["celery"] = celery
-    app.extensions["jobs"] = celery.jobs
-
-    # The transactional outbox: a job that belongs to a SQL row is staged in that row's
-    # transaction and published after the commit; every worker's scheduler tick relays
-    # what a request that died after its commit left behind.
+    configure_worker(celery, on_init=lambda pool, most: _size_sql_pool(app, pool, most))
+    # The transactional outbox: a job written in a SQL row's transaction, added after the commit;
+    # every worker's housekeeping relays what a request that died after its commit left behind.
     outbox = Outbox(
-        JOB_OUTBOX, lambda: app.extensions["db"].engine, queues, settle_ms=app.config["JOB_OUTBOX_SETTLE_MS"]
+        JOB_OUTBOX, lambda: app.extensions["db"].engine, celery.jobs.queues, settle_ms=config["JOB_OUTBOX_SETTLE_MS"]
     )
     celery.jobs.relays.append(outbox.relay)
-    app.extensions["outbox"] = outbox
-    # The relay runs in a prefork worker's main process, which forks pool processes
-    # later too (autoscale, replacing a dead one): a child must not share the
-    # parent's pooled SQL connections, so it starts with an empty pool.
+    app.extensions.update(celery=celery, jobs=celery.jobs, outbox=outbox)
+    _fork_safe_sql(app)
+    return celery
+
+
+def task_queues_and_routes(policies: tuple[QueuePolicy, ...], broker_url: str) -> dict[str, Any]:
+    """Celery's queue list and routes, derived from the policies (a queue's name is written once).
+
+    A worker's -Q names the job queues it serves; Celery validates them against this list.
+    """
+    from celeryconfig import task_queues_for
+
+    names = tuple(policy.name for policy in policies)
+    return {
+        "task_queues": task_queues_for(broker_url, names),
+        "task_routes": {policy.task: {"queue": policy.name, "routing_key": policy.name} for policy in policies},
+        "task_default_queue": names[0],
+    }
+
+
+def _size_sql_pool(app: Flask, pool: str, most: int) -> None:
+    # On a threads/gevent pool every job runs in this process: one SQL connection per job.
+    if pool in THREADED_POOLS and most:
+        app.extensions["db"].grow_pool(most)
+
+
+def _fork_safe_sql(app: Flask) -> None:
+    # A prefork worker's main process runs the outbox relay and forks pool processes later
+    # too (autoscale, replacing a dead one): a child must not share the parent's pooled SQL
+    # connections, so it starts with an empty pool.
     db = weakref.ref(app.extensions["db"])
     os.register_at_fork(after_in_child=lambda: _forget_sql_connections(db))
-    return celery
 
 
 def _forget_sql_connections(ref: "weakref.ReferenceType[Any]") -> None:

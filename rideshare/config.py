@@ -38,11 +38,6 @@ def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         # A job whose worker died is delivered again once its lease (timeout + 7 s) runs
         # out; after this many such stalls it fails as a poison job.
         "JOB_MAX_STALLS": _int(env, "JOB_MAX_STALLS", 2),
-        # A waiting job whose message was taken by a worker that died before starting it
-        # is published again this long after it entered waiting, once the broker holds
-        # nothing older and no live worker claims it in its prefetch buffer (older
-        # copies are skipped by their delivery number).
-        "JOB_STALE_WAITING_MS": _int(env, "JOB_STALE_WAITING_MS", 10_000),
         # A job staged in the outbox with its SQL row is published by its request right
         # after the commit; one still there this long after (its process died) is
         # published by a worker's relay, which runs every 2 s.

@@ -7,8 +7,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from celeryconfig import QUEUES
 from jobqueue.store import HISTOGRAM_BOUNDS, JobStore
+from rideshare.queues import QUEUES
 
 bp = Blueprint("metrics", __name__)
 

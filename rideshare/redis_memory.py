@@ -1,41 +1,40 @@
 """The job store's Redis memory, as the app uses it: the eviction check at start-up and on /readyz,
 and the API's headroom guard on new jobs (the rules themselves are in jobqueue.memory)."""
 
+from collections.abc import Callable
+
 from flask import Flask, has_request_context
 
+from jobqueue import JobStore
 from jobqueue.memory import MemoryGuard, check_eviction_policy, eviction_risk, read_memory
 
-# What a delayed job still costs Redis once it is due: its broker message (about 1.2 KiB for
-# our tasks) and list entry, kombu's unacked copy while a worker holds it, and the attempt's
-# record; rounded up. (A worker's connections take their own few hundred KB, which the rest
+# What a delayed job still costs Redis once it runs: its lease, its attempt record and its
+# result; rounded up. (A worker's connections take their own few hundred KB, which the rest
 # of the headroom covers: tests/integration/test_redis_memory.py prints the peak.)
-DELAYED_MESSAGE_BYTES = 3 * 1024
+DELAYED_JOB_BYTES = 1024
+
+
+def admission(app: Flask, store: JobStore, queues: list[str]) -> Callable[[], None]:
+    """The engine's admission check for new jobs, on every path (add, add_bulk, the outbox relay).
+
+    An evicting maxmemory-policy refuses every new job (QueueUnavailable, a 503 at the API)
+    unless REDIS_ALLOW_EVICTION=true. Past JOB_STORE_MAX_MEMORY_SHARE of maxmemory, only
+    requests are refused: a worker's follow-up jobs (a receipt email after a charge) finish
+    work that was accepted, which is what the headroom is kept for.
+    """
+    guard = MemoryGuard(
+        store.redis,
+        app.config["JOB_STORE_MAX_MEMORY_SHARE"],
+        reserve=lambda: sum(store.counts(name)["delayed"] for name in queues) * DELAYED_JOB_BYTES,
+        allow_eviction=app.config["REDIS_ALLOW_EVICTION"],
+    )
+    return lambda: guard(headroom=has_request_context())
 
 
 def init_app(app: Flask) -> None:
-    """Check maxmemory-policy once (an ERROR log line naming the risk), and refuse new jobs from
-    HTTP requests (503) once Redis is past JOB_STORE_MAX_MEMORY_SHARE of maxmemory.
-
-    Only requests are refused: a worker's follow-up jobs (a receipt email after a charge) finish
-    work that was accepted, which is what the headroom is kept for.
-    """
-    jobs = app.extensions["jobs"]
-    check_eviction_policy(jobs.store.redis, allow=app.config["REDIS_ALLOW_EVICTION"], who=app.import_name)
-
-    def reserve() -> int:
-        # A delayed job (a welcome email, a retry's backoff) gets its broker message only
-        # when due, and draining needs room for it then: count it as written already.
-        delayed = sum(jobs.store.counts(name)["delayed"] for name in jobs.queues)
-        return delayed * DELAYED_MESSAGE_BYTES
-
-    guard = MemoryGuard(jobs.store.redis, app.config["JOB_STORE_MAX_MEMORY_SHARE"], reserve=reserve)
-
-    def admit_requests() -> None:
-        if has_request_context():
-            guard()
-
-    for queue in jobs.queues.values():
-        queue.admission = admit_requests
+    """Check maxmemory-policy once at start-up: an ERROR log line naming the risk."""
+    redis = app.extensions["jobs"].store.redis
+    check_eviction_policy(redis, allow=app.config["REDIS_ALLOW_EVICTION"], who=app.import_name)
 
 
 def readiness(app: Flask) -> str | None:

@@ -1,9 +1,10 @@
-"""The job store's Lua scripts, one file per state change, loaded with named keys."""
+"""The job store's Lua scripts, one file per kind of move, loaded with named keys and the transition table."""
 
 from pathlib import Path
 from typing import Any
 
-from jobqueue.keys import KEY_NAMES, STATES
+from jobqueue.keys import KEY_NAMES
+from jobqueue.lifecycle import PRIORITY_STEP, lua_table
 
 HERE = Path(__file__).parent
 
@@ -12,11 +13,12 @@ def _lua_list(names: tuple[str, ...]) -> str:
     return "{" + ", ".join(f"'{n}'" for n in names) + "}"
 
 
-# Binds KEYS to their names and lists the states, from the one list in jobqueue.keys.
+# Binds KEYS to their names, and the transition table, from jobqueue.keys and jobqueue.lifecycle.
 PREAMBLE = f"""
 local K = {{}}
 for i, name in ipairs({_lua_list(KEY_NAMES)}) do K[name] = KEYS[i] end
-local STATES = {_lua_list(STATES)}
+local ALLOWED = {lua_table()}
+local PRIORITY_STEP = {PRIORITY_STEP}
 """
 
 

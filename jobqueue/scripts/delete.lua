@@ -1,8 +1,6 @@
--- Removes one job wherever it is, unless it is active. ARGV: (none)
+-- Removes one job wherever it is, unless it is active (an operator's delete). ARGV: (none)
+-- Returns 'deleted', the state it is in instead, or nil for an unknown job.
 local state = redis.call('HGET', K.job, 'state')
 if not state then return nil end
-if state == 'active' then return state end
-local id = redis.call('HGET', K.job, 'id')
-redis.call('ZREM', K[state], id)
-redis.call('DEL', K.job, K.attempts)
+if not move(K.job, redis.call('HGET', K.job, 'id'), state, 'delete', 0) then return state end
 return 'deleted'

@@ -10,7 +10,6 @@ from flask_smorest import Blueprint, abort
 from flask_smorest.error_handler import ErrorSchema
 from marshmallow import RAISE
 
-from celeryconfig import QUEUES
 from jobqueue import InvalidJobData, Job
 from rideshare.admin.schemas import (
     AuditArgsSchema,
@@ -27,6 +26,7 @@ from rideshare.admin.schemas import (
 )
 from rideshare.auth import admin_required, current_user
 from rideshare.jobs import control, get_job, get_queue
+from rideshare.queues import QUEUES
 from rideshare.ratelimit import job_limits
 
 blp = Blueprint("admin", __name__, url_prefix="/admin", description="Queue and job control (role admin)")

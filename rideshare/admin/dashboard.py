@@ -12,7 +12,6 @@ from flask import Blueprint, flash, redirect, render_template, request, session,
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
-from celeryconfig import QUEUES
 from jobqueue import InvalidJobData, QueueUnavailable
 from jobqueue.masking import mask
 from rideshare.admin.api import job_detail
@@ -20,6 +19,7 @@ from rideshare.admin.schemas import JobDetailSchema
 from rideshare.auth import admin_required, csrf_token, decode_token, principal_from_session
 from rideshare.jobs import control, get_job
 from rideshare.jobs.schemas import JobSchema, ms_to_iso
+from rideshare.queues import QUEUES
 
 bp = Blueprint("dashboard", __name__, url_prefix="/admin", template_folder="../templates")
 bp.add_app_template_filter(ms_to_iso, "ms_iso")

@@ -14,5 +14,4 @@ ANALYTICS_QUEUE = QueuePolicy(
     # The database being unreachable or locked is worth waiting out.
     retry_on=(OperationalError,),
     # Short SQL upserts: bulk adds and scheduler promotions carry up to 20 per message.
-    batch_size=20,
 )

@@ -1,9 +1,15 @@
-"""record_event: store one analytics event and roll it into the aggregates, once."""
+"""record_event: store one analytics event and roll it into the aggregates, once.
+
+A late delivery of a job needs no fencing here: the event's insert is keyed by its
+eventId (a replay inserts nothing and adds nothing), the aggregates are sums added
+in the same transaction, and a driver's last ride only ever moves forward.
+"""
 
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from sqlalchemy import case
 from sqlalchemy.orm import Session
 
 from rideshare.analytics.models import AnalyticsEvent, DailyRideStats, DriverStats
@@ -77,7 +83,11 @@ def _add_ride(
             index_elements=["driver_id"],
             set_={
                 **{name: getattr(DriverStats, name) + driver.excluded[name] for name in amounts},
-                "last_ride_at": driver.excluded.last_ride_at,
+                # An older ride recorded late (a retried job) leaves a later one in place.
+                "last_ride_at": case(
+                    (DriverStats.last_ride_at > driver.excluded.last_ride_at, DriverStats.last_ride_at),
+                    else_=driver.excluded.last_ride_at,
+                ),
             },
         )
     )

@@ -8,11 +8,11 @@ from typing import Any
 import click
 from flask.cli import AppGroup
 
-from celeryconfig import QUEUES
 from jobqueue import InvalidJobData, QueueUnavailable
 from jobqueue.store import STATES
 from rideshare.jobs import control
 from rideshare.jobs.schemas import JobSchema
+from rideshare.queues import QUEUES
 
 jobs_cli = AppGroup("jobs", help="Inspect and control jobs and queues.")
 queue_option = click.option("--queue", "queue", type=click.Choice(QUEUES), required=True)

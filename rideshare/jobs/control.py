@@ -7,12 +7,10 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from kombu.exceptions import OperationalError as KombuOperationalError
 from redis.exceptions import RedisError
 from sqlalchemy import select
 
 from jobqueue import Job, QueueUnavailable
-from jobqueue.options import JobOptions
 from jobqueue.store import STATES
 from rideshare.admin.models import AuditEntry
 from rideshare.db import get_db
@@ -67,17 +65,13 @@ def _retry(job: Job, data: Mapping[str, Any] | None) -> Job:
     hook = queue.policy.hook("on_manual_retry")
     if hook is not None:
         hook(job, dict(data) if data is not None else job.data)
-    outcome = queue.store.retry(job.id, queue.name, data)
-    if not isinstance(outcome, int):
-        raise JobStateConflict(job.id, outcome or "gone", "retry")
-    retried = queue.store.get(job.id)
     try:
-        queue.publish(retried.id, outcome, JobOptions.from_dict(retried.opts))
-    except (KombuOperationalError, RedisError, OSError) as exc:
-        # It stays waiting: the scheduler's sweep of waiting jobs whose message went
-        # missing publishes it once the broker is back.
-        raise QueueUnavailable(f"broker unreachable: {exc}") from exc
-    return retried
+        outcome = queue.retry(job.id, data)
+    except RedisError as exc:
+        raise QueueUnavailable(f"job store unreachable: {exc}") from exc
+    if outcome != "waiting":
+        raise JobStateConflict(job.id, outcome or "gone", "retry")
+    return queue.get_job(job.id) or job
 
 
 def retry_job(job_id: str, *, actor: str, data: Mapping[str, Any] | None = None) -> Job:
@@ -91,7 +85,7 @@ def retry_failed(queue_name: str, *, actor: str, limit: int = 10_000) -> int:
     """Retry every failed job of a queue; returns how many were retried."""
     queue = get_queue(queue_name)
     retried = 0
-    for job in queue.store.get_many(queue.store.ids_in_state(queue_name, "failed", limit)):
+    for job in queue.store.get_many(queue.store.ids_in_state(queue_name, "failed", limit)):  # reads only
         if job is None:
             continue
         try:
@@ -104,9 +98,9 @@ def retry_failed(queue_name: str, *, actor: str, limit: int = 10_000) -> int:
 
 
 def delete_job(job_id: str, *, actor: str) -> None:
-    """Remove a job that is not running; a queued one is skipped when its message arrives."""
+    """Remove a job that is not running."""
     job = _require(job_id)
-    outcome = get_queue(job.queue).store.delete(job_id, job.queue)
+    outcome = get_queue(job.queue).delete(job_id)
     if outcome is None:
         raise JobNotFound(job_id)
     if outcome == "active":
@@ -118,14 +112,15 @@ def clean_queue(queue_name: str, *, actor: str, state: str, grace_ms: int, limit
     """Remove up to limit jobs that have been in state for longer than grace_ms."""
     if state not in CLEANABLE_STATES:
         raise ValueError(f"state must be one of {', '.join(CLEANABLE_STATES)}")
-    removed = get_queue(queue_name).store.clean(queue_name, state, grace_ms, limit)
+    removed = get_queue(queue_name).clean(state, grace_ms, limit)
     audit(actor, "queue.clean", queue_name, state=state, graceMs=grace_ms, limit=limit, removed=len(removed))
     return removed
 
 
 def set_paused(queue_name: str, paused: bool, *, actor: str) -> None:
     """Pause (jobs wait, no worker takes them) or resume a queue."""
-    get_queue(queue_name).store.set_paused(queue_name, paused)
+    queue = get_queue(queue_name)
+    queue.pause() if paused else queue.resume()
     audit(actor, "queue.pause" if paused else "queue.resume", queue_name)
 
 

@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from sqlalchemy import String
+from sqlalchemy import BigInteger, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from rideshare.db import Base, utcnow
@@ -22,4 +22,7 @@ class EmailDelivery(Base):
     last_reply: Mapped[str | None] = mapped_column(String(500))
     message_id: Mapped[str | None] = mapped_column(String(255))
     sent_at: Mapped[datetime | None]
+    # The fencing token of the newest job delivery that claimed this row: a late
+    # delivery's writes are refused (see rideshare.mail.service).
+    owner_token: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -1,4 +1,10 @@
-"""send_email: one message over SMTP, its delivery recorded by job id."""
+"""send_email: one message over SMTP, its delivery recorded by job id.
+
+A delivery row is fenced by the job delivery's token: the attempt claims the row
+(email_deliveries.owner_token) and its later writes land only while the row still
+names that token, so a worker frozen past its lease cannot mark a message that a
+newer delivery is sending, or has sent, as retrying or failed.
+"""
 
 import email.headerregistry
 import email.policy
@@ -12,10 +18,10 @@ from email.utils import make_msgid
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from jobqueue import Job, PermanentJobError, TransientJobError
+from jobqueue import Job, PermanentJobError, StaleDelivery, TransientJobError
 from jobqueue.deadline import job_time_left
 from rideshare.db import get_db, utcnow
 from rideshare.mail.models import FAILED, RETRYING, SENDING, SENT, EmailDelivery
@@ -174,18 +180,34 @@ def _deliver(msg: EmailMessage) -> str:
 DELIVERIES = EmailDelivery.__table__
 
 
+# Who may write a delivery row. A delivery that the server accepted is a fact,
+# whichever delivery sent it: the first one is recorded, and nothing moves a sent
+# row again. Every other write needs the row to still name the writer's token, or
+# (CLAIM: an attempt's start, and the final-failure hook, whose delivery may have
+# failed before it claimed) to name no newer one.
+UNSENT, OWNED, CLAIM = "unsent", "owned", "claim"
+
+
+def _token(job: Job) -> int:
+    """The delivery's fencing token, as the row stores it."""
+    return int(job.token)
+
+
 @functools.cache
-def _update(columns: tuple[str, ...], unless_sent: bool) -> Any:
+def _update(columns: tuple[str, ...], guard: str) -> Any:
     """The UPDATE of a delivery row that sets columns, built once per shape (values are bound)."""
-    where = [DELIVERIES.c.job_id == bindparam("job_id_")]
-    if unless_sent:
-        where.append(DELIVERIES.c.status != SENT)
+    owner = DELIVERIES.c.owner_token
+    where = [DELIVERIES.c.job_id == bindparam("job_id_"), DELIVERIES.c.status != SENT]
+    if guard == OWNED:
+        where.append(owner == bindparam("token_"))
+    elif guard == CLAIM:
+        where.append(or_(owner.is_(None), owner <= bindparam("token_")))
     return update(DELIVERIES).where(*where).values({c: bindparam(c) for c in (*columns, "updated_at")})
 
 
 @functools.cache
 def _upsert(dialect: str) -> Any:
-    """The upsert that opens an attempt, built once per dialect (values are bound)."""
+    """The upsert that opens an attempt and claims the row, built once per dialect (values are bound)."""
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = insert(DELIVERIES).values(
         job_id=bindparam("job_id"),
@@ -193,30 +215,56 @@ def _upsert(dialect: str) -> Any:
         subject=bindparam("subject"),
         status=SENDING,
         attempts=1,
+        owner_token=bindparam("token"),
         updated_at=bindparam("now"),
     )
+    owner = DELIVERIES.c.owner_token
     return stmt.on_conflict_do_update(
         index_elements=[DELIVERIES.c.job_id],
-        set_={"status": SENDING, "attempts": DELIVERIES.c.attempts + 1, "updated_at": stmt.excluded.updated_at},
-        where=DELIVERIES.c.status != SENT,
+        set_={
+            "status": SENDING,
+            "attempts": DELIVERIES.c.attempts + 1,
+            "owner_token": stmt.excluded.owner_token,
+            "updated_at": stmt.excluded.updated_at,
+        },
+        # Neither a sent row nor one a newer delivery has claimed.
+        where=(DELIVERIES.c.status != SENT) & or_(owner.is_(None), owner <= stmt.excluded.owner_token),
     ).returning(DELIVERIES.c.id)
 
 
-def _record(job_id: str, *, unless_sent: bool = False, **values: Any) -> None:
-    """Set fields of a job's delivery row (unless it was sent, if asked): one UPDATE."""
+def _record(job: Job, guard: str, **values: Any) -> None:
+    """Set fields of a job's delivery row, if guard lets this delivery write it: one UPDATE."""
+    if guard == CLAIM:
+        # The claim is kept, so no older delivery writes over what this one recorded.
+        values["owner_token"] = _token(job)
+    params = {**values, "job_id_": job.id, "updated_at": utcnow()}
+    if guard != UNSENT:
+        params["token_"] = _token(job)
     with get_db().connection() as conn:
-        conn.execute(_update(tuple(sorted(values)), unless_sent), {**values, "job_id_": job_id, "updated_at": utcnow()})
+        conn.execute(_update(tuple(sorted(values)), guard), params)
 
 
 def _begin_attempt(job: Job) -> Any:
-    """Mark the job's delivery as sending (one upsert); the row if it was already sent, else None."""
+    """Mark the job's delivery as sending, claimed by this delivery (one upsert); the row if it was already sent.
+
+    None when this attempt may send; StaleDelivery when a newer delivery has claimed the row.
+    """
     data = job.data
     with get_db().connection() as conn:
-        params = {"job_id": job.id, "to_addr": data["to"], "subject": data["subject"][:200], "now": utcnow()}
+        params = {
+            "job_id": job.id,
+            "to_addr": data["to"],
+            "subject": data["subject"][:200],
+            "token": _token(job),
+            "now": utcnow(),
+        }
         if conn.execute(_upsert(conn.dialect.name), params).first() is not None:
             return None
-        # The upsert left a sent row alone: that row, to answer as the first delivery did.
-        return conn.execute(select(DELIVERIES).where(DELIVERIES.c.job_id == job.id)).first()
+        # The upsert left the row alone: sent (answer as the first delivery did), or a newer delivery's.
+        row = conn.execute(select(DELIVERIES).where(DELIVERIES.c.job_id == job.id)).first()
+    if row.status == SENT:
+        return row
+    raise StaleDelivery(f"email job {job.id}: delivery {job.token} is stale, delivery {row.owner_token} owns it")
 
 
 def send_email(job: Job) -> dict[str, Any]:
@@ -230,24 +278,27 @@ def send_email(job: Job) -> dict[str, Any]:
         reply = _deliver(msg)
     except SmtpReplyError as exc:
         if 400 <= exc.code < 500:
-            _record(job.id, status=RETRYING, last_reply=str(exc)[:500])
+            _record(job, OWNED, status=RETRYING, last_reply=str(exc)[:500])
             raise TransientJobError(f"SMTP {exc}") from exc
-        _record(job.id, status=FAILED, last_reply=str(exc)[:500])
+        _record(job, OWNED, status=FAILED, last_reply=str(exc)[:500])
         raise PermanentJobError(f"SMTP {exc}") from exc
     except smtplib.SMTPResponseException as exc:
         # Refused at greeting, STARTTLS or login.
         transient = 400 <= exc.smtp_code < 500
-        _record(job.id, status=RETRYING if transient else FAILED, last_reply=str(exc)[:500])
+        _record(job, OWNED, status=RETRYING if transient else FAILED, last_reply=str(exc)[:500])
         error = TransientJobError if transient else PermanentJobError
         raise error(f"SMTP {exc.smtp_code} {exc.smtp_error!r}") from exc
     except (smtplib.SMTPException, OSError) as exc:
         # Connection refused, dropped or timed out: the server never took the message.
-        _record(job.id, status=RETRYING, last_reply=f"connection: {exc}"[:500])
+        _record(job, OWNED, status=RETRYING, last_reply=f"connection: {exc}"[:500])
         raise TransientJobError(f"SMTP connection: {exc}") from exc
-    _record(job.id, status=SENT, last_reply=reply[:500], message_id=msg["Message-ID"], sent_at=utcnow())
+    # Recorded even if a newer delivery claimed the row meanwhile: this message did go
+    # out, and a row left retrying would have it sent again. A row already sent keeps
+    # the first message's id.
+    _record(job, UNSENT, status=SENT, last_reply=reply[:500], message_id=msg["Message-ID"], sent_at=utcnow())
     return {"messageId": msg["Message-ID"], "reply": reply}
 
 
 def mark_delivery_failed(job: Job, reason: str) -> None:
-    """Record that a delivery has failed for good (a sent one stays sent)."""
-    _record(job.id, unless_sent=True, status=FAILED, last_reply=reason[:500])
+    """Record that a delivery has failed for good (a sent one stays sent, a newer delivery's row is left alone)."""
+    _record(job, CLAIM, status=FAILED, last_reply=reason[:500])

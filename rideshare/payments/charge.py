@@ -2,14 +2,21 @@
 
 Only payment workers import this module (and with it the Stripe SDK); the API
 queues charges through rideshare.payments.service.
+
+Every write a job delivery makes to a payment row is fenced by the delivery's
+token: the delivery claims the row first (payments.owner_token), and each later
+write happens only while the row still names that token. A worker frozen past its
+lease, whose job another delivery took over, changes nothing when it wakes.
 """
 
 import logging
 from typing import Any, NoReturn
 
 import stripe
+from sqlalchemy import or_, update
+from sqlalchemy.orm import Session
 
-from jobqueue import InvalidJobData, Job, PermanentJobError, TransientJobError
+from jobqueue import InvalidJobData, Job, PermanentJobError, StaleDelivery, TransientJobError
 from rideshare.alerts import raise_alert
 from rideshare.db import get_db
 from rideshare.jobs import add_email_job
@@ -30,26 +37,53 @@ def _summary(payment: Payment) -> dict[str, Any]:
     }
 
 
-def charge_payment(payment_id: int) -> dict[str, Any]:
-    """Charge the payment once, however often this runs.
+def _hold(session: Session, payment_id: int, token: int, *, claim: bool = False) -> Payment:
+    """Lock the payment row for the delivery with token and return it; StaleDelivery if a newer one claimed it.
+
+    claim: take the row unless a newer delivery holds it (a delivery's first step,
+    and the final-failure hook); otherwise the row must still name this token.
+    The test is the UPDATE's WHERE, not a read then a write: SQLite ignores FOR
+    UPDATE, and the UPDATE holds the row (PostgreSQL) or the database (SQLite)
+    until this transaction ends, so the caller's writes land under the same check.
+    """
+    owner = Payment.owner_token
+    mine = or_(owner.is_(None), owner <= token) if claim else owner == token
+    held = session.execute(
+        update(Payment)
+        .where(Payment.id == payment_id, mine)
+        .values(owner_token=token)
+        .execution_options(synchronize_session=False)
+    )
+    payment = session.get(Payment, payment_id, with_for_update=True, populate_existing=True)
+    if payment is None:
+        raise PermanentJobError(f"payment {payment_id} does not exist")
+    if held.rowcount == 0:
+        raise StaleDelivery(
+            f"payment {payment_id}: delivery {token} is stale, delivery {payment.owner_token} owns the payment"
+        )
+    return payment
+
+
+def charge_payment(payment_id: int, *, token: int) -> dict[str, Any]:
+    """Charge the payment once, however often this runs; token is the job delivery's fencing token.
 
     Two steps, each recorded before the next: create the PaymentIntent
     (unconfirmed, so nothing is charged) and store its id, then confirm it.
     A rerun after a crash finds the stored intent and asks Stripe how it
     stands instead of creating another: no second charge even from a gateway
-    that ignores idempotency keys. The row's state guards the rest.
+    that ignores idempotency keys. The row's state guards the rest, and its
+    owner token refuses every write of a delivery that a newer one replaced
+    (StaleDelivery, with the row left as the newer delivery wrote it).
     """
     db = get_db()
     with db.session() as session:
-        payment = session.get(Payment, payment_id, with_for_update=True)
-        if payment is None:
-            raise PermanentJobError(f"payment {payment_id} does not exist")
-        if payment.status == SUCCEEDED:
-            return _send_receipt(payment_id)
+        payment = _hold(session, payment_id, token, claim=True)
         if payment.status == FAILED:
             raise PermanentJobError(f"payment {payment_id} already failed: {payment.failure_reason}")
-        payment.status = PROCESSING
-        payment.attempts += 1
+        charged = payment.status == SUCCEEDED
+        if not charged:
+            payment.status = PROCESSING
+            payment.attempts += 1
         intent_id = payment.stripe_payment_intent_id
         key = payment.idempotency_key
         create_args = {
@@ -63,10 +97,12 @@ def charge_payment(payment_id: int) -> dict[str, Any]:
                 "charge_round": str(payment.charge_round),
             },
         }
+    if charged:
+        return _send_receipt(payment_id, token)
     if intent_id is None:
         created = gateway.create_intent(**create_args)
         with db.session() as session:
-            payment = session.get(Payment, payment_id, with_for_update=True)
+            payment = _hold(session, payment_id, token)
             if payment.stripe_payment_intent_id is None:
                 payment.stripe_payment_intent_id = created.id
             intent_id = payment.stripe_payment_intent_id
@@ -75,20 +111,20 @@ def charge_payment(payment_id: int) -> dict[str, Any]:
         try:
             intent = gateway.confirm_intent(intent_id, idempotency_key=f"{key}-confirm")
         except stripe.CardError as exc:
-            _decline(payment_id, exc)
+            _decline(payment_id, token, exc)
         except stripe.InvalidRequestError:
             # Confirmed meanwhile by another delivery: read where it stands.
             intent = gateway.retrieve_intent(intent_id)
     if intent.status == "requires_payment_method":
-        _decline(payment_id, None)
+        _decline(payment_id, token, None)
     if intent.status == "processing":
         raise TransientJobError(f"payment intent {intent.id} is still processing")
     if intent.status != "succeeded":
         reason = f"payment intent {intent.id} is {intent.status}"
-        mark_failed(payment_id, reason)
+        mark_failed(payment_id, reason, token=token)
         raise PermanentJobError(reason)
     with db.session() as session:
-        payment = session.get(Payment, payment_id, with_for_update=True)
+        payment = _hold(session, payment_id, token)
         if payment.status != SUCCEEDED:
             payment.status = SUCCEEDED
             payment.failure_reason = None
@@ -102,19 +138,19 @@ def charge_payment(payment_id: int) -> dict[str, Any]:
                 )
             )
     log.info("payment.succeeded", extra={"payment_id": payment_id, "payment_intent": intent.id})
-    return _send_receipt(payment_id)
+    return _send_receipt(payment_id, token)
 
 
-def _decline(payment_id: int, exc: stripe.CardError | None) -> NoReturn:
+def _decline(payment_id: int, token: int, exc: stripe.CardError | None) -> NoReturn:
     reason = "card_declined: " + ((exc and (exc.user_message or exc.code)) or "declined")
-    mark_failed(payment_id, reason)
+    mark_failed(payment_id, reason, token=token)
     raise PermanentJobError(reason) from exc
 
 
-def _send_receipt(payment_id: int) -> dict[str, Any]:
+def _send_receipt(payment_id: int, token: int) -> dict[str, Any]:
     """Queue the receipt email once; a retried job re-queues it only if that never happened."""
     with get_db().session() as session:
-        payment = session.get(Payment, payment_id)
+        payment = _hold(session, payment_id, token)
         receipt = payment.receipt
         if receipt is not None and payment.receipt_email and receipt.email_job_id is None:
             job = add_email_job(
@@ -137,11 +173,14 @@ def _send_receipt(payment_id: int) -> dict[str, Any]:
         return _summary(payment)
 
 
-def mark_failed(payment_id: int, reason: str) -> None:
-    """Move a payment that has not succeeded to failed."""
+def mark_failed(payment_id: int, reason: str, *, token: int, claim: bool = False) -> None:
+    """Move a payment that has not succeeded to failed, as the delivery with token (StaleDelivery if replaced).
+
+    claim: the final-failure hook, whose delivery may have failed before it claimed the row.
+    """
     with get_db().session() as session:
-        payment = session.get(Payment, payment_id, with_for_update=True)
-        if payment is not None and payment.status in (PENDING, PROCESSING):
+        payment = _hold(session, payment_id, token, claim=claim)
+        if payment.status in (PENDING, PROCESSING):
             payment.status = FAILED
             payment.failure_reason = reason[:500]
 
@@ -163,14 +202,25 @@ def reopen_for_retry(job: Job, data: dict[str, Any]) -> None:
 
 
 def payment_failed_for_good(job: Job, reason: str) -> None:
-    """The payment job is out of attempts: fail the payment (unless it was charged) and alert."""
+    """The payment job is out of attempts: fail the payment (unless it was charged) and alert.
+
+    Fenced like the delivery it ends: if a newer delivery has claimed the payment,
+    this one is stale and leaves the row and the alerts to it.
+    """
     payment_id = job.data.get("paymentId")
     if payment_id is None:
         raise_alert("payment job failed", job_id=job.id, queue=job.queue, reason=reason)
         return
-    mark_failed(int(payment_id), reason)
-    with get_db().session() as session:
-        payment = session.get(Payment, int(payment_id))
+    try:
+        mark_failed(int(payment_id), reason, token=int(job.token), claim=True)
+    except PermanentJobError:
+        payment = None  # the row is gone
+    except StaleDelivery as exc:
+        log.warning("payment.stale_failure", extra={"job_id": job.id, "payment_id": payment_id, "error": str(exc)})
+        return
+    else:
+        with get_db().session() as session:
+            payment = session.get(Payment, int(payment_id))
     if payment is not None and payment.status == SUCCEEDED:
         # Charged, but the bookkeeping after the charge (the receipt email) gave up.
         raise_alert("receipt not sent", job_id=job.id, queue=job.queue, payment_id=payment_id, reason=reason)

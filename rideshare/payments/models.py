@@ -3,7 +3,7 @@
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import ForeignKey, Numeric, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Numeric, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from rideshare.db import Base, utcnow
@@ -31,6 +31,10 @@ class Payment(Base):
     # Bumped each time an operator reopens a failed payment: a fresh Stripe
     # idempotency key, since Stripe replays a cached decline for the old one.
     charge_round: Mapped[int] = mapped_column(default=0, server_default="0")
+    # The fencing token of the newest job delivery that claimed this row. Tokens only
+    # grow, so a late delivery (a worker frozen past its lease) finds a larger one
+    # here and changes nothing.
+    owner_token: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -1,0 +1,84 @@
+"""A job's life, in one table: state x event -> next state, with the guard each move needs.
+
+This table is the only owner of a job's states. The Lua scripts that move jobs
+(jobqueue/scripts/*.lua) never write a state themselves: they call ``move(job,
+id, from, event, score)``, whose table of allowed moves is generated from
+``TRANSITIONS`` into every script's preamble, and which refuses (returns nil)
+any move the table does not hold. Adding a state is a row here, a script that
+fires its event, and the app's faces.
+
+``new`` is the state of a job not yet stored; ``removed`` the state of a job
+whose record is deleted.
+"""
+
+from dataclasses import dataclass
+
+# The states a stored job can be in, each a sorted set per queue.
+STATES = ("waiting", "delayed", "active", "completed", "failed")
+FINISHED = ("completed", "failed")
+# The waiting set's score: priority * PRIORITY_STEP + the time (ms) the job became waiting.
+PRIORITY_STEP = 10**13
+NEW = "new"
+REMOVED = "removed"
+
+
+@dataclass(frozen=True)
+class Transition:
+    source: str
+    event: str
+    target: str
+    guard: str  # what the script checks before the move, in words (the README draws these)
+
+
+TRANSITIONS: tuple[Transition, ...] = (
+    Transition(NEW, "add", "waiting", "the id is new"),
+    Transition(NEW, "add_delayed", "delayed", "the id is new; a delay was asked for"),
+    Transition("waiting", "fetch", "active", "the queue is not paused; first in priority, then in order added"),
+    Transition("delayed", "promote", "waiting", "due (its score has passed)"),
+    Transition("active", "complete", "completed", "the delivery's token is the job's token"),
+    Transition("active", "fail", "failed", "the delivery's token is the job's token"),
+    Transition("active", "retry", "delayed", "the delivery's token; attempts left (decided by the worker's policy)"),
+    Transition("active", "release", "waiting", "the delivery's token (a job stuck past its hard limit)"),
+    Transition("active", "stall", "waiting", "its lease ran out (the worker died); stalls <= max"),
+    Transition("active", "stall_fail", "failed", "its lease ran out more than max stalls times"),
+    Transition("failed", "admin_retry", "waiting", "an operator's retry, optionally with new data"),
+    Transition("waiting", "delete", REMOVED, "an operator's delete"),
+    Transition("delayed", "delete", REMOVED, "an operator's delete"),
+    Transition("completed", "delete", REMOVED, "an operator's delete"),
+    Transition("failed", "delete", REMOVED, "an operator's delete"),
+    Transition("waiting", "clean", REMOVED, "older than the grace"),
+    Transition("delayed", "clean", REMOVED, "older than the grace"),
+    Transition("completed", "clean", REMOVED, "older than the grace"),
+    Transition("failed", "clean", REMOVED, "older than the grace"),
+    Transition("completed", "trim", REMOVED, "past the queue's retention"),
+    Transition("failed", "trim", REMOVED, "past the queue's retention"),
+)
+
+EVENTS = tuple(dict.fromkeys(t.event for t in TRANSITIONS))
+
+
+def next_state(source: str, event: str) -> str | None:
+    """The state event moves a job in source to, or None when the table does not allow it."""
+    for row in TRANSITIONS:
+        if row.source == source and row.event == event:
+            return row.target
+    return None
+
+
+def lua_table() -> str:
+    """The table as a Lua literal: ALLOWED[source][event] = target."""
+    by_source: dict[str, dict[str, str]] = {}
+    for row in TRANSITIONS:
+        by_source.setdefault(row.source, {})[row.event] = row.target
+    rows = ", ".join(
+        f"['{source}'] = {{" + ", ".join(f"['{e}'] = '{t}'" for e, t in events.items()) + "}"
+        for source, events in by_source.items()
+    )
+    return "{" + rows + "}"
+
+
+def markdown() -> str:
+    """The table for the README."""
+    lines = ["| from | event | to | guard |", "|---|---|---|---|"]
+    lines += [f"| {t.source} | {t.event} | {t.target} | {t.guard} |" for t in TRANSITIONS]
+    return "\n".join(lines)
