@@ -10,4 +10,4 @@ def charge_payment_task(job: Job) -> dict:
     """Charge one payment through Stripe."""
     from rideshare.payments.charge import charge_payment
 
-    return charge_payment(int(job.data["paymentId"]))
+    return charge_payment(int(job.data["paymentId"]), token=int(job.token))

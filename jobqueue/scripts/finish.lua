@@ -5,9 +5,8 @@
 -- call from a delivery whose lease was taken over is refused and counted.
 -- ARGV: prefix, event, score, now, keep_count (-1 = all), keep_age_ms (-1 = any),
 --       attempt_json, queue, duration_ms, histogram field, token, field/value pairs...
--- Returns the state the job left, 'stale' when refused, or nil for an unknown job.
+-- Returns the state the job left, or 'stale' when refused (a job removed meanwhile too).
 local state = redis.call('HGET', K.job, 'state')
-if not state then return nil end
 local prefix, event, score = ARGV[1], ARGV[2], ARGV[3]
 local now, keep_count, keep_age = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local queue, duration = ARGV[8], ARGV[9]

@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import func, select
 
 from devstack.processes import stop
-from jobqueue.worker import RECOVER_INTERVAL_S
+from jobqueue.worker import RELAY_INTERVAL_S
 from rideshare.auth import issue_token
 from rideshare.db import get_db
 from rideshare.jobs.outbox import JOB_OUTBOX
@@ -71,7 +71,7 @@ def relayed_jobs(log: str) -> int:
 
 def test_api_killed_between_commit_and_publish_leaves_no_payment_without_its_job(rig):
     settle_ms = int(rig.env.get("JOB_OUTBOX_SETTLE_MS", 2000))
-    bound_ms = settle_ms + RECOVER_INTERVAL_S * 1000 + 1000
+    bound_ms = settle_ms + RELAY_INTERVAL_S * 1000 + 1000
     with rig.app.app_context():
         token = issue_token("42")
         with get_db().session() as session:

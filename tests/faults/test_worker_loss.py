@@ -1,6 +1,7 @@
 """Workers killed mid-task: nothing lost, nothing charged twice, poison jobs bounded."""
 
 import random
+import secrets
 import signal
 import threading
 import time
@@ -19,19 +20,26 @@ from tests.faults.conftest import children
 pytestmark = pytest.mark.faults
 
 
-def succeeded_charges(localstripe_url: str) -> dict[str, int]:
-    """Succeeded PaymentIntents per payment id, as localstripe holds them."""
+def succeeded_intents(localstripe_url: str) -> dict[str, list[str]]:
+    """The ids of the succeeded PaymentIntents per payment id, as localstripe holds them."""
     client = stripe.StripeClient("sk_test_inspect", base_addresses={"api": localstripe_url})
-    counts: dict[str, int] = {}
+    found: dict[str, list[str]] = {}
     for intent in client.v1.payment_intents.list(params={"limit": 100}).auto_paging_iter():
         if intent.status == "succeeded":
-            key = intent.metadata.to_dict().get("payment_id")
-            counts[key] = counts.get(key, 0) + 1
-    return counts
+            found.setdefault(intent.metadata.to_dict().get("payment_id"), []).append(intent.id)
+    return found
 
 
-def queue_payments(count: int, amount: str) -> list:
-    """A ride of rider 42 and count payments for it, each charge queued with a 2 s timeout."""
+def succeeded_charges(localstripe_url: str) -> dict[str, int]:
+    """Succeeded PaymentIntents per payment id, as localstripe holds them."""
+    return {payment_id: len(ids) for payment_id, ids in succeeded_intents(localstripe_url).items()}
+
+
+def queue_payments(count: int, amount: str, *, receipts: bool = False) -> list:
+    """A ride of rider 42 and count payments for it, each charge queued with a 2 s timeout.
+
+    receipts: each payment's receipt is emailed to an address of its own.
+    """
     with get_db().session() as session:
         ride = Ride(rider_id="42", driver_id="d-1", pickup="A", dropoff="B")
         session.add(ride)
@@ -42,6 +50,7 @@ def queue_payments(count: int, amount: str) -> list:
             amount=Decimal(amount),
             currency="USD",
             payment_method="pm_card_visa",
+            receipt_email=f"receipt-{secrets.token_hex(6)}@example.com" if receipts else None,
             timeout=2000,
         )
         for _ in range(count)

@@ -20,7 +20,7 @@ from sqlalchemy import MetaData, select
 from jobqueue import InvalidJobData, InvalidJobOptions, QueueUnavailable
 from jobqueue.outbox import Outbox, outbox_table
 from jobqueue.store import now_ms
-from jobqueue.worker import RECOVER_INTERVAL_S
+from jobqueue.worker import RELAY_INTERVAL_S
 from rideshare.db import get_db
 from rideshare.jobs.outbox import JOB_OUTBOX
 from rideshare.payments.models import Payment
@@ -148,7 +148,7 @@ def test_a_relay_that_fails_half_way_gives_back_only_what_it_did_not_add(engine_
     ids = stage_emails(outbox, 10)
     time.sleep(0.35)
     queue = engine_app.extensions["jobs"].queues["email"]
-    real_add, calls = queue.add, []
+    real_add, calls = queue.add_prepared, []
 
     def failing_add(*args, **kwargs):
         calls.append(1)
@@ -156,10 +156,10 @@ def test_a_relay_that_fails_half_way_gives_back_only_what_it_did_not_add(engine_
             raise QueueUnavailable("job store unreachable")
         return real_add(*args, **kwargs)
 
-    monkeypatch.setattr(queue, "add", failing_add)
+    monkeypatch.setattr(queue, "add_prepared", failing_add)
     assert outbox.relay() == 0  # the error is logged; the next tick tries again
     assert outbox.pending() == 7
-    monkeypatch.setattr(queue, "add", real_add)
+    monkeypatch.setattr(queue, "add_prepared", real_add)
     assert outbox.relay() == 7
     store = engine_app.extensions["jobs"].store
     assert all(job is not None for job in store.get_many(ids))
@@ -201,7 +201,7 @@ def test_the_workers_relay_queues_a_payment_left_behind_within_its_bound(app, cl
     payment, staged = store_payment_without_publishing(create_ride(client, auth_headers("42")))
     staged_at = now_ms()
     job = stack.wait_for_job(staged.job_id, timeout=20)
-    bound_ms = app.config["JOB_OUTBOX_SETTLE_MS"] + RECOVER_INTERVAL_S * 1000 + 1000
+    bound_ms = app.config["JOB_OUTBOX_SETTLE_MS"] + RELAY_INTERVAL_S * 1000 + 1000
     print(f"\noutbox: relayed {job.created_at - staged_at} ms after the commit (bound {bound_ms:.0f} ms)")
     assert job.state == "completed", job.failed_reason
     assert job.created_at - staged_at <= bound_ms

@@ -10,39 +10,54 @@ from celery.exceptions import QueueNotFound
 
 import celeryconfig
 from celeryconfig import redis_url_from_env
+from rideshare.celery_app import task_queues_and_routes
+from rideshare.queues import POLICIES
 
 QUEUES = {"email", "analytics", "payment"}
 
 
 @pytest.fixture
 def celery() -> Iterator[Celery]:
-    """A Celery app configured from celeryconfig; it never connects."""
+    """A Celery app configured as the app does it (celeryconfig, then queues from the policies); never connects."""
     app = Celery("unit", set_as_current=False)
     app.config_from_object("celeryconfig")
+    app.conf.update(task_queues_and_routes(POLICIES, "redis://127.0.0.1:6379/0"))
     try:
         yield app
     finally:
         app.close()
 
 
-def test_exactly_three_queues_each_with_its_own_direct_exchange():
-    assert {q.name for q in celeryconfig.task_queues} == QUEUES
-    assert len(celeryconfig.task_queues) == 3
-    for queue in celeryconfig.task_queues:
+def test_exactly_three_queues_each_with_its_own_direct_exchange(celery):
+    queues = celery.conf.task_queues
+    assert {q.name for q in queues} == QUEUES
+    assert len(queues) == 3
+    for queue in queues:
         assert queue.exchange.name == queue.name
         assert queue.exchange.type == "direct"
         assert queue.routing_key == queue.name
+        assert queue.queue_arguments is None
+
+
+def test_payment_queue_is_a_quorum_queue_on_rabbitmq():
+    queues = task_queues_and_routes(POLICIES, "amqp://guest@127.0.0.1//")["task_queues"]
+    assert all(q.queue_arguments == {"x-queue-type": "quorum"} for q in queues)
+
+
+def test_queue_names_are_written_once_in_the_policies():
+    assert {policy.name for policy in POLICIES} == QUEUES
+    assert not hasattr(celeryconfig, "QUEUES")
 
 
 def test_missing_queues_are_not_created():
     assert celeryconfig.task_create_missing_queues is False
 
 
-def test_routes_send_each_task_family_to_its_queue():
-    assert celeryconfig.task_routes == {
-        "email.*": {"queue": "email", "routing_key": "email"},
-        "analytics.*": {"queue": "analytics", "routing_key": "analytics"},
-        "payment.*": {"queue": "payment", "routing_key": "payment"},
+def test_routes_send_each_task_to_its_queue(celery):
+    assert celery.conf.task_routes == {
+        "email.send": {"queue": "email", "routing_key": "email"},
+        "analytics.record": {"queue": "analytics", "routing_key": "analytics"},
+        "payment.charge": {"queue": "payment", "routing_key": "payment"},
     }
 
 
@@ -75,19 +90,15 @@ def test_loaded_app_uses_json_only(celery):
     assert celery.conf.task_create_missing_queues is False
 
 
-def test_task_events_wait_for_flower_unless_asked_for(monkeypatch):
-    # Off by default (Flower turns task events on in running workers), sent events too.
-    assert celeryconfig.worker_send_task_events is False
+def test_task_events_are_sent_from_the_start_unless_turned_off(monkeypatch):
+    # On by default, so Flower sees every job that runs while it watches; no sent events.
+    assert celeryconfig.worker_send_task_events is True
     assert celeryconfig.task_send_sent_event is False
-    monkeypatch.setenv("CELERY_TASK_EVENTS", "true")
-    monkeypatch.setenv("CELERY_SENT_EVENTS", "true")
+    monkeypatch.setenv("CELERY_TASK_EVENTS", "false")
     try:
-        reloaded = importlib.reload(celeryconfig)
-        assert reloaded.worker_send_task_events is True
-        assert reloaded.task_send_sent_event is True
+        assert importlib.reload(celeryconfig).worker_send_task_events is False
     finally:
         monkeypatch.delenv("CELERY_TASK_EVENTS")
-        monkeypatch.delenv("CELERY_SENT_EVENTS")
         importlib.reload(celeryconfig)
 
 
@@ -101,18 +112,13 @@ def test_no_result_backend():
     assert celeryconfig.result_backend is None
 
 
-def test_priority_queues_on_redis():
-    options = celeryconfig.broker_transport_options
-    assert options["queue_order_strategy"] == "priority"
-    assert options["priority_steps"] == list(range(10))
-    assert options["sep"] == ":"
-    # Recovery is the job store's (leases, lost-message sweep), not kombu's unacked records.
-    assert options["ack_emulation"] is False
-    assert "visibility_timeout" not in options
+def test_the_broker_transport_is_stock():
+    # Jobs never travel through the broker: no transport options of ours.
+    assert not hasattr(celeryconfig, "broker_transport_options")
 
 
 def test_the_worker_imports_every_task_module():
-    assert set(celeryconfig.imports) == {"tasks.email", "tasks.analytics", "tasks.payment", "tasks.dead_letter"}
+    assert set(celeryconfig.imports) == {"tasks.email", "tasks.analytics", "tasks.payment"}
 
 
 # --- redis_url_from_env ------------------------------------------------------

@@ -1,0 +1,254 @@
+"""A stateful property test of the job store against a real Redis (Hypothesis RuleBasedStateMachine).
+
+Random interleavings of add, fetch (which promotes and recovers), finish (complete, fail,
+retry), release, lease expiry, delete, clean and an operator's retry, from several workers
+holding current and stale tokens. After every step:
+
+- every job is in exactly one state set, the one its hash names;
+- the counts equal the set sizes;
+- a job moved only along a row of the transition table, and a finished job only by an
+  operator's retry (or removal);
+- a stale token changed nothing;
+- no job was lost.
+"""
+
+import uuid
+
+import pytest
+import redis
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from jobqueue.lifecycle import FINISHED, REMOVED, STATES, next_state
+from jobqueue.options import JobOptions
+from jobqueue.policy import QueuePolicy
+from jobqueue.queue import JobQueue
+from jobqueue.store import JobStore, Retention, StaleDelivery, now_ms
+
+QUEUE = "prop"
+HOUR_MS = 3_600_000
+WORKERS = ("w1", "w2", "w3")
+# Every event that can move a job from a state, as the scripts may fire them unasked (fetch).
+SPONTANEOUS = {("delayed", "promote"), ("waiting", "fetch"), ("active", "stall"), ("active", "stall_fail")}
+
+REDIS_URL: list[str] = []
+
+
+def pick(data: st.DataObject, items: list):
+    """One of items, drawn by position (ids are random, so drawing them would not replay)."""
+    return items[data.draw(st.integers(0, len(items) - 1))]
+
+
+class JobStoreMachine(RuleBasedStateMachine):
+    @initialize()
+    def setup(self) -> None:
+        self.client = redis.Redis.from_url(REDIS_URL[0], decode_responses=True)
+        self.store = JobStore(self.client, prefix=f"prop-{uuid.uuid4().hex[:8]}")
+        policy = QueuePolicy(name=QUEUE, task="prop.run", priorities=3)
+        self.queue = JobQueue(policy, self.store, JobOptions(), (Retention(), Retention()))
+        self.model: dict[str, str] = {}  # job id -> state we last saw
+        self.held: dict[str, tuple[str, object]] = {}  # job id -> (worker, record) of the current delivery
+        self.stale: list[object] = []  # records of deliveries that no longer hold their job
+        self.expired: dict[str, object] = {}  # job id -> record whose lease ran out, not yet taken over
+
+    def teardown(self) -> None:
+        keys = list(self.client.scan_iter(f"{self.store.prefix}:*", count=1000))
+        if keys:
+            self.client.delete(*keys)
+        self.client.close()
+
+    # -- moves -----------------------------------------------------------------------
+
+    @rule(priority=st.integers(0, 2), delayed=st.booleans())
+    def add(self, priority: int, delayed: bool) -> None:
+        # Time is the machine's: a delayed job falls due only when time_passes.
+        job_id = f"j{len(self.model):04d}"
+        job = self.queue.add({"n": 1}, job_id=job_id, priority=priority, delay=HOUR_MS if delayed else 0)
+        self.model[job.id] = "delayed" if delayed else "waiting"
+
+    @rule(worker=st.sampled_from(WORKERS), count=st.integers(1, 4))
+    def fetch(self, worker: str, count: int) -> None:
+        waiting_before = {i for i, s in self.model.items() if s == "waiting"}
+        _, jobs = self.store.fetch(QUEUE, count, worker, max_stalls=1)
+        assert len(jobs) <= count
+        for job_id, record in list(self.expired.items()):
+            state, token = self.client.hmget(self.store.keys.job(job_id), "state", "token")
+            if state != "active" or token != record.token:
+                self.stale.append(self.expired.pop(job_id))  # stalled by this fetch, maybe taken again
+        for job in jobs:
+            assert job.state == "active" and job.worker == worker
+            previous = self.held.get(job.id)
+            if previous is not None:
+                self.stale.append(previous[1])
+            self.held[job.id] = (worker, job)
+        # Whatever fetch left waiting ranks no better than what it took.
+        taken = [j.priority for j in jobs]
+        rest = self.store.get_many(waiting_before - {j.id for j in jobs})
+        left = [j.priority for j in rest if j and j.state == "waiting"]
+        if taken and left and len(jobs) == count:
+            assert max(taken) <= min(left)
+        self._sync()
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data(), event=st.sampled_from(["complete", "fail", "retry"]))
+    def finish(self, data: st.DataObject, event: str) -> None:
+        job_id = pick(data, list(self.held))
+        _, record = self.held.pop(job_id)
+        self.store.finish(record, event, score=now_ms() + (HOUR_MS if event == "retry" else 0))
+        self.model[job_id] = next_state("active", event)
+
+    @precondition(lambda self: self.stale)
+    @rule(data=st.data(), event=st.sampled_from(["complete", "fail", "retry", "release"]))
+    def stale_delivery_changes_nothing(self, data: st.DataObject, event: str) -> None:
+        record = pick(data, self.stale)
+        before = self.client.hgetall(self.store.keys.job(record.id))
+        sets = self._sets()
+        with pytest.raises(StaleDelivery):
+            if event == "release":
+                self.store.release(record)
+            else:
+                self.store.finish(record, event, score=now_ms())
+        assert self.client.hgetall(self.store.keys.job(record.id)) == before
+        assert self._sets() == sets
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        job_id = pick(data, list(self.held))
+        _, record = self.held.pop(job_id)
+        self.store.release(record)
+        self.stale.append(record)
+        self.model[job_id] = "waiting"
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data())
+    def worker_dies(self, data: st.DataObject) -> None:
+        """Its lease runs out (moved into the past): the next fetch stalls the job, and only then is
+        the dead worker's delivery stale (a late finish before that is still its own)."""
+        job_id = pick(data, list(self.held))
+        _, record = self.held.pop(job_id)
+        self.expired[job_id] = record
+        self.client.zadd(self.store.keys.queue(QUEUE, "leases"), {job_id: 0})
+
+    @rule()
+    def time_passes(self) -> None:
+        """Every delayed job falls due: the next fetch promotes it."""
+        delayed = self.store.keys.queue(QUEUE, "delayed")
+        for job_id in self.client.zrange(delayed, 0, -1):
+            self.client.zadd(delayed, {job_id: 0})
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def delete(self, data: st.DataObject) -> None:
+        job_id = pick(data, list(self.model))
+        outcome = self.queue.delete(job_id)
+        if self.model[job_id] == REMOVED:
+            assert outcome is None
+        elif self.model[job_id] == "active":
+            assert outcome == "active"
+        else:
+            assert outcome == "deleted"
+            self.model[job_id] = REMOVED
+            self._forget(job_id)
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data(), new_data=st.booleans())
+    def admin_retry(self, data: st.DataObject, new_data: bool) -> None:
+        job_id = pick(data, list(self.model))
+        outcome = self.queue.retry(job_id, {"n": 2} if new_data else None)
+        state = self.model[job_id]
+        if state == "failed":
+            assert outcome == "waiting"
+            self.model[job_id] = "waiting"
+        else:
+            assert outcome == (None if state == REMOVED else state)
+
+    @rule(state=st.sampled_from(["completed", "failed", "waiting", "delayed"]))
+    def clean(self, state: str) -> None:
+        for job_id in self.queue.clean(state, grace_ms=0, limit=1000):
+            assert self.model[job_id] == state
+            self.model[job_id] = REMOVED
+            self._forget(job_id)
+        if state != "delayed":  # a delayed job's score is when it falls due, not when it entered
+            assert self.client.zcard(self.store.keys.queue(QUEUE, state)) == 0, f"clean left {state} jobs"
+
+    # -- bookkeeping ---------------------------------------------------------------
+
+    def _forget(self, job_id: str) -> None:
+        if job_id in self.expired:
+            self.stale.append(self.expired.pop(job_id))
+        record = self.held.pop(job_id, None)
+        if record is not None:
+            self.stale.append(record[1])
+
+    def _sets(self) -> dict[str, set[str]]:
+        return {state: set(self.client.zrange(self.store.keys.queue(QUEUE, state), 0, -1)) for state in STATES}
+
+    def _sync(self) -> None:
+        """Take the moves fetch may make unasked (promote, fetch, stall), checking each against the table."""
+        for job_id, before in list(self.model.items()):
+            if before == REMOVED:
+                continue
+            job = self.store.get(job_id)
+            assert job is not None, f"job {job_id} lost (was {before})"
+            if job.state != before:
+                allowed = {next_state(before, e) for s, e in SPONTANEOUS if s == before}
+                # promote then fetch may both happen in one call
+                if before == "delayed":
+                    allowed.add("active")
+                if before == "active":
+                    allowed.add("active")  # stalled and fetched again at once
+                assert job.state in allowed, f"{job_id}: {before} -> {job.state} is not a move of the table"
+                self.model[job_id] = job.state
+            elif before == "active" and job_id not in self.held:
+                pass  # a dead worker's job, until a fetch stalls it
+
+    # -- invariants ----------------------------------------------------------------
+
+    @invariant()
+    def each_job_in_exactly_one_set_and_counts_match(self) -> None:
+        if not hasattr(self, "store"):
+            return
+        sets = self._sets()
+        everywhere = [job_id for members in sets.values() for job_id in members]
+        assert len(everywhere) == len(set(everywhere)), "a job is in two state sets"
+        counts = self.store.counts(QUEUE)
+        assert {s: counts[s] for s in STATES} == {s: len(m) for s, m in sets.items()}
+        for state, members in sets.items():
+            for job_id in members:
+                assert self.client.hget(self.store.keys.job(job_id), "state") == state
+
+    @invariant()
+    def nothing_lost_and_finished_jobs_stay_finished(self) -> None:
+        if not hasattr(self, "store"):
+            return
+        sets = self._sets()
+        for job_id, state in self.model.items():
+            if state == REMOVED:
+                assert all(job_id not in m for m in sets.values())
+                continue
+            actual = self.client.hget(self.store.keys.job(job_id), "state")
+            assert actual is not None, f"job {job_id} lost (model: {state})"
+            if state in FINISHED:
+                assert actual == state, f"finished job {job_id} moved {state} -> {actual} by itself"
+
+
+def test_job_store_state_machine(redis_url: str) -> None:
+    REDIS_URL[:] = [redis_url]
+    run_state_machine_as_test(
+        JobStoreMachine,
+        settings=settings(
+            max_examples=40,
+            stateful_step_count=40,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
