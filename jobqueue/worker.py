@@ -23,6 +23,7 @@ import time
 import uuid
 from typing import Any
 
+import kombu
 from celery import Celery, bootsteps, signals
 from kombu.message import Message
 from redis.exceptions import RedisError
@@ -31,6 +32,12 @@ from jobqueue.queue import HARD_KILL_GRACE_S, JobService
 from jobqueue.store import JobRecord, StaleDelivery
 
 log = logging.getLogger("jobqueue")
+
+# The fetcher hands jobs to the event loop from its own thread with Hub.call_soon, which wakes
+# the loop thread-safely from kombu 5.7 on; older kombu would let a job wait for the next poll.
+if tuple(int(part) for part in kombu.__version__.split(".")[:2]) < (5, 7):
+    raise ImportError(f"jobqueue.worker needs kombu >= 5.7 (Hub.call_soon across threads), not {kombu.__version__}")
+
 THREADED_POOLS = ("thread", "threads", "gevent", "eventlet")
 
 # An idle worker blocks at most this long before it looks again (delays and leases
