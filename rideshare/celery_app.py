@@ -8,7 +8,7 @@ from typing import Any
 from celery import Celery
 from flask import Flask, has_app_context
 
-from jobqueue import EngineSettings, JobService, JobStore, QueuePolicy, brokers
+from jobqueue import EngineSettings, JobService, JobStore, QueuePolicy
 from jobqueue.outbox import Outbox
 from jobqueue.sealing import Sealer
 from jobqueue.worker import THREADED_POOLS, configure_worker
@@ -27,8 +27,6 @@ def celery_init_app(app: Flask) -> Celery:
     # travel through it.
     celery.conf.broker_url = config["BROKER_URL"] or config["REDIS_URL"]
     celery.conf.update(config.get("CELERY", {}))
-    if celery.conf.broker_url.startswith("redis"):
-        celery.conf.broker_transport = brokers.TRANSPORT  # waits out a full Redis instead of exiting
     celery.conf.update(task_queues_and_routes(POLICIES, celery.conf.broker_url))
     store = JobStore.from_url(
         config["REDIS_URL"],

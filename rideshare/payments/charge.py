@@ -16,10 +16,10 @@ import stripe
 from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
-from jobqueue import InvalidJobData, Job, PermanentJobError, StaleDelivery, TransientJobError
+from jobqueue import InvalidJobData, Job, PermanentJobError, QueueUnavailable, StaleDelivery, TransientJobError
 from rideshare.alerts import raise_alert
 from rideshare.db import get_db
-from rideshare.jobs import add_email_job
+from rideshare.jobs import StagedJob, publish_job, stage_job
 from rideshare.payments import gateway
 from rideshare.payments.models import FAILED, PENDING, PROCESSING, SUCCEEDED, Payment, Receipt
 
@@ -44,7 +44,8 @@ def _hold(session: Session, payment_id: int, token: int, *, claim: bool = False)
     and the final-failure hook); otherwise the row must still name this token.
     The test is the UPDATE's WHERE, not a read then a write: SQLite ignores FOR
     UPDATE, and the UPDATE holds the row (PostgreSQL) or the database (SQLite)
-    until this transaction ends, so the caller's writes land under the same check.
+    until this transaction ends, so the caller's writes land under the same test.
+    Keep what follows it short, and off the network.
     """
     owner = Payment.owner_token
     mine = or_(owner.is_(None), owner <= token) if claim else owner == token
@@ -54,7 +55,7 @@ def _hold(session: Session, payment_id: int, token: int, *, claim: bool = False)
         .values(owner_token=token)
         .execution_options(synchronize_session=False)
     )
-    payment = session.get(Payment, payment_id, with_for_update=True, populate_existing=True)
+    payment = session.get(Payment, payment_id, populate_existing=True)
     if payment is None:
         raise PermanentJobError(f"payment {payment_id} does not exist")
     if held.rowcount == 0:
@@ -76,29 +77,35 @@ def charge_payment(payment_id: int, *, token: int) -> dict[str, Any]:
     (StaleDelivery, with the row left as the newer delivery wrote it).
     """
     db = get_db()
+    staged = None
     with db.session() as session:
         payment = _hold(session, payment_id, token, claim=True)
         if payment.status == FAILED:
             raise PermanentJobError(f"payment {payment_id} already failed: {payment.failure_reason}")
         charged = payment.status == SUCCEEDED
-        if not charged:
+        if charged:
+            # Charged before (a rerun): only the receipt email may be left to queue.
+            staged = _stage_receipt_email(session, payment)
+            summary = _summary(payment)
+        else:
             payment.status = PROCESSING
             payment.attempts += 1
-        intent_id = payment.stripe_payment_intent_id
-        key = payment.idempotency_key
-        create_args = {
-            "amount_minor": payment.amount_minor,
-            "currency": payment.currency,
-            "payment_method": payment.payment_method,
-            "idempotency_key": key,
-            "metadata": {
-                "payment_id": str(payment.id),
-                "ride_id": str(payment.ride_id),
-                "charge_round": str(payment.charge_round),
-            },
-        }
+            intent_id = payment.stripe_payment_intent_id
+            key = payment.idempotency_key
+            create_args = {
+                "amount_minor": payment.amount_minor,
+                "currency": payment.currency,
+                "payment_method": payment.payment_method,
+                "idempotency_key": key,
+                "metadata": {
+                    "payment_id": str(payment.id),
+                    "ride_id": str(payment.ride_id),
+                    "charge_round": str(payment.charge_round),
+                },
+            }
     if charged:
-        return _send_receipt(payment_id, token)
+        _publish_receipt_email(payment_id, staged)
+        return summary
     if intent_id is None:
         created = gateway.create_intent(**create_args)
         with db.session() as session:
@@ -128,17 +135,17 @@ def charge_payment(payment_id: int, *, token: int) -> dict[str, Any]:
         if payment.status != SUCCEEDED:
             payment.status = SUCCEEDED
             payment.failure_reason = None
-            session.add(
-                Receipt(
-                    payment_id=payment.id,
-                    number=f"RCPT-{payment.id:08d}",
-                    amount=payment.amount,
-                    currency=payment.currency,
-                    stripe_payment_intent_id=intent.id,
-                )
+            payment.receipt = Receipt(
+                number=f"RCPT-{payment.id:08d}",
+                amount=payment.amount,
+                currency=payment.currency,
+                stripe_payment_intent_id=intent.id,
             )
+        staged = _stage_receipt_email(session, payment)
+        summary = _summary(payment)
     log.info("payment.succeeded", extra={"payment_id": payment_id, "payment_intent": intent.id})
-    return _send_receipt(payment_id, token)
+    _publish_receipt_email(payment_id, staged)
+    return summary
 
 
 def _decline(payment_id: int, token: int, exc: stripe.CardError | None) -> NoReturn:
@@ -147,30 +154,42 @@ def _decline(payment_id: int, token: int, exc: stripe.CardError | None) -> NoRet
     raise PermanentJobError(reason) from exc
 
 
-def _send_receipt(payment_id: int, token: int) -> dict[str, Any]:
-    """Queue the receipt email once; a retried job re-queues it only if that never happened."""
-    with get_db().session() as session:
-        payment = _hold(session, payment_id, token)
-        receipt = payment.receipt
-        if receipt is not None and payment.receipt_email and receipt.email_job_id is None:
-            job = add_email_job(
-                {
-                    "to": payment.receipt_email,
-                    "subject": f"Your receipt {receipt.number}",
-                    "text": (
-                        f"Thanks for riding with us.\nReceipt {receipt.number}: "
-                        f"{payment.amount} {payment.currency} for ride {payment.ride_id}."
-                    ),
-                    "html": (
-                        f"<h1>Receipt {receipt.number}</h1><p>{payment.amount} {payment.currency}"
-                        f" for ride {payment.ride_id}.</p>"
-                    ),
-                },
-                job_id=f"receipt-{payment.job_id}",
-                owner=payment.user_id,
-            )
-            receipt.email_job_id = job.id
-        return _summary(payment)
+def _stage_receipt_email(session: Session, payment: Payment) -> StagedJob | None:
+    """Stage the receipt email in the transaction that holds the payment, unless it was queued before."""
+    receipt = payment.receipt
+    if receipt is None or not payment.receipt_email or receipt.email_job_id is not None:
+        return None
+    staged = stage_job(
+        session,
+        "email",
+        {
+            "to": payment.receipt_email,
+            "subject": f"Your receipt {receipt.number}",
+            "text": (
+                f"Thanks for riding with us.\nReceipt {receipt.number}: "
+                f"{payment.amount} {payment.currency} for ride {payment.ride_id}."
+            ),
+            "html": (
+                f"<h1>Receipt {receipt.number}</h1><p>{payment.amount} {payment.currency}"
+                f" for ride {payment.ride_id}.</p>"
+            ),
+        },
+        job_id=f"receipt-{payment.job_id}",
+        owner=payment.user_id,
+    )
+    receipt.email_job_id = staged.job_id
+    return staged
+
+
+def _publish_receipt_email(payment_id: int, staged: StagedJob | None) -> None:
+    """Queue the receipt email staged with the payment's last write (after its commit, off the row's lock)."""
+    if staged is None:
+        return
+    try:
+        publish_job(staged)
+    except QueueUnavailable as exc:
+        # Committed with the payment: a worker's outbox relay queues it once Redis answers.
+        log.warning("payment.receipt_email_staged", extra={"payment_id": payment_id, "error": str(exc)})
 
 
 def mark_failed(payment_id: int, reason: str, *, token: int, claim: bool = False) -> None:
