@@ -82,7 +82,6 @@ def rig(services: Services, tmp_path: Path) -> Iterator[Rig]:
     # A message can be lost inside the broker hand-off itself (Redis killed between
     # BRPOP and kombu's unacked record): the stale-waiting sweep republishes it. In
     # production that waits 5 min; here 5 s, so the tests see it happen.
-    env["JOB_STALE_WAITING_MS"] = "5000"
     app = app_from_env(env)
     with app.app_context():
         upgrade_database()
