@@ -113,20 +113,31 @@ class JobRecord:
     raw: Mapping[str, str] | None = field(default=None, repr=False, compare=False)  # the hash it was read from
 
     @classmethod
-    def from_hash(cls, raw: Mapping[str, str]) -> "JobRecord":
+    def from_hash(cls, raw: Mapping[str, str], strict: bool = True) -> "JobRecord":
+        """The record of a stored hash; strict=False reads a field that is not JSON as
+        {"_unreadable": <its start>} instead of raising (for showing a corrupt job, not running it)."""
+
         def opt_int(name: str) -> int | None:
             return int(raw[name]) if raw.get(name) else None
+
+        def parse(name: str, default: str) -> Any:
+            try:
+                return json.loads(raw.get(name) or default)
+            except ValueError:
+                if strict:
+                    raise
+                return {"_unreadable": str(raw.get(name))[:200]}
 
         return cls(
             id=raw["id"],
             queue=raw["queue"],
             name=raw["name"],
             state=raw["state"],
-            data=json.loads(raw.get("data") or "{}"),
-            opts=json.loads(raw.get("opts") or "{}"),
+            data=parse("data", "{}"),
+            opts=parse("opts", "{}"),
             owner=raw.get("owner") or None,
             attempts=int(raw.get("attempts") or 0),
-            result=json.loads(raw["result"]) if raw.get("result") else None,
+            result=parse("result", "null"),
             failed_reason=raw.get("failedReason") or None,
             created_at=int(raw.get("createdAt") or 0),
             processed_on=opt_int("processedOn"),
@@ -195,8 +206,8 @@ class JobStore:
         return to_json(self.sealer.seal(data) if self.sealer else data)
 
     def _record(self, raw: Mapping[str, str]) -> JobRecord:
-        record = JobRecord.from_hash(raw)
-        if self.sealer:
+        record = JobRecord.from_hash(raw, strict=False)
+        if self.sealer and "_unreadable" not in record.data:
             record.data = self.sealer.unseal(record.data)
         return record
 
@@ -266,7 +277,7 @@ class JobStore:
         (ms), and the jobs, each active under a lease and a new token, data still sealed.
         """
         raw = self._run("fetch", "", queue, [now_ms(), count, worker, max_stalls, most_wait_ms])
-        return int(raw[0]), [JobRecord.from_hash(_pairs(fields)) for fields in raw[1:]]
+        return int(raw[0]), [JobRecord.from_hash(_pairs(fields), strict=False) for fields in raw[1:]]
 
     def unseal(self, record: JobRecord) -> JobRecord:
         """record with its data unsealed (fetch hands jobs over sealed: the pool unseals them)."""

@@ -78,11 +78,36 @@ class JobTask(Task):
     reject_on_worker_lost = True
     policy: QueuePolicy
 
-    def __call__(self, fields: dict[str, str]) -> Any:
+    def __call__(self, fields: Any = None, *args: Any, **kwargs: Any) -> Any:
         service = service_of(self)
         queue = service.queue(self.queue)
+        if not isinstance(fields, dict) or "token" not in fields or args or kwargs:
+            # A Celery message sent straight to a job task (send_task, a stray copy): jobs are
+            # taken only from the job store, under a lease, so it runs nothing.
+            log.error("job.not_from_store", extra={"task": self.name, "task_id": self.request.id, "queue": queue.name})
+            return None
         with service.context():
-            return self._run_job(queue, queue.store.unseal(JobRecord.from_hash(fields)))
+            try:
+                job = queue.store.unseal(JobRecord.from_hash(fields))
+            except Exception as exc:  # noqa: BLE001 - an unreadable record fails alone, the worker goes on
+                return self._unreadable(queue, fields, exc)
+            return self._run_job(queue, job)
+
+    def _unreadable(self, queue: JobQueue, fields: dict[str, Any], exc: Exception) -> None:
+        """Fail a job whose stored record cannot be read (corrupt data, a key it cannot unseal)."""
+        job = JobRecord(
+            id=str(fields.get("id")),
+            queue=queue.name,
+            name=self.name,
+            state="active",
+            data={},
+            opts={},
+            attempts=int(fields.get("attempts") or 0),
+            token=str(fields.get("token")),
+            processed_on=int(fields.get("processedOn") or 0) or None,
+            worker=fields.get("worker"),
+        )
+        self._end(queue, job, "failed", 0.0, error=f"unreadable job record: {describe(exc)}")
 
     def _run_job(self, queue: JobQueue, job: Job) -> Any:
         timeout_ms = int(job.opts.get("timeout") or queue.defaults.timeout)

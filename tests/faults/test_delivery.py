@@ -1,10 +1,8 @@
 """Delays that outlast a worker restart, and poison messages on the broker."""
 
-import json
 import time
 
 import pytest
-import redis
 
 from rideshare.jobs import add_email_job
 
@@ -32,25 +30,28 @@ def test_a_delay_runs_once_and_survives_a_worker_restart(rig):
     assert received == [1] * 5
 
 
-def test_poison_messages_are_filed_and_other_jobs_keep_flowing(rig):
+def test_unreadable_jobs_and_stray_messages_fail_alone_and_other_jobs_keep_flowing(rig):
     prefix = rig.env["JOB_KEY_PREFIX"]
-    broker = redis.Redis.from_url(rig.env["REDIS_URL"])
+    store = rig.store
     with rig.app.app_context():
         worker = rig.worker("email", concurrency=2)
-        broker.lpush("email", b"\x00not json at all")  # undecodable payload
-        broker.lpush("email", json.dumps({"just": "a dict"}))  # JSON, but no message envelope
-        rig.app.extensions["celery"].send_task("email.no_such_task", args=["x"], queue="email")  # unknown task
+        # A job whose stored data is not JSON (a hand edit, a bad migration).
+        corrupt = add_email_job({"to": f"corrupt-{prefix}@example.com", "subject": "s", "text": "t"}, delay=1500)
+        store.redis.hset(store.keys.job(corrupt.id), "data", "\x00not json at all")
+        # Messages straight through the broker: an unknown task, and a job task called by hand.
+        celery = rig.app.extensions["celery"]
+        celery.send_task("email.no_such_task", args=["x"], queue="email")
+        celery.send_task("email.send", args=[corrupt.id], queue="email")
         jobs = [
             add_email_job({"to": f"after-{i}-{prefix}@example.com", "subject": "s", "text": "t"}) for i in range(10)
         ]
         final = rig.wait_all([j.id for j in jobs], timeout=30)
-        deadline = time.monotonic() + 10
-        while broker.llen(f"{prefix}:deadletter") < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-    letters = broker.lrange(f"{prefix}:deadletter", 0, -1)
-    broker.close()
+        [bad] = rig.wait_all([corrupt.id], states=("failed",), timeout=30)
+        time.sleep(0.5)
+    log = worker.log.read_text()
     assert worker.poll() is None, "the worker is still running"
     assert {j.state for j in final} == {"completed"}
-    assert len(letters) == 2
-    assert any(b"not json at all" in letter for letter in letters)
-    assert "email.no_such_task" in worker.log.read_text()  # logged and dropped by Celery
+    assert bad.failed_reason.startswith("unreadable job record"), bad.failed_reason
+    assert bad.attempts == 1
+    assert "email.no_such_task" in log  # logged and dropped by Celery
+    assert '"event": "job.not_from_store"' in log
