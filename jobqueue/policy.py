@@ -6,16 +6,17 @@
         schema=PaymentJobSchema,
         attempts=5,
         backoff=Backoff("exponential", 5000),
-        retry_on=("shop.gateway:TRANSIENT_ERRORS", OperationalError),
-        on_final_failure="shop.payments:payment_failed_for_good",
+        retry_on=(is_transient_gateway_error, OperationalError),
+        on_final_failure=payment_failed_for_good,
     )
 
-Exceptions and hooks may be named as ``"module:attribute"`` strings: they are
-imported on first use, in the worker, so enqueueing a job never imports what
-runs it (the Stripe SDK, an SMTP client).
+``retry_on`` holds exception classes (or tuples of them) and predicates ``(exc) ->
+bool``; hooks are callables. All are checked when the policy is declared, so a
+rename fails at import, not when a job first fails. A predicate or hook that needs
+a heavy module (the Stripe SDK) imports it inside, so enqueueing a job never
+imports what runs it.
 """
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -26,18 +27,12 @@ from marshmallow import Schema
 from jobqueue.errors import JobTimeout, PermanentJobError, TransientJobError
 from jobqueue.options import Backoff, JobOptions
 
-Hook = Callable[..., Any] | str | None
+Hook = Callable[..., Any] | None
+RetryOn = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 
 
-def resolve(target: Any) -> Any:
-    """A "module:attribute" string imported, or the object itself."""
-    if not isinstance(target, str):
-        return target
-    module, _, attribute = target.partition(":")
-    value: Any = importlib.import_module(module)
-    for part in attribute.split("."):
-        value = getattr(value, part)
-    return value
+def _is_error_class(value: Any) -> bool:
+    return isinstance(value, type) and issubclass(value, BaseException)
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,15 +45,25 @@ class QueuePolicy:
     attempts: int | None = None  # None: the app's JOB_RETRY_ATTEMPTS
     backoff: Backoff = Backoff()  # a delay of None: the app's JOB_RETRY_DELAY
     timeout: int | None = None  # ms; None: the app's JOB_TIMEOUT
-    # Exceptions (classes, tuples, or "module:attr" names) that earn another attempt;
-    # every other error fails the job at once.
-    retry_on: tuple[Any, ...] = ()
+    # What earns another attempt: exception classes (or tuples of them) and predicates
+    # (exc) -> bool; every other error fails the job at once.
+    retry_on: tuple[RetryOn, ...] = ()
     # Priority levels the queue offers (priority option 0 .. priorities-1); the fetch
     # takes the lowest number first, then the oldest.
     priorities: int = 1
     on_final_failure: Hook = None  # (job, reason): once, when a job has failed for good
     on_manual_retry: Hook = None  # (job, data): before an operator's retry requeues a failed job
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for entry in self.retry_on:
+            parts = entry if isinstance(entry, tuple) else (entry,)
+            if not all(_is_error_class(part) or (callable(part) and not isinstance(part, type)) for part in parts):
+                raise TypeError(f"{self.name}: retry_on takes exception classes and predicates, not {entry!r}")
+        for name in ("on_final_failure", "on_manual_retry"):
+            hook = getattr(self, name)
+            if hook is not None and not callable(hook):
+                raise TypeError(f"{self.name}: {name} must be a callable, not {hook!r}")
 
     def defaults(self, attempts: int, delay: int, timeout: int) -> JobOptions:
         """This queue's job defaults, the app's settings filling what the policy leaves open."""
@@ -74,17 +79,21 @@ class QueuePolicy:
         return self.schema() if self.schema is not None else None
 
     @cached_property
-    def retryable_errors(self) -> tuple[type[BaseException], ...]:
-        found: list[type[BaseException]] = [TransientJobError, JobTimeout]
+    def _retry_rules(self) -> tuple[tuple[type[BaseException], ...], tuple[Callable[[BaseException], bool], ...]]:
+        classes: list[type[BaseException]] = [TransientJobError, JobTimeout]
+        predicates: list[Callable[[BaseException], bool]] = []
         for entry in self.retry_on:
-            value = resolve(entry)
-            found.extend(value if isinstance(value, tuple) else (value,))
-        return tuple(found)
+            for part in entry if isinstance(entry, tuple) else (entry,):
+                (classes if _is_error_class(part) else predicates).append(part)
+        return tuple(classes), tuple(predicates)
 
     def is_retryable(self, exc: BaseException) -> bool:
         """Whether exc earns another attempt (a PermanentJobError never does)."""
-        return not isinstance(exc, PermanentJobError) and isinstance(exc, self.retryable_errors)
+        if isinstance(exc, PermanentJobError):
+            return False
+        classes, predicates = self._retry_rules
+        return isinstance(exc, classes) or any(predicate(exc) for predicate in predicates)
 
     def hook(self, name: str) -> Callable[..., Any] | None:
-        """The on_final_failure or on_manual_retry hook, imported on first use."""
-        return resolve(getattr(self, name))
+        """The on_final_failure or on_manual_retry hook."""
+        return getattr(self, name)

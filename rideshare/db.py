@@ -119,7 +119,7 @@ def dialect_insert(bind: Session | Connection):  # type: ignore[no-untyped-def]
 
 
 MODEL_MODULES = (
-    "rideshare.admin.models",
+    "rideshare.audit",
     "rideshare.analytics.models",
     "rideshare.mail.models",
     "rideshare.payments.models",

@@ -7,7 +7,7 @@ published right after the commit (publish_job); see jobqueue.outbox.
 
 import itertools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from flask import current_app
@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from jobqueue import InvalidJobData, Job, JobQueue, JobService, QueueUnavailable
 from jobqueue.outbox import Outbox, StagedJob
+from rideshare.db import get_db
 
 
 def _service() -> JobService:
@@ -59,6 +60,26 @@ def publish_job(staged: StagedJob) -> Job:
     """Queue a committed staged job; QueueUnavailable leaves it staged (withdraw_job, or the relay)."""
     _fault_exit_after_commit()
     return _outbox().publish(staged)
+
+
+def publish_or_undo(staged: StagedJob, undo: Callable[[Session], None]) -> Job | None:
+    """Queue a committed staged job; if the queue refuses it, unstage it and undo its rows.
+
+    undo(session) deletes or reverts the rows written with the job; it runs in the same
+    transaction as the unstaging, so both happen or neither. If a relay queued the job
+    meanwhile, the rows stand and the job is returned. Otherwise QueueUnavailable is
+    raised, and nothing of the request is left.
+    """
+    try:
+        return publish_job(staged)
+    except QueueUnavailable:
+        with get_db().session() as session:
+            undone = withdraw_job(session, staged.job_id)
+            if undone:
+                undo(session)
+        if undone:
+            raise
+        return get_job(staged.job_id)
 
 
 def publish_left_behind(job_id: str) -> Job | None:
@@ -108,6 +129,7 @@ __all__ = [
     "get_queue",
     "publish_job",
     "publish_left_behind",
+    "publish_or_undo",
     "stage_job",
     "withdraw_job",
 ]

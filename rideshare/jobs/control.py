@@ -8,12 +8,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from redis.exceptions import RedisError
-from sqlalchemy import select
 
 from jobqueue import Job, QueueUnavailable
 from jobqueue.store import STATES
-from rideshare.admin.models import AuditEntry
-from rideshare.db import get_db
+from rideshare.audit import audit, audit_entries  # noqa: F401 - audit_entries is part of this module's face
 from rideshare.jobs import get_job, get_queue
 
 log = logging.getLogger("rideshare.admin")
@@ -31,22 +29,6 @@ class JobStateConflict(Exception):
     def __init__(self, job_id: str, state: str, action: str) -> None:
         super().__init__(f"job {job_id} is {state}; cannot {action} it")
         self.state = state
-
-
-def audit(actor: str, action: str, target: str, **details: Any) -> None:
-    """Write one admin action to the audit log."""
-    with get_db().session() as session:
-        session.add(AuditEntry(actor=actor, action=action, target=target, details=details))
-    log.info("admin.action", extra={"actor": actor, "action": action, "target": target})
-
-
-def audit_entries(limit: int = 100, before_id: int | None = None) -> list[AuditEntry]:
-    """Newest audit entries first."""
-    query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
-    if before_id is not None:
-        query = query.where(AuditEntry.id < before_id)
-    with get_db().session() as session:
-        return list(session.scalars(query))
 
 
 def _require(job_id: str) -> Job:

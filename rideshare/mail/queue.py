@@ -6,6 +6,7 @@ from sqlalchemy.exc import OperationalError
 
 from jobqueue import Backoff, QueuePolicy
 from rideshare.mail.schemas import EmailJobSchema
+from rideshare.mail.service import mark_delivery_failed
 
 EMAIL_QUEUE = QueuePolicy(
     name="email",
@@ -17,5 +18,5 @@ EMAIL_QUEUE = QueuePolicy(
     # OperationalError: the database that records deliveries is unreachable.
     retry_on=(smtplib.SMTPServerDisconnected, OperationalError),
     priorities=10,
-    on_final_failure="rideshare.mail.service:mark_delivery_failed",
+    on_final_failure=mark_delivery_failed,
 )

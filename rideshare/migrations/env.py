@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from rideshare.admin import models as _admin  # noqa: F401  (register tables)
+from rideshare import audit as _audit  # noqa: F401  (register tables)
 from rideshare.analytics import models as _analytics  # noqa: F401
 from rideshare.db import Base, make_engine
 from rideshare.jobs import outbox as _outbox  # noqa: F401

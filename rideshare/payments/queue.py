@@ -1,9 +1,10 @@
-"""The payment queue's whole policy. The Stripe SDK is named, not imported: only payment
-workers load it, when a charge first fails."""
+"""The payment queue's whole policy. Its hooks and retry rule import the Stripe SDK only
+when they run: only payment workers load it."""
 
 from sqlalchemy.exc import OperationalError
 
 from jobqueue import Backoff, QueuePolicy, QueueUnavailable
+from rideshare.payments.hooks import is_transient_gateway_error, payment_failed_for_good, reopen_for_retry
 from rideshare.payments.schemas import PaymentJobSchema
 
 PAYMENT_QUEUE = QueuePolicy(
@@ -14,9 +15,9 @@ PAYMENT_QUEUE = QueuePolicy(
     backoff=Backoff("exponential", 5000),
     # Gateway 5xx, rate limits, timeouts and lost connections; a decline is permanent.
     # QueueUnavailable: the receipt email could not be queued after the charge.
-    retry_on=("rideshare.payments.gateway:TRANSIENT_ERRORS", OperationalError, QueueUnavailable),
+    retry_on=(is_transient_gateway_error, OperationalError, QueueUnavailable),
     priorities=10,
-    on_final_failure="rideshare.payments.charge:payment_failed_for_good",
+    on_final_failure=payment_failed_for_good,
     # An operator's retry reopens the failed payment, with a new PaymentMethod if given.
-    on_manual_retry="rideshare.payments.charge:reopen_for_retry",
+    on_manual_retry=reopen_for_retry,
 )

@@ -13,11 +13,11 @@ from typing import Any
 
 from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm import Session, make_transient_to_detached
 
-from jobqueue import Job, QueueUnavailable
+from jobqueue import Job
 from rideshare.db import get_db, utcnow
-from rideshare.jobs import StagedJob, get_job, publish_job, publish_left_behind, stage_job, withdraw_job
+from rideshare.jobs import StagedJob, get_job, publish_left_behind, publish_or_undo, stage_job
 from rideshare.payments.models import PENDING, IdempotencyKey, Payment
 from rideshare.rides.models import Ride
 
@@ -102,18 +102,12 @@ def create_payment(
         if earlier is None:
             raise IdempotencyInProgress(idempotency[0]) from None
         return earlier
-    try:
-        return payment, publish_job(staged)
-    except QueueUnavailable:
-        with get_db().session() as session:
-            # Undo the payment with its job, unless a relay queued the job meanwhile.
-            undone = withdraw_job(session, staged.job_id)
-            if undone:
-                session.execute(delete(IdempotencyKey).where(IdempotencyKey.payment_id == payment.id))
-                session.execute(delete(Payment).where(Payment.id == payment.id))
-        if undone:
-            raise
-        return payment, get_job(staged.job_id)
+
+    def undo(session: Session) -> None:
+        session.execute(delete(IdempotencyKey).where(IdempotencyKey.payment_id == payment.id))
+        session.execute(delete(Payment).where(Payment.id == payment.id))
+
+    return payment, publish_or_undo(staged, undo)
 
 
 PAYMENT_COLUMNS = (

@@ -223,7 +223,7 @@ def test_a_replay_of_a_request_that_died_gets_its_job_at_once(app, client, stack
     def die(staged):
         raise ProcessDied(staged.job_id)
 
-    monkeypatch.setattr("rideshare.payments.service.publish_job", die)
+    monkeypatch.setattr("rideshare.jobs.publish_job", die)
     with pytest.raises(ProcessDied) as died:
         client.post("/payments", json=body, headers=headers)
     monkeypatch.undo()

@@ -164,3 +164,21 @@ def test_other_errors_carry_their_class_name():
 def test_reasons_are_at_most_500_characters():
     assert len(describe(ValueError("x" * 2000))) == 500
     assert describe(PermanentJobError("y" * 2000)) == "y" * 500
+
+
+def test_hooks_and_retry_rules_are_callables_checked_when_declared():
+    for policy in (PAYMENT_QUEUE, EMAIL_QUEUE, ANALYTICS_QUEUE):
+        for name in ("on_final_failure", "on_manual_retry"):
+            hook = getattr(policy, name)
+            assert hook is None or callable(hook), (policy.name, name)
+    assert PAYMENT_QUEUE.on_final_failure.__module__ == "rideshare.payments.hooks"
+    with pytest.raises(TypeError, match="retry_on"):
+        QueuePolicy(name="q", task="q.run", retry_on=("shop.gateway:ERRORS",))
+    with pytest.raises(TypeError, match="on_final_failure"):
+        QueuePolicy(name="q", task="q.run", on_final_failure="shop.payments:failed")
+    # A predicate decides too; it is asked only when no class matched.
+    seen: list[BaseException] = []
+    policy = QueuePolicy(name="q", task="q.run", retry_on=(lambda exc: seen.append(exc) or "429" in str(exc),))
+    assert policy.is_retryable(RuntimeError("HTTP 429")) and not policy.is_retryable(RuntimeError("HTTP 400"))
+    assert not policy.is_retryable(PermanentJobError("429"))  # permanent wins, the predicate is not asked
+    assert len(seen) == 2
