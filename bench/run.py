@@ -5,21 +5,34 @@
 Measured in one sitting, on loopback, everything stopping by itself:
 
 - (b) drains of CPU-light no-op jobs through the full path (bench/full.py: queue API,
-  job store, fencing, JobTask) one `add()` or `add_bulk()` at a time, on one prefork -c 2
-  worker and on 2 solo workers (prefetch 4), next to a bare Celery no-op on the same
-  transport (bench/bare.py: what tracking and fencing cost per job) and to the peers
+  job store, the worker's fetch, fencing, JobTask, the fenced finish) one `add()` or
+  `add_bulk()` at a time, on one prefork -c 2 worker and on 2 solo workers, next to a
+  bare Celery no-op (bench/bare.py: stock Celery with our celeryconfig on kombu's Redis
+  transport, prefetch 4: what tracking and fencing cost per job) and to the peers
   (bench/peers_run.py: stock Celery `apply_async` with acks_late on the same pools,
   Dramatiq 2 x 8, BullMQ via node). Ours and the peers take turns, round by round
   (3 rounds, 1 with --quick; the order alternates), and every drain figure is the
-  median over the rounds;
+  median over the rounds. Our workers fetch only for their free slots, so no prefetch
+  setting applies to them; the Celery ones keep the analytics worker's prefetch 4.
+  Each drain also reads the Redis server's CPU time (INFO cpu) and per-command times
+  (INFO commandstats) from before its fill to its end: Redis CPU per job, add + fetch +
+  finish for ours;
 - (c) I/O-bound email jobs (SMTP answers after 100 ms) per pool vs the Little's-law
   ceiling, with the worker's CPU per job, on the shipped worker settings (threads,
-  prefetch 1, INFO logs);
+  INFO logs);
 - (a) the API's enqueue endpoints vs GET /healthz on the same gunicorn (2 x 8 threads,
   rideshare.gunicorn_conf), with wrk when installed, and the server's CPU per request;
 - (d) enqueue-to-start latency; (e) memory, idle workers vs bare and stock Celery;
 - py-spy breakdowns of an email job and a POST /payments (bench/profile.py), shown
   next to the "before" ones stored in bench/profiles.json.
+
+How a drain is started: the jobs are queued first, the workers boot and connect without
+consuming, and the clock starts at the one command that lets them all consume. For our
+path that is resuming the queue, paused before the fill (the engine's own pause/resume:
+`resume()` wakes an idle worker, whose fetch wakes the next while jobs are left); the
+workers boot with `-Q bench` (or `-Q email` in (c)). For bare Celery (and stock Celery in
+bench/peers_run.py) it is one `add_consumer` broadcast to workers booted on the idle
+email queue. The time from that command to the first job done is kept (first_done_s).
 
 Writes docs/benchmarks.md (the Targets table of issue 9 first) and docs/benchmarks.png.
 A full run takes about 20 minutes on 2 cores; --quick (3,000 jobs, one round) a few.
@@ -51,8 +64,9 @@ from devstack.processes import free_port, start_celery_worker, start_redis, stop
 ROOT = Path(__file__).resolve().parent.parent
 SMTP_LATENCY_S = 0.1
 API_CONNECTIONS = 16
-# The analytics worker's shipped prefetch (docker-compose.yml, Procfile), used for (b), as
-# bench/peers_run.py uses it for stock Celery.
+# The analytics worker's shipped prefetch (docker-compose.yml, Procfile), used for the bare
+# Celery drain in (b), as bench/peers_run.py uses it for stock Celery. Our workers fetch
+# only for their free slots: no prefetch applies to them.
 DRAIN_PREFETCH = 4
 # add_bulk call size in (b).
 BULK_CHUNK = 1000

@@ -1,4 +1,10 @@
-"""The Redis keys of the job store, built in one place.
+"""The Redis keys of the job store, built in one place, ready for Redis Cluster.
+
+Every key of one queue carries the queue's hash tag, ``{<prefix>:<queue>}``, its
+jobs' hashes included (``{P:payment}:job:<id>``), so every script touches a
+single slot (tests/unit/test_keys.py checks it with redis-py's key_slot). A job
+is found by id through its queue: a JobRecord knows it, and a lookup by id alone
+asks each queue's slot in one pipeline, never a script across slots.
 
 Every script receives the same named keys (``KEY_NAMES``), in this order; the
 script loader binds them to a Lua table ``K`` so a script reads ``K.job``,
@@ -27,18 +33,21 @@ class Keys:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        self.metrics = f"{prefix}:metrics"
         self.workers = f"{prefix}:workers"
 
-    def job(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}"
+    def tag(self, queue: str) -> str:
+        """The queue's hash tag: every key of the queue starts with it, so they share a slot."""
+        return f"{{{self.prefix}:{queue}}}"
+
+    def job(self, job_id: str, queue: str) -> str:
+        return f"{self.tag(queue)}:job:{job_id}"
 
     def queue(self, queue: str, name: str) -> str:
-        """A per-queue key: a state set, 'paused', 'leases', 'wake', 'hist', 'durations'."""
-        return f"{self.prefix}:{queue}:{name}"
+        """A per-queue key: a state set, 'paused', 'leases', 'wake', 'hist', 'durations', 'metrics'."""
+        return f"{self.tag(queue)}:{name}"
 
     def for_script(self, job_id: str, queue: str) -> list[str]:
-        """KEYS for a script call, in KEY_NAMES order."""
-        job = self.job(job_id)
-        named = {"job": job, "attempts": f"{job}:attempts", "metrics": self.metrics}
+        """KEYS for a script call, in KEY_NAMES order ('' for job_id: the queue's job-key prefix)."""
+        job = self.job(job_id, queue)
+        named = {"job": job, "attempts": f"{job}:attempts"}
         return [named[name] if name in named else self.queue(queue, name) for name in KEY_NAMES]

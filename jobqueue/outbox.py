@@ -228,8 +228,8 @@ class Outbox:
 
     def _add(self, row: Row[Any]) -> Job | None:
         queue = self.queues[row.queue]
-        if queue.store.was_added([row.job_id])[0]:
-            return queue.store.get(row.job_id)  # published already; only its row was left
+        if queue.store.was_added([row.job_id], queue.name)[0]:
+            return queue.get_job(row.job_id)  # published already; only its row was left
         options = json.loads(row.options)
         try:
             opts = resolve_options(queue.defaults, options, queue.policy.priorities)

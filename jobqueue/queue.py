@@ -73,6 +73,7 @@ class JobQueue:
         self.name = policy.name
         self.task_name = policy.task
         self.store = store
+        store.register(self.name)
         self.defaults = defaults
         self.keep_completed, self.keep_failed = retention
         # Checked before every add, on every path: raises QueueUnavailable when new jobs must wait.
@@ -131,7 +132,7 @@ class JobQueue:
         except RedisError as exc:
             raise QueueUnavailable(f"job store unreachable: {exc}") from exc
         if not created:
-            existing = self.store.get(job.id)
+            existing = self.store.get(job.id, self.name)
             if existing is not None:
                 return existing
             raise QueueUnavailable(f"job {job.id} vanished while it was being added")
@@ -237,8 +238,7 @@ class JobQueue:
 
     def get_job(self, job_id: str) -> Job | None:
         """The job with this id if it belongs to this queue."""
-        job = self.store.get(job_id)
-        return job if job is not None and job.queue == self.name else None
+        return self.store.get(job_id, self.name)
 
     def get_job_counts(self) -> dict[str, int]:
         """Jobs per state: waiting, delayed, active, completed, failed (and paused)."""

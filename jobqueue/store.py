@@ -1,18 +1,19 @@
 """The job store: every job's state, data, options and attempts, kept in Redis.
 
-Layout under a prefix P (default ``jobqueue``):
+Layout under a prefix P (default ``jobqueue``); every key of a queue Q starts with
+its hash tag ``{P:Q}``, so one queue lives in one Redis Cluster slot:
 
-- ``P:job:<id>``: a hash with the job's fields;
-- ``P:job:<id>:attempts``: a list of JSON attempt records;
-- ``P:<queue>:<state>``: a sorted set of job ids per state, scored by time (ms);
+- ``{P:Q}:job:<id>``: a hash with the job's fields;
+- ``{P:Q}:job:<id>:attempts``: a list of JSON attempt records;
+- ``{P:Q}:<state>``: a sorted set of job ids per state, scored by time (ms);
   waiting is scored priority * PRIORITY_STEP + time, so fetch takes the first;
-- ``P:<queue>:paused``: present while the queue is paused;
-- ``P:metrics``: counters per queue (added, completed, failed, retried);
-- ``P:<queue>:hist``: processing-time histogram buckets, with sum and count;
-- ``P:<queue>:durations``: the last 1,000 processing times (ms);
-- ``P:<queue>:tp:<completed|failed>:<10 s bucket>``: finishes per 10 s, kept 2 h;
-- ``P:<queue>:leases``: active job ids, scored by when their lease runs out;
-- ``P:<queue>:wake``: a marker list idle workers block on (BLPOP);
+- ``{P:Q}:paused``: present while the queue is paused;
+- ``{P:Q}:metrics``: the queue's counters ('<Q>:added', completed, failed, retried, ...);
+- ``{P:Q}:hist``: processing-time histogram buckets, with sum and count;
+- ``{P:Q}:durations``: the last 1,000 processing times (ms);
+- ``{P:Q}:tp:<completed|failed>:<10 s bucket>``: finishes per 10 s, kept 2 h;
+- ``{P:Q}:leases``: active job ids, scored by when their lease runs out;
+- ``{P:Q}:wake``: a marker list idle workers block on (BLPOP);
 - ``P:workers``: a heartbeat per worker with the queues it consumes.
 
 A job moves between the sorted sets inside one Lua script, and only by a row of
@@ -188,6 +189,13 @@ class JobStore:
         self.sealer = sealer
         self.scripts = scripts.register_all(client)
         self.priority_step = PRIORITY_STEP
+        # The queues this store holds (JobQueue registers itself): a job looked up by id
+        # alone is looked for in each, and metrics() reads each queue's counters.
+        self.queues: list[str] = []
+
+    def register(self, queue: str) -> None:
+        if queue not in self.queues:
+            self.queues.append(queue)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "jobqueue", sealer: Sealer | None = None) -> "JobStore":
@@ -251,21 +259,25 @@ class JobStore:
         args = [event, score, record.queue, remember_ms, *flat]
         return bool(self._run("add", record.id, record.queue, args, client=client))
 
-    def was_added(self, job_ids: list[str]) -> list[bool]:
+    def was_added(self, job_ids: list[str], queue: str) -> list[bool]:
         """For each id: whether its job exists, or was added with remember_ms that has not run out."""
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.exists(self.keys.job(job_id), f"{self.keys.job(job_id)}:added")
+                key = self.keys.job(job_id, queue)
+                pipe.exists(key, f"{key}:added")
             return [bool(n) for n in pipe.execute()]
 
-    def get(self, job_id: str) -> JobRecord | None:
-        """The job with this id, or None if it was never created or has been removed."""
-        raw = self.redis.hgetall(self.keys.job(job_id))
-        return self._record(raw) if raw else None
+    def get(self, job_id: str, queue: str | None = None) -> JobRecord | None:
+        """The job with this id (in queue, or in any queue), or None if there is none."""
+        return self.get_many([job_id], queue)[0]
 
-    def attempts(self, job_id: str) -> list[dict[str, Any]]:
-        """The attempt log of a job, oldest first."""
-        return [json.loads(a) for a in self.redis.lrange(f"{self.keys.job(job_id)}:attempts", 0, -1)]
+    def attempts(self, job_id: str, queue: str | None = None) -> list[dict[str, Any]]:
+        """The attempt log of a job (in queue, or in whichever queue has it), oldest first."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for name in [queue] if queue is not None else self.queues:
+                pipe.lrange(f"{self.keys.job(job_id, name)}:attempts", 0, -1)
+            found = next((log for log in pipe.execute() if log), [])
+        return [json.loads(a) for a in found]
 
     def fetch(
         self, queue: str, count: int, worker: str, *, max_stalls: int, most_wait_ms: int = 5_000
@@ -317,7 +329,7 @@ class JobStore:
             record.id,
             record.queue,
             [
-                self.prefix,
+                self.keys.tag(record.queue),
                 event,
                 score,
                 now_ms(),
@@ -337,7 +349,7 @@ class JobStore:
 
     def holds(self, record: JobRecord) -> bool:
         """Whether record's delivery still holds its job (active, with record's token)."""
-        state, token = self.redis.hmget(self.keys.job(record.id), "state", "token")
+        state, token = self.redis.hmget(self.keys.job(record.id, record.queue), "state", "token")
         return state == "active" and token == record.token
 
     def release(self, record: JobRecord, reason: str = "released") -> None:
@@ -367,8 +379,8 @@ class JobStore:
         """
         with self.redis.pipeline(transaction=False) as pipe:
             for state in STATES:
-                pipe.zcard(f"{self.prefix}:{queue}:{state}")
-            pipe.exists(f"{self.prefix}:{queue}:paused")
+                pipe.zcard(self.keys.queue(queue, state))
+            pipe.exists(self.keys.queue(queue, "paused"))
             *sizes, paused = pipe.execute()
         counts = dict(zip(STATES, sizes, strict=True))
         counts["paused"] = counts["waiting"] if paused else 0
@@ -377,18 +389,18 @@ class JobStore:
         return counts
 
     def is_paused(self, queue: str) -> bool:
-        return bool(self.redis.exists(f"{self.prefix}:{queue}:paused"))
+        return bool(self.redis.exists(self.keys.queue(queue, "paused")))
 
     def paused_queues(self, queues: Iterable[str]) -> set[str]:
         """Which of queues are paused, in one round trip."""
         names = list(queues)
         with self.redis.pipeline(transaction=False) as pipe:
             for name in names:
-                pipe.exists(f"{self.prefix}:{name}:paused")
+                pipe.exists(self.keys.queue(name, "paused"))
             return {name for name, flag in zip(names, pipe.execute(), strict=True) if flag}
 
     def set_paused(self, queue: str, paused: bool) -> None:
-        key = f"{self.prefix}:{queue}:paused"
+        key = self.keys.queue(queue, "paused")
         if paused:
             self.redis.set(key, now_ms())
         else:
@@ -402,23 +414,35 @@ class JobStore:
         entries: list[tuple[float, str]] = []
         with self.redis.pipeline(transaction=False) as pipe:
             for state in states:
-                pipe.zrevrange(f"{self.prefix}:{queue}:{state}", 0, offset + limit - 1, withscores=True)
+                pipe.zrevrange(self.keys.queue(queue, state), 0, offset + limit - 1, withscores=True)
             for batch in pipe.execute():
                 # A waiting job's score carries its priority above the time it became waiting.
                 entries.extend((score % PRIORITY_STEP, job_id) for job_id, score in batch)
         entries.sort(reverse=True)
         page = [job_id for _, job_id in entries[offset : offset + limit]]
-        return [job for job in self.get_many(page) if job is not None]
+        return [job for job in self.get_many(page, queue) if job is not None]
 
     def ids_in_state(self, queue: str, state: str, limit: int = 10_000) -> list[str]:
         """Ids of up to limit jobs in one state, oldest first."""
-        return self.redis.zrange(f"{self.prefix}:{queue}:{state}", 0, limit - 1)
+        return self.redis.zrange(self.keys.queue(queue, state), 0, limit - 1)
 
-    def get_many(self, job_ids: Iterable[str]) -> list[JobRecord | None]:
+    def get_many(self, job_ids: Iterable[str], queue: str | None = None) -> list[JobRecord | None]:
+        """The jobs with these ids (None where there is none), in one round trip.
+
+        Without queue, each id is looked for in every queue's slot (one HGETALL each).
+        """
+        ids = list(job_ids)
+        queues = [queue] if queue is not None else self.queues
         with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.hgetall(f"{self.prefix}:job:{job_id}")
-            return [self._record(raw) if raw else None for raw in pipe.execute()]
+            for job_id in ids:
+                for name in queues:
+                    pipe.hgetall(self.keys.job(job_id, name))
+            raws = pipe.execute()
+        found: list[JobRecord | None] = []
+        for index in range(len(ids)):
+            raw = next((r for r in raws[index * len(queues) : (index + 1) * len(queues)] if r), None)
+            found.append(self._record(raw) if raw else None)
+        return found
 
     def activity(self, queue: str) -> QueueActivity:
         """Completed and failed jobs in the last minute and hour; mean and p95 of recent jobs."""
@@ -428,9 +452,9 @@ class JobStore:
         sums: dict[str, tuple[int, int]] = {}
         with self.redis.pipeline(transaction=False) as pipe:
             for state in FINISHED:
-                keys = [f"{self.prefix}:{queue}:tp:{state}:{b}" for b in range(bucket - per_hour + 1, bucket + 1)]
+                keys = [self.keys.queue(queue, f"tp:{state}:{b}") for b in range(bucket - per_hour + 1, bucket + 1)]
                 pipe.mget(keys)
-            pipe.lrange(f"{self.prefix}:{queue}:durations", 0, -1)
+            pipe.lrange(self.keys.queue(queue, "durations"), 0, -1)
             *buckets, durations = pipe.execute()
         for state, values in zip(FINISHED, buckets, strict=True):
             counts = [int(v or 0) for v in values]
@@ -449,11 +473,14 @@ class JobStore:
 
     def metrics(self) -> dict[str, int]:
         """The counters: '<queue>:added|completed|failed|retried' -> total."""
-        return {k: int(v) for k, v in self.redis.hgetall(self.keys.metrics).items()}
+        with self.redis.pipeline(transaction=False) as pipe:
+            for queue in self.queues:
+                pipe.hgetall(self.keys.queue(queue, "metrics"))
+            return {k: int(v) for counters in pipe.execute() for k, v in counters.items()}
 
     def histogram(self, queue: str) -> dict[str, float]:
         """Processing-time histogram buckets of one queue (not cumulative), with sum and count."""
-        return {k: float(v) for k, v in self.redis.hgetall(f"{self.prefix}:{queue}:hist").items()}
+        return {k: float(v) for k, v in self.redis.hgetall(self.keys.queue(queue, "hist")).items()}
 
     # -- workers ---------------------------------------------------------------
 

@@ -2,8 +2,9 @@
 
     REDIS_URL=redis://... celery -A bench.peers.stock_celery worker -Q analytics
 
-Unlike bench/bare.py this does not install the service's hardened transport: it is
-Celery as anyone would run it, with the same settings (celeryconfig) as ours.
+Celery as anyone would run it, with the same settings (celeryconfig) as ours. Like
+bench/bare.py (the same stock Celery, timed by bench/run.py's own harness), it
+declares the queues it uses: celeryconfig leaves the list to the app.
 """
 
 import os
@@ -12,19 +13,19 @@ import redis
 from celery import Celery
 
 from bench.peers import COUNTER
+from celeryconfig import task_queues_for
 
 app = Celery("stock")
 app.config_from_object("celeryconfig")
 app.conf.broker_url = os.environ["REDIS_URL"]
 app.conf.imports = ()
 app.conf.task_acks_late = True
-# kombu's stock Redis transport options: ack emulation (an unacked record and an ack per
-# message) on, as Celery ships; celeryconfig turns it off for the service's own engine.
-app.conf.broker_transport_options = {
-    key: value
-    for key, value in app.conf.broker_transport_options.items()
-    if key not in ("ack_emulation", "queue_priorities")
-}
+# celeryconfig does not create missing queues and leaves the list to the app.
+app.conf.task_queues = task_queues_for(app.conf.broker_url, ("analytics", "email"))
+app.conf.task_default_queue = "analytics"
+# kombu's stock Redis transport options (celeryconfig sets none): ack emulation (an unacked
+# record and an ack per message) on, as Celery ships.
+app.conf.broker_transport_options = {}
 app.conf.task_send_sent_event = False
 _counter = redis.Redis.from_url(os.environ["REDIS_URL"])
 

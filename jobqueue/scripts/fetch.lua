@@ -5,7 +5,7 @@
 --   3. unless the queue is paused, up to count waiting jobs, first by priority and then
 --      in the order they became waiting, move to active, each under a lease and a new
 --      fencing token, and come back whole.
--- K.job is the job-key prefix ('<prefix>:job:').
+-- K.job is the queue's job-key prefix ('{<prefix>:<queue>}:job:').
 -- ARGV: now, count, worker, max_stalls, most_wait_ms
 -- Returns {wait_ms, {job fields}, {job fields}, ...}: wait_ms is how long the caller
 -- may block before something here falls due (a delayed job, a lease).

@@ -3,11 +3,11 @@
 -- retention (trim).
 -- Fenced: only the delivery holding the job's current token may end it. A late
 -- call from a delivery whose lease was taken over is refused and counted.
--- ARGV: prefix, event, score, now, keep_count (-1 = all), keep_age_ms (-1 = any),
+-- ARGV: the queue's hash tag, event, score, now, keep_count (-1 = all), keep_age_ms (-1 = any),
 --       attempt_json, queue, duration_ms, histogram field, token, field/value pairs...
 -- Returns the state the job left, or 'stale' when refused (a job removed meanwhile too).
 local state = redis.call('HGET', K.job, 'state')
-local prefix, event, score = ARGV[1], ARGV[2], ARGV[3]
+local tag, event, score = ARGV[1], ARGV[2], ARGV[3]
 local now, keep_count, keep_age = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local queue, duration = ARGV[8], ARGV[9]
 if state ~= 'active' or redis.call('HGET', K.job, 'token') ~= ARGV[11] then
@@ -34,12 +34,12 @@ if event == 'retry' then
   wake()  -- an idle worker recomputes how long it may block
   return state
 end
-local tp = prefix .. ':' .. queue .. ':tp:' .. target .. ':' .. math.floor(now / 10000)
+local tp = tag .. ':tp:' .. target .. ':' .. math.floor(now / 10000)
 redis.call('INCR', tp)
 redis.call('EXPIRE', tp, 7300)
 -- Retention.
 local zset = K[target]
-local jobs = prefix .. ':job:'
+local jobs = tag .. ':job:'
 if keep_count == 0 then
   move(K.job, id, target, 'trim', 0)
   return state

@@ -61,7 +61,7 @@ class JobDetail:
 
 
 def job_detail(job: Job) -> JobDetail:
-    return JobDetail(job, get_queue(job.queue).store.attempts(job.id))
+    return JobDetail(job, get_queue(job.queue).store.attempts(job.id, job.queue))
 
 
 def _actor() -> str:

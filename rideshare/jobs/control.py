@@ -145,8 +145,8 @@ def find_jobs(
     """
     store = get_queue(queue_name).store
     if job_id:
-        job = store.get(job_id)
-        match = job is not None and job.queue == queue_name and (state is None or job.state == state)
+        job = store.get(job_id, queue_name)
+        match = job is not None and (state is None or job.state == state)
         return ([job] if match else []), None
     states = [state] if state else list(STATES)
     if not field:

@@ -38,7 +38,7 @@ def job_ids(stack: Stack, queue: str) -> set[str]:
     store = stack.app.extensions["jobs"].store
     ids: set[str] = set()
     for state in STATES:
-        ids.update(store.redis.zrange(f"{store.prefix}:{queue}:{state}", 0, -1))
+        ids.update(store.redis.zrange(store.keys.queue(queue, state), 0, -1))
     return ids
 
 

@@ -37,7 +37,7 @@ def test_unreadable_jobs_and_stray_messages_fail_alone_and_other_jobs_keep_flowi
         worker = rig.worker("email", concurrency=2)
         # A job whose stored data is not JSON (a hand edit, a bad migration).
         corrupt = add_email_job({"to": f"corrupt-{prefix}@example.com", "subject": "s", "text": "t"}, delay=1500)
-        store.redis.hset(store.keys.job(corrupt.id), "data", "\x00not json at all")
+        store.redis.hset(store.keys.job(corrupt.id, corrupt.queue), "data", "\x00not json at all")
         # Messages straight through the broker: an unknown task, and a job task called by hand.
         celery = rig.app.extensions["celery"]
         celery.send_task("email.no_such_task", args=["x"], queue="email")

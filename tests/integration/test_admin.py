@@ -50,7 +50,7 @@ def test_retry_with_corrected_data_turns_a_failed_payment_into_a_succeeded_one(a
 
     # The new payment method is encrypted at rest: no plaintext in any Redis value.
     store = app.extensions["jobs"].store
-    assert "pm_card_visa" not in store.redis.hget(f"{store.prefix}:job:{job.id}", "data")
+    assert "pm_card_visa" not in store.redis.hget(store.keys.job(job.id, job.queue), "data")
     assert store.get(job.id).data["paymentMethod"] == "pm_card_visa"
     for key in store.redis.scan_iter(count=1000):
         kind = store.redis.type(key)

@@ -7,6 +7,7 @@ Celery worker runs. The app's job store is a Redis database no worker consumes.
 
 import dataclasses
 import secrets
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -52,6 +53,10 @@ def domain_app(database_url: str, redis_url: str, services: Services, tmp_path: 
             yield app
     finally:
         mail_service._connection.take((), 0)  # QUIT the SMTP connection this thread kept
+        # Drop the published outbox rows now, and let a drop under way end, so no connection
+        # is out of the pool when it is disposed (one would be garbage-collected open).
+        app.extensions["outbox"].flush()
+        time.sleep(0.2)
         close_app(app)
 
 

@@ -60,7 +60,7 @@ class JobStoreMachine(RuleBasedStateMachine):
         self.expired: dict[str, object] = {}  # job id -> record whose lease ran out, not yet taken over
 
     def teardown(self) -> None:
-        keys = list(self.client.scan_iter(f"{self.store.prefix}:*", count=1000))
+        keys = list(self.client.scan_iter(f"{{{self.store.prefix}:*", count=1000))
         if keys:
             self.client.delete(*keys)
         self.client.close()
@@ -80,7 +80,7 @@ class JobStoreMachine(RuleBasedStateMachine):
         _, jobs = self.store.fetch(QUEUE, count, worker, max_stalls=1)
         assert len(jobs) <= count
         for job_id, record in list(self.expired.items()):
-            state, token = self.client.hmget(self.store.keys.job(job_id), "state", "token")
+            state, token = self.client.hmget(self.store.keys.job(job_id, QUEUE), "state", "token")
             if state != "active" or token != record.token:
                 self.stale.append(self.expired.pop(job_id))  # stalled by this fetch, maybe taken again
         for job in jobs:
@@ -109,14 +109,14 @@ class JobStoreMachine(RuleBasedStateMachine):
     @rule(data=st.data(), event=st.sampled_from(["complete", "fail", "retry", "release"]))
     def stale_delivery_changes_nothing(self, data: st.DataObject, event: str) -> None:
         record = pick(data, self.stale)
-        before = self.client.hgetall(self.store.keys.job(record.id))
+        before = self.client.hgetall(self.store.keys.job(record.id, QUEUE))
         sets = self._sets()
         with pytest.raises(StaleDelivery):
             if event == "release":
                 self.store.release(record)
             else:
                 self.store.finish(record, event, score=now_ms())
-        assert self.client.hgetall(self.store.keys.job(record.id)) == before
+        assert self.client.hgetall(self.store.keys.job(record.id, QUEUE)) == before
         assert self._sets() == sets
 
     @precondition(lambda self: self.held)
@@ -224,7 +224,7 @@ class JobStoreMachine(RuleBasedStateMachine):
         assert {s: counts[s] for s in STATES} == {s: len(m) for s, m in sets.items()}
         for state, members in sets.items():
             for job_id in members:
-                assert self.client.hget(self.store.keys.job(job_id), "state") == state
+                assert self.client.hget(self.store.keys.job(job_id, QUEUE), "state") == state
 
     @invariant()
     def nothing_lost_and_finished_jobs_stay_finished(self) -> None:
@@ -235,7 +235,7 @@ class JobStoreMachine(RuleBasedStateMachine):
             if state == REMOVED:
                 assert all(job_id not in m for m in sets.values())
                 continue
-            actual = self.client.hget(self.store.keys.job(job_id), "state")
+            actual = self.client.hget(self.store.keys.job(job_id, QUEUE), "state")
             assert actual is not None, f"job {job_id} lost (model: {state})"
             if state in FINISHED:
                 assert actual == state, f"finished job {job_id} moved {state} -> {actual} by itself"
