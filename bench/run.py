@@ -126,6 +126,39 @@ def start_consuming(celery: Any, workers: list[subprocess.Popen], queue: str) ->
     raise RuntimeError(f"add_consumer answered by {len(answered)} of {len(nodes)} workers: {sorted(answered)}")
 
 
+# What cost_per_job() returns per job, each in ms but script_calls (a count).
+REDIS_COST_KEYS = ("cpu_ms", "main_ms", "scripts_ms", "blpop_ms", "publish_ms", "script_calls")
+SCRIPT_COMMANDS = ("evalsha", "eval", "evalsha_ro", "eval_ro", "fcall", "fcall_ro")
+
+
+def cost_per_job(before: dict[str, Any], after: dict[str, Any], n: int) -> dict[str, float]:
+    """Redis's work per job between two Bench.redis_usage() readings.
+
+    cpu_ms: the server's CPU time (user + system, all its threads: what a Redis host pays,
+    socket reads and writes included); main_ms: its main thread's. From INFO commandstats
+    (time inside commands only, no I/O): scripts_ms, the job store's scripts (EVALSHA,
+    inclusive of the commands they run), blpop_ms (idle workers' wake markers, and kombu's
+    consumer on other transports), publish_ms (Celery's task events and remote control);
+    script_calls, script calls per job.
+    """
+
+    def delta(names: tuple[str, ...], field: int) -> float:
+        total = 0
+        for name in names:
+            new = after["commands"].get(name, (0, 0))[field]
+            total += new - before["commands"].get(name, (0, 0))[field]
+        return total
+
+    return {
+        "cpu_ms": (after["cpu_s"] - before["cpu_s"]) * 1000 / n,
+        "main_ms": (after["main_s"] - before["main_s"]) * 1000 / n,
+        "scripts_ms": delta(SCRIPT_COMMANDS, 1) / 1000 / n,
+        "blpop_ms": delta(("blpop",), 1) / 1000 / n,
+        "publish_ms": delta(("publish",), 1) / 1000 / n,
+        "script_calls": delta(SCRIPT_COMMANDS, 0) / n,
+    }
+
+
 def start_delays(store: Any, jobs: list[Any]) -> list[float]:
     """Milliseconds from each job's creation to the start of its first attempt."""
     found = store.get_many([job.id for job in jobs])
@@ -280,36 +313,77 @@ class Bench:
         self.procs.remove(proc)
 
     def timed_drain(
-        self, app: str, done: Any, n: int, *, workers: int = 1, pool: str = "prefork", concurrency: int = 2
-    ) -> tuple[float, float, list[subprocess.Popen]]:
-        """(jobs/s, worker CPU ms per job) for n jobs already in the analytics queue, from the moment
-        `workers` workers all start on it.
+        self,
+        app: str,
+        done: Any,
+        n: int,
+        *,
+        workers: int = 1,
+        pool: str = "prefork",
+        concurrency: int = 2,
+        env: dict | None = None,
+    ) -> dict[str, Any]:
+        """Drain n jobs already queued with `workers` fresh workers, from the moment they may all start.
 
-        The workers boot on the idle email queue and are then told, in one broadcast,
-        to consume analytics too, so no worker gets a head start while others boot.
+        bench.full: the jobs wait in the paused no-op queue; the workers boot with `-Q bench`,
+        and the clock starts at resume(). bench.bare: the jobs wait in the broker's analytics
+        list; the workers boot on the idle email queue (prefetch DRAIN_PREFETCH) and the clock
+        starts at one add_consumer broadcast. Either way no worker gets a head start while
+        others boot. Returns rate (jobs/s), cpu_ms (the workers' CPU per job), first_done_s
+        (from the start to the first job done) and procs (still running: the caller retires them).
         """
-        env = {"CELERY_PREFETCH_MULTIPLIER": str(DRAIN_PREFETCH)}
-        procs = [self.worker(app, pool=pool, concurrency=concurrency, env=env, queues="email") for _ in range(workers)]
+        from bench.full import QUEUE, noop_queue
+
+        ours = app == "bench.full"
+        env = dict(env or {})
+        if not ours:
+            env.setdefault("CELERY_PREFETCH_MULTIPLIER", str(DRAIN_PREFETCH))
+        queues = QUEUE if ours else "email"
+        procs = [
+            self.worker(app, pool=pool, concurrency=concurrency, env=env, queues=queues) for _ in range(workers)
+        ]
         cpu = sum(cpu_seconds(p.pid) for p in procs)
         started = time.perf_counter()
-        start_consuming(self.celery_apps[app], procs, "analytics")
+        if ours:
+            noop_queue().resume()
+        else:
+            start_consuming(self.celery_apps[app], procs, "analytics")
         deadline = time.monotonic() + 600
-        while done() < n and time.monotonic() < deadline:
+        first = None
+        while (count := done()) < n and time.monotonic() < deadline:
+            if count and first is None:
+                first = time.perf_counter()
             time.sleep(0.005)
-        rate = n / (time.perf_counter() - started)
+        ended = time.perf_counter()
         if done() < n:
             raise RuntimeError(f"{app} drained {done()} of {n} jobs in 600 s")
         cpu_ms = (sum(cpu_seconds(p.pid) for p in procs) - cpu) * 1000 / n
         self.sample_load()
-        return rate, cpu_ms, procs
+        return {
+            "rate": n / (ended - started),
+            "cpu_ms": cpu_ms,
+            "first_done_s": (first or ended) - started,
+            "procs": procs,
+        }
+
+    def redis_usage(self) -> dict[str, Any]:
+        """The Redis server's CPU time so far (seconds; all threads, and its main thread) and its
+        per-command counters (INFO commandstats: calls and microseconds per command)."""
+        cpu = self.redis.info("cpu")
+        stats = self.redis.info("commandstats")
+        return {
+            "cpu_s": cpu["used_cpu_sys"] + cpu["used_cpu_user"],
+            "main_s": cpu.get("used_cpu_sys_main_thread", 0) + cpu.get("used_cpu_user_main_thread", 0),
+            "commands": {name.removeprefix("cmdstat_"): (v["calls"], v["usec"]) for name, v in stats.items()},
+        }
 
     # (b) CPU-light drain, with the peers round by round ------------------------------
 
     def drain(self) -> None:
         n = 3000 if self.quick else 20000
         from bench import bare
+        from bench.full import QUEUE, flask_app, noop_queue
         from bench.full import app as full_celery
-        from bench.full import flask_app, noop_queue
 
         self.client_logs_to_file()
         self.celery_apps = {"bench.bare": bare.app, "bench.full": full_celery}
@@ -319,11 +393,15 @@ class Bench:
             return int(self.redis.get("bench:bare:done") or 0)
 
         def full_done() -> int:
-            return queue_.store.metrics().get("analytics:completed", 0)
+            return queue_.store.metrics().get(f"{QUEUE}:completed", 0)
 
-        def fill(path: str, count: int) -> float:
-            """Put count no-op jobs in the analytics queue one way; returns jobs/s."""
+        def fill(path: str, count: int) -> tuple[float, dict[str, Any]]:
+            """Put count no-op jobs in the queue one way (ours into the paused no-op queue, bare into
+            the broker's analytics list); returns (jobs/s, Redis's usage just before the fill)."""
             self.redis.flushdb()
+            if path != "bare":
+                queue_.pause()  # the workers boot without taking any; timed_drain resumes it
+            usage = self.redis_usage()
             started = time.perf_counter()
             if path == "bare":
                 for _ in range(count):
@@ -334,7 +412,7 @@ class Bench:
             else:
                 for i in range(0, count, BULK_CHUNK):
                     queue_.add_bulk([{}] * min(BULK_CHUNK, count - i))
-            return count / (time.perf_counter() - started)
+            return count / (time.perf_counter() - started), usage
 
         per_round: list[dict[str, Any]] = []
         peer_rounds: list[dict[str, Any]] = []
@@ -345,19 +423,22 @@ class Bench:
             def ours(index: int) -> None:
                 row: dict[str, Any] = {}
                 for name, app, path, pool, concurrency, workers in DRAINS:
-                    row[f"enqueue_{name}"] = fill(path, n)
+                    row[f"enqueue_{name}"], usage = fill(path, n)
                     done = bare_done if path == "bare" else full_done
-                    rate, cpu_ms, procs = self.timed_drain(
-                        app, done, n, workers=workers, pool=pool, concurrency=concurrency
-                    )
-                    row[f"drain_{name}"], row[f"cpu_ms_{name}"] = rate, cpu_ms
+                    found = self.timed_drain(app, done, n, workers=workers, pool=pool, concurrency=concurrency)
+                    redis_cost = cost_per_job(usage, self.redis_usage(), n)
+                    row[f"drain_{name}"], row[f"cpu_ms_{name}"] = found["rate"], found["cpu_ms"]
+                    row[f"first_done_s_{name}"] = found["first_done_s"]
+                    for key, value in redis_cost.items():
+                        row[f"redis_{key}_{name}"] = value
+                    procs = found["procs"]
                     if name == "single" and index == 0:
                         extras["busy_rss"] = rss_mb(procs[0].pid)
                         extras["latency"] = self.start_latency(queue_, n)
                     for proc in procs:
                         self.retire(proc)
                 per_round.append(row)
-                figures = json.dumps({k: round(v, 2) for k, v in row.items()})
+                figures = json.dumps({k: round(v, 3) for k, v in row.items()})
                 print(f"[bench] drain round {index + 1}: {figures}", flush=True)
 
             for index in range(self.rounds):
@@ -375,7 +456,7 @@ class Bench:
             idle = {}
             for name, app, queues in (
                 ("ours", "tasks", "analytics"),
-                ("bench_full", "bench.full", "analytics"),
+                ("bench_full", "bench.full", QUEUE),
                 ("bare", "bench.bare", "analytics"),
             ):
                 proc = self.worker(app, pool="prefork", concurrency=2, queues=queues)
@@ -389,18 +470,17 @@ class Bench:
                 row = {"workers": workers}
                 for path in ("single", "bulk"):
                     fill(path, m)
-                    rate, _, procs = self.timed_drain("bench.full", full_done, m, workers=workers, pool="solo")
-                    row[path] = round(rate)
-                    for proc in procs:
+                    found = self.timed_drain("bench.full", full_done, m, workers=workers, pool="solo")
+                    row[path] = round(found["rate"])
+                    for proc in found["procs"]:
                         self.retire(proc)
                 scaling.append(row)
-            # (e) job-store memory per 10,000 retained jobs (broker lists left out)
+            # (e) job-store memory per 10,000 retained jobs (every byte a waiting job costs:
+            # the store is the only queue, there are no broker messages beside it)
             self.redis.flushdb()
             before = self.redis.info("memory")["used_memory"]
             for _ in range(10_000):
                 queue_.add({"to": "rider@example.com", "subject": "Your receipt", "text": "Thanks for riding."})
-            for key in self.redis.scan_iter("analytics*"):
-                self.redis.delete(key)
             store_mb = (self.redis.info("memory")["used_memory"] - before) / 1e6
 
         def med(key: str) -> float:
@@ -409,14 +489,24 @@ class Bench:
         drain = {
             "jobs": n,
             "rounds": self.rounds,
-            "settings": f"prefetch multiplier {DRAIN_PREFETCH}; prefork: one worker -c 2; solo x2: two solo workers",
-            "batch_size": queue_.batch_size,
-            "per_round": [{k: round(v, 3 if k.startswith("cpu") else 1) for k, v in row.items()} for row in per_round],
+            "settings": (
+                f"ours: no prefetch (a worker fetches for its free slots), gated by resume();"
+                f" bare Celery: prefetch multiplier {DRAIN_PREFETCH}, gated by add_consumer;"
+                " prefork: one worker -c 2; solo x2: two solo workers"
+            ),
+            "bulk_chunk": BULK_CHUNK,
+            "per_round": [
+                {k: round(v, 4 if k.startswith(("cpu", "redis", "first")) else 1) for k, v in row.items()}
+                for row in per_round
+            ],
         }
         for name, *_ in DRAINS:
             drain[f"enqueue_{name}"] = round(med(f"enqueue_{name}"))
             drain[f"drain_{name}"] = round(med(f"drain_{name}"))
             drain[f"cpu_ms_{name}"] = round(med(f"cpu_ms_{name}"), 3)
+            drain[f"first_done_s_{name}"] = round(med(f"first_done_s_{name}"), 3)
+            for key in REDIS_COST_KEYS:
+                drain[f"redis_{key}_{name}"] = round(med(f"redis_{key}_{name}"), 4)
         drain["ratio"] = round(drain["drain_single"] / drain["drain_bare"], 2)
         drain["bulk_ratio"] = round(drain["drain_bulk"] / drain["drain_bare"], 2)
         self.results["drain"] = drain
@@ -465,7 +555,8 @@ class Bench:
         burst = [queue.add({}, remove_on_complete=False) for _ in range(2000)]
         deadline = time.monotonic() + 60
         total = n + light_jobs + 2000
-        while queue.store.metrics().get("analytics:completed", 0) < total and time.monotonic() < deadline:
+        completed = f"{queue.name}:completed"
+        while queue.store.metrics().get(completed, 0) < total and time.monotonic() < deadline:
             time.sleep(0.05)
         return start_delays(queue.store, light), start_delays(queue.store, burst)
 
@@ -478,17 +569,17 @@ class Bench:
                 self.redis.flushdb()
                 ceiling = processes * concurrency / SMTP_LATENCY_S
                 n = int(max(100, min(ceiling * (4 if self.quick else 8), 4000)))
-                app = self.queue_emails(n)
+                app = self.queue_emails(n, paused=True)
                 with app.app_context():
-                    # Booted on the idle analytics queue, then all turned to email at once.
+                    # Booted with -Q email on the paused queue, then all let go at once by resume().
                     workers = [
-                        self.worker("tasks", pool=pool, concurrency=concurrency, queues="analytics")
+                        self.worker("tasks", pool=pool, concurrency=concurrency, queues="email")
                         for _ in range(processes)
                     ]
                     store = app.extensions["jobs"].store
                     cpu_before = sum(cpu_seconds(w.pid) for w in workers)
                     started = time.perf_counter()
-                    start_consuming(app.extensions["celery"], workers, "email")
+                    app.extensions["jobs"].queue("email").resume()
                     deadline = time.monotonic() + 300
                     while store.metrics().get("email:completed", 0) < n and time.monotonic() < deadline:
                         time.sleep(0.02)
@@ -515,8 +606,11 @@ class Bench:
                 )
         self.results["io"] = rows
 
-    def queue_emails(self, n: int) -> Any:
-        """A fresh app (schema migrated) with n email jobs waiting; the caller enters its context."""
+    def queue_emails(self, n: int, paused: bool = False) -> Any:
+        """A fresh app (schema migrated) with n email jobs waiting; the caller enters its context.
+
+        paused: the email queue is paused first (workers booted on it take nothing until resume()).
+        """
         from rideshare import create_app
         from rideshare.cli import upgrade_database
         from rideshare.jobs import add_email_job
@@ -525,6 +619,8 @@ class Bench:
         self.client_logs_to_file()
         with app.app_context():
             upgrade_database()
+            if paused:
+                app.extensions["jobs"].queue("email").pause()
             for i in range(n):
                 add_email_job({"to": f"r{i}@example.com", "subject": "s", "text": "t"}, remove_on_complete=True)
         return app

@@ -48,6 +48,22 @@ fi
 ruff check --quiet .
 python -m pytest "$@"  # a failure ends the script here, with pytest's status
 
+# The oldest-release pass: the integration tests again on the oldest Celery, kombu, redis
+# and hiredis that pyproject.toml's ranges allow (the run above had the newest), in a venv
+# of its own. When the newest release is also the oldest, the run above covered both.
+if [ "$#" -eq 0 ] && [ "${OLDEST_PASS:-auto}" != 0 ]; then
+  if python scripts/oldest_pins.py --check >/dev/null; then
+    echo "oldest-release pass: the installed releases are the oldest the ranges allow ($(python scripts/oldest_pins.py --check)); the run above covered both" >&2
+  else
+    pins=$(python scripts/oldest_pins.py)
+    echo "oldest-release pass: tests/integration on $pins" >&2
+    [ -x .venv-oldest/bin/python ] || python -m venv .venv-oldest
+    .venv-oldest/bin/python -m pip install --quiet -e ".[test]" $pins
+    PATH="$PWD/.venv-oldest/bin:$PATH" VIRTUAL_ENV="$PWD/.venv-oldest" \
+      .venv-oldest/bin/python -m pytest tests/integration -m "not postgres"
+  fi
+fi
+
 # The RabbitMQ pass: tests/integration again, the Celery broker a RabbitMQ vhost
 # per stack (TEST_BROKER=rabbitmq, see tests/support/rabbitmq.py), the job store
 # still Redis. SQLite only: the broker does not meet the database, and it keeps
