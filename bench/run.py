@@ -418,6 +418,10 @@ class Bench:
         peer_rounds: list[dict[str, Any]] = []
         extras: dict[str, Any] = {}
         with flask_app.app_context():
+            from rideshare.cli import upgrade_database
+
+            # The schema, so the workers' housekeeping (the outbox relay) runs as in production.
+            upgrade_database()
             queue_ = noop_queue()
 
             def ours(index: int) -> None:
@@ -495,6 +499,7 @@ class Bench:
                 " prefork: one worker -c 2; solo x2: two solo workers"
             ),
             "bulk_chunk": BULK_CHUNK,
+            "prefetch": DRAIN_PREFETCH,
             "per_round": [
                 {k: round(v, 4 if k.startswith(("cpu", "redis", "first")) else 1) for k, v in row.items()}
                 for row in per_round

@@ -142,8 +142,11 @@ def start_celery_worker(
     name: str | None = None,
     cwd: Path | None = None,
     timeout: float = 60.0,
+    extra: tuple[str, ...] = (),
 ) -> subprocess.Popen:
-    """A real `celery -A app worker` process, returned once it says it is ready."""
+    """A real `celery -A app worker` process, returned once it says it is ready.
+
+    extra: more worker options (--autoscale=3,1, --max-tasks-per-child=2, ...)."""
     import secrets
 
     node = name or f"test-{secrets.token_hex(3)}@%h"
@@ -168,6 +171,7 @@ def start_celery_worker(
                 "INFO",
                 "--without-mingle",
                 "--without-gossip",
+                *extra,
             ],
             cwd=cwd,
             env={**os.environ, **env},

@@ -274,9 +274,12 @@ def start_worker(
     concurrency: int = 4,
     name: str | None = None,
     pool: str = "prefork",
+    extra: tuple[str, ...] = (),
 ) -> subprocess.Popen:
     """A real `celery -A tasks worker` process from the repo root, waited on until it is ready."""
-    return start_celery_worker(env, log, queues=queues, concurrency=concurrency, name=name, pool=pool, cwd=REPO)
+    return start_celery_worker(
+        env, log, queues=queues, concurrency=concurrency, name=name, pool=pool, cwd=REPO, extra=extra
+    )
 
 
 @pytest.fixture(scope="session")
