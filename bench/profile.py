@@ -7,8 +7,9 @@
     .venv/bin/python -m bench.profile email payment --before 054001c --json bench/profiles.json
 
 (installed by `bash scripts/run-bench.sh`, which pins py-spy in the bench extra.)
-Prints the samples grouped by what they are doing (GROUPS: the Celery/kombu consumer,
-SQLAlchemy, MIME building, the job-store scripts, logging, Flask/smorest, publishing...)
+Prints the samples grouped by what they are doing (GROUPS: the job store's fetch, Celery's
+strategy/request/trace, Celery's events, kombu's consumer for the broker, SQLAlchemy,
+MIME building, the job-store scripts, logging, Flask/smorest, publishing...)
 and the functions with the most samples, and keeps py-spy's raw file (collapsed stacks,
 for a flame graph) under the run's temporary folder. `--json FILE --label L` also stores
 the grouped figures in FILE under L (bench/report.py renders bench/profiles.json as
@@ -54,8 +55,22 @@ RATE_HZ = 200
 # group. Frames of redis-py and kombu's transports are transparent (they belong to
 # whoever called them: the consumer's BRPOP, a job-store script, a publish).
 TRANSPARENT = ("/redis/", "/hiredis", "kombu/transport/", "/json/", "kombu/utils/json.py")
+# The worker's side of the engine (jobqueue/worker.py): the fetcher thread (store.fetch,
+# the wake BLPOP, reading the fetched records), the Celery message it builds per job and
+# its hand-over to the event loop, and the slot accounting when a job ends.
+FETCH = "job store fetch (jobqueue/worker.py, store.fetch)"
+# Celery's own per-task path, whoever feeds it: the task strategy (request built, task
+# reserved), the request, the tracer around the task, and the pool.
+STRATEGY = "Celery strategy, request, trace and pool"
+# A worker's own Celery events: task-received/started/succeeded (Flower) and heartbeats.
+EVENTS = "Celery events (task events, heartbeats)"
+# The rest of Celery and kombu in a worker: the event loop, the kombu consumer for the
+# broker queues of -Q (BRPOP), remote control, timers.
+KOMBU = "kombu consumer for the broker (event loop, BRPOP, remote control)"
+# Marks a Celery, kombu, billiard or vine frame: celery_part() says which of the three above.
+CELERY_FAMILY = "Celery/kombu"
 RULES: list[tuple[str, str, tuple[str, ...] | None]] = [
-    # (group, path substring, function names or None for any)
+    # (group, path substring, function names or None for any; a name ending in "." matches a class's methods)
     ("logging", "/logging/", None),
     ("logging", "rideshare/logs.py", None),
     ("logging", "celery/utils/log.py", None),
@@ -63,6 +78,8 @@ RULES: list[tuple[str, str, tuple[str, ...] | None]] = [
     ("SMTP (smtplib; waiting on the server)", "/smtplib.py", None),
     ("SQLAlchemy + psycopg", "sqlalchemy/", None),
     ("SQLAlchemy + psycopg", "/psycopg", None),
+    (FETCH, "jobqueue/store.py", ("fetch", "wait_for_work")),
+    (FETCH, "jobqueue/worker.py", ("Fetcher.", "_Ending.")),
     ("job-store scripts", "rideshare/jobs/store.py", None),
     ("job-store scripts", "jobqueue/store.py", None),
     ("publishing", "celery/app/base.py", ("send_task",)),
@@ -71,9 +88,8 @@ RULES: list[tuple[str, str, tuple[str, ...] | None]] = [
     ("publishing", "celery/events/", None),
     ("publishing", "kombu/messaging.py", ("publish", "_publish")),
     ("publishing", "kombu/connection.py", ("ensure", "_ensured", "default_channel")),
+    # Trees before the engine rework (bench/profiles.json's "before", --before 054001c).
     ("publishing", "rideshare/jobs/queue.py", ("_send", "publish", "publish_many", "_publish")),
-    ("publishing", "jobqueue/queue.py", ("_send", "publish", "publish_many", "_publish_chunks", "_message")),
-    ("publishing", "jobqueue/transport.py", ("message", "key")),
     ("auth (JWT decode)", "/jwt/", None),
     ("marshmallow", "marshmallow/", None),
     ("marshmallow", "webargs/", None),
@@ -83,20 +99,36 @@ RULES: list[tuple[str, str, tuple[str, ...] | None]] = [
     ("Flask/smorest", "flask_limiter/", None),
     ("Flask/smorest", "/limits/", None),
     ("gunicorn", "gunicorn/", None),
-    ("Celery/kombu consumer", "celery/", None),
-    ("Celery/kombu consumer", "kombu/", None),
-    ("Celery/kombu consumer", "billiard/", None),
-    ("Celery/kombu consumer", "vine/", None),
-    ("Celery/kombu consumer", "jobqueue/transport.py", None),
-    ("Celery/kombu consumer", "rideshare/jobs/transport.py", None),
+    (CELERY_FAMILY, "celery/", None),
+    (CELERY_FAMILY, "kombu/", None),
+    (CELERY_FAMILY, "billiard/", None),
+    (CELERY_FAMILY, "vine/", None),
+    # The 054001c tree's kombu transport (its messages and claims).
+    (CELERY_FAMILY, "rideshare/jobs/transport.py", None),
     ("app and engine code (own frames)", "rideshare/", None),
     ("app and engine code (own frames)", "jobqueue/", None),
     ("app and engine code (own frames)", "tasks/", None),
 ]
+# Which part of Celery a Celery-family sample belongs to: the nearest of these frames from
+# it up to the root; none of them: KOMBU.
+CELERY_PARTS: list[tuple[str, str, tuple[str, ...] | None]] = [
+    (FETCH, "jobqueue/worker.py", ("Fetcher.", "_Ending.")),
+    (STRATEGY, "celery/worker/strategy.py", None),
+    (STRATEGY, "celery/worker/request.py", None),
+    (STRATEGY, "celery/app/trace.py", None),
+    (STRATEGY, "celery/concurrency/", None),
+    (STRATEGY, "billiard/", None),
+    (STRATEGY, "jobqueue/task.py", None),
+    (EVENTS, "celery/events/", None),
+    (EVENTS, "celery/worker/heartbeat.py", None),
+]
 OTHER = "other (stdlib, threads, JSON...)"
 # The groups in the order the report lists them.
 GROUPS = [
-    "Celery/kombu consumer",
+    FETCH,
+    STRATEGY,
+    EVENTS,
+    KOMBU,
     "SQLAlchemy + psycopg",
     "MIME building",
     "SMTP (smtplib; waiting on the server)",
@@ -111,12 +143,33 @@ GROUPS = [
     "app and engine code (own frames)",
     OTHER,
 ]
+# The groups that split what profiles of older trees (bench/profiles.json) call one group.
+CELERY_GROUPS = (FETCH, STRATEGY, EVENTS, KOMBU)
+LEGACY_CELERY = "Celery/kombu consumer"
 FRAME = re.compile(r"(.*) \((.*?):\d+\)$")
 
 
 def parse_frame(frame: str) -> tuple[str, str] | None:
     match = FRAME.match(frame)
     return (match.group(1), match.group(2)) if match else None
+
+
+def _matches(func: str, path: str, where: str, funcs: tuple[str, ...] | None) -> bool:
+    if where not in path:
+        return False
+    if funcs is None:
+        return True
+    name = func.rsplit(".", 1)[-1]
+    return any(func.startswith(f) if f.endswith(".") else name == f for f in funcs)
+
+
+def celery_part(frames: list[tuple[str, str]]) -> str:
+    """The part of Celery a Celery-family sample belongs to, from its frame (the last) up to the root."""
+    for func, path in reversed(frames):
+        for group, where, funcs in CELERY_PARTS:
+            if _matches(func, "/" + path, where, funcs):
+                return group
+    return KOMBU
 
 
 def group_of(frames: list[tuple[str, str]]) -> str:
@@ -127,26 +180,38 @@ def group_of(frames: list[tuple[str, str]]) -> str:
     front, functions by their last part.
     """
     flask = any("flask" in path for _, path in frames)
-    # Under send_task, apply_async or a kombu Producer, every Celery and kombu frame is publishing.
-    sending = any(f.endswith(("send_task", "apply_async")) or f.startswith("Producer.") for f, _ in frames)
+    # Under send_task or apply_async (an app publishing a task), every Celery and kombu frame is publishing;
+    # elsewhere, under celery/events/, it is a worker's own events (task events, heartbeats).
+    sending = any(f.endswith(("send_task", "apply_async")) for f, _ in frames)
+    eventing = not sending and any("celery/events/" in path for _, path in frames)
+    # In the fetcher's thread, or building a fetched job's Celery message, everything is the fetch
+    # (but for the strategy, which the fetcher calls itself only where the worker has no event loop).
+    fetching = any(f.endswith(("Fetcher._run", "Fetcher._message", "Fetcher._template")) for f, _ in frames)
+    if fetching and not any("celery/worker/strategy.py" in path for _, path in frames):
+        if not any("/logging/" in path for _, path in frames):
+            return FETCH
     saw_redis = False
-    for func, path in reversed(frames):
+    for index in range(len(frames) - 1, -1, -1):
+        func, path = frames[index]
         path = "/" + path
-        name = func.rsplit(".", 1)[-1]
         if any(t in path for t in TRANSPARENT):
             saw_redis = saw_redis or "/redis/" in path or "hiredis" in path
             continue
         for group, where, funcs in RULES:
-            if where in path and (funcs is None or name in funcs):
-                if group == "marshmallow" and flask:
-                    return "Flask/smorest"  # request parsing and answers, under flask-smorest
-                if where == "celery/events/" and not sending:
-                    return "Celery/kombu consumer"  # a worker's own events (heartbeats)
-                if group == "Celery/kombu consumer" and sending:
+            if not _matches(func, path, where, funcs):
+                continue
+            if group == "marshmallow" and flask:
+                return "Flask/smorest"  # request parsing and answers, under flask-smorest
+            if group in (CELERY_FAMILY, "publishing"):
+                if sending:
                     return "publishing"
-                if group.startswith("app and engine") and saw_redis:
-                    return "Redis, other calls"
-                return group
+                if eventing:
+                    return EVENTS
+                if group == CELERY_FAMILY or "celery/" in path or "kombu/" in path:
+                    return celery_part(frames[: index + 1])  # a worker's remote-control reply, say
+            if group.startswith("app and engine") and saw_redis:
+                return "Redis, other calls"
+            return group
     return OTHER
 
 
@@ -267,18 +332,35 @@ def counting_smtp_sink(port: int) -> Iterator[list[int]]:
 
 
 def profile_noop(bench: Any, seconds: int) -> tuple[Path, dict]:
-    from bench.full import flask_app, noop_queue
+    """One solo worker on 20,000 waiting no-op jobs (bench/full.py)."""
+    from bench import full
 
-    with flask_app.app_context():
-        queue = noop_queue()
+    # Engine v3 runs the no-op on a queue of its own; older trees ran it on the analytics queue,
+    # fed through the broker with the analytics worker's prefetch.
+    name = getattr(full, "QUEUE", "analytics")
+    env = {"LOG_LEVEL": "INFO"} if hasattr(full, "QUEUE") else {"LOG_LEVEL": "INFO", "CELERY_PREFETCH_MULTIPLIER": "4"}
+    with full.flask_app.app_context():
+        queue = full.noop_queue()
         for _ in range(20_000):
             queue.add({})
-    env = {"CELERY_PREFETCH_MULTIPLIER": "4", "LOG_LEVEL": "INFO"}
-    worker = bench.worker("bench.full", pool="solo", concurrency=1, env=env)
+
+    def completed() -> int:
+        with contextlib.suppress(Exception):
+            return int(queue.store.metrics().get(f"{name}:completed", 0))
+        return 0
+
+    worker = bench.worker("bench.full", pool="solo", concurrency=1, env=env, queues=name)
     out = bench.tmp / "noop.raw"
-    cpu = cpu_seconds(worker.pid)
+    cpu, done = cpu_seconds(worker.pid), completed()
     record(worker.pid, out, seconds)
-    return out, {"cpu_s": round(cpu_seconds(worker.pid) - cpu, 3), "setting": "1 solo worker, prefetch 4"}
+    cpu, done = cpu_seconds(worker.pid) - cpu, completed() - done
+    return out, {
+        "setting": "1 solo worker" + ("" if hasattr(full, "QUEUE") else ", prefetch 4"),
+        "units": done,
+        "unit": "job",
+        "cpu_s": round(cpu, 3),
+        "cpu_ms_per_unit": round(cpu * 1000 / max(1, done), 2),
+    }
 
 
 def profile_email(bench: Any, seconds: int) -> tuple[Path, dict]:
