@@ -11,8 +11,8 @@ an INCR on `bench.peers.COUNTER` in the same Redis; the bench polls that counter
 What each peer is (all on one Redis, one queue, an empty payload):
 
 - stock Celery (bench/peers/stock_celery.py): the service's celeryconfig, kombu's own Redis
-  transport (not the service's hardened one), `acks_late=True`, INFO log level as
-  bench/run.py's workers. Enqueue: `noop.apply_async(queue="analytics")` per job. Drains:
+  transport with its default options, `acks_late=True`, INFO log level as bench/run.py's
+  workers. Enqueue: `noop.apply_async(queue="analytics")` per job. Drains:
   (a) one worker, prefork -c 2, prefetch multiplier 4; (b) two solo workers, prefetch 4.
   Idle RSS: the prefork -c 2 worker (main process + its children) 2 s after it is ready,
   in the first round only.
@@ -37,16 +37,18 @@ What is timed, the same way for every peer:
   at once and stops when the counter reaches N. Nothing is subtracted; boot time is not
   in it, the first fetch round trips are. For Celery the workers boot on the idle
   `email` queue and are told to consume `analytics` in one `add_consumer` broadcast
-  (as bench/run.py times the service); Dramatiq and BullMQ workers count themselves on
+  (as bench/run.py times bare Celery; it lets the service's workers go by resuming their
+  paused queue); Dramatiq and BullMQ workers count themselves on
   `READY` once connected and block (Dramatiq in its `before_worker_boot` hook, before
   any consumer starts; BullMQ with `autorun: false`) until the bench pushes one token
   per process onto `GATE`.
   `first_done_s` is the part of the window before the first job was done, kept to show
   that fixed cost (it is in the rate, not taken off it). For Celery it is up to ~1 s:
   a worker's BRPOP on `email` runs out (kombu's 1 s timeout) before it asks for
-  `analytics` too, which is the same for the service's workers in bench/run.py. On
-  3,000 jobs that second is a large share of the window; read quick runs with that in
-  mind, and compare the service with stock Celery only under the same harness.
+  `analytics` too, which is the same for bench/run.py's bare Celery; the service's
+  workers, woken by the resume, have no such wait (bench/run.py keeps their
+  first_done_s too). On 3,000 jobs that second is a large share of the window; read
+  quick runs with that in mind.
 - Each figure is the median over `rounds` (3, or 1 with quick) of a fresh fill and drain;
   the database is flushed before every fill. Per-round figures are kept under "rounds".
 

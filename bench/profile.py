@@ -187,9 +187,9 @@ def group_of(frames: list[tuple[str, str]]) -> str:
     # In the fetcher's thread, or building a fetched job's Celery message, everything is the fetch
     # (but for the strategy, which the fetcher calls itself only where the worker has no event loop).
     fetching = any(f.endswith(("Fetcher._run", "Fetcher._message", "Fetcher._template")) for f, _ in frames)
-    if fetching and not any("celery/worker/strategy.py" in path for _, path in frames):
-        if not any("/logging/" in path for _, path in frames):
-            return FETCH
+    elsewhere = ("celery/worker/strategy.py", "/logging/")
+    if fetching and not any(where in "/" + path for _, path in frames for where in elsewhere):
+        return FETCH
     saw_redis = False
     for index in range(len(frames) - 1, -1, -1):
         func, path = frames[index]

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.profile import GROUPS
+from bench.profile import CELERY_GROUPS, GROUPS, LEGACY_CELERY
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "bench" / "profiles.json"
@@ -234,15 +234,28 @@ def target_rows(results: dict[str, Any]) -> tuple[list[str], list[str]]:
     return lines, missed
 
 
-# The groups of bench/profile.py, in the order the report lists them.
-GROUP_ORDER = GROUPS
+# The groups of bench/profile.py, in the order the report lists them; then the one group that
+# profiles of older trees (bench/profiles.json) have in place of CELERY_GROUPS.
+GROUP_ORDER = [*GROUPS, LEGACY_CELERY]
+
+
+def celery_total(profile: dict | None) -> float | None:
+    """Celery and kombu with the fetch, in all: CELERY_GROUPS summed, or an older profile's one group."""
+    groups = (profile or {}).get("groups", {})
+    found = [groups[g] for g in (*CELERY_GROUPS, LEGACY_CELERY) if g in groups]
+    return round(sum(found), 1) if found else None
 
 
 def profile_section(results: dict[str, Any]) -> list[str]:
     stored = json.loads(PROFILES.read_text()) if PROFILES.exists() else {}
     before = stored.get("before", {})
     after = {k: v for k, v in results.get("profiles", {}).items() if "error" not in v} or stored.get("after", {})
-    after_from = "this run" if results.get("profiles") else "bench/profiles.json"
+    if results.get("profiles"):
+        after_from = "this run"
+    elif after:
+        after_from = "bench/profiles.json (this run skipped the profiles)"
+    else:
+        after_from = "not measured (this run skipped the profiles: `--no-profile`)"
     if not before and not after:
         return []
     lines = [
@@ -250,7 +263,9 @@ def profile_section(results: dict[str, Any]) -> list[str]:
         "",
         "Share of py-spy's samples (200 Hz, the thread holding the GIL only: Python's CPU time) per group:"
         " a sample belongs to the first frame from the leaf up that names a group (bench/profile.py, RULES;"
-        " redis-py and kombu's transports count for whoever called them). *Before*: commit 054001c, the tree"
+        " redis-py and kombu's transports count for whoever called them; a Celery or kombu frame counts for the"
+        " job store's fetch, Celery's strategy/request/trace/pool, Celery's events or kombu's consumer, by the"
+        " nearest of their frames above it). *Before*: commit 054001c, the tree"
         " before the engine rework, profiled with the same bench/profile.py"
         " (`python -m bench.profile email payment --before 054001c`), stored in bench/profiles.json;"
         f" *after*: {after_from}. Both with the shipped INFO log level.",
@@ -270,6 +285,12 @@ def profile_section(results: dict[str, Any]) -> list[str]:
             if bv is None and av is None:
                 continue
             lines.append(f"| {group} | {'' if bv is None else f'{bv}%'} | {'' if av is None else f'{av}%'} |")
+        bt, at = celery_total(b), celery_total(a)
+        if bt is not None or at is not None:
+            lines.append(
+                "| *Celery and kombu with the job hand-off, in all (the first four groups; before: its"
+                f" {LEGACY_CELERY} group)* | {'' if bt is None else f'{bt}%'} | {'' if at is None else f'{at}%'} |"
+            )
 
         def per(x: dict | None, unit: str = unit) -> str:
             if not x:
@@ -291,9 +312,19 @@ def profile_section(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def cost_section(drain: dict[str, Any]) -> list[str]:
-    """Ours vs bare Celery on the same pool and Redis: throughput, worker CPU and Redis CPU per job."""
+def cost_section(drain: dict[str, Any], celery: dict[str, Any] | None = None) -> list[str]:
+    """Ours vs bare Celery on the same pool and Redis: throughput, worker CPU and Redis CPU per job.
+
+    celery: the stock Celery peer's figures, for its fixed start cost.
+    """
     rounds = drain.get("rounds", 1)
+    stock = ""
+    if celery and celery.get("first_done_s_prefork_c2") is not None:
+        stock = (
+            f" (stock Celery in the peers' table: {celery['first_done_s_prefork_c2']:.2f} s on prefork -c 2,"
+            f" {celery.get('first_done_s_solo_x2', 0):.2f} s on 2 solo workers; ours on 2 solo workers:"
+            f" {drain.get('first_done_s_single_solo2', 0):.2f} s)"
+        )
 
     def redis(name: str) -> str:
         cpu = drain.get(f"redis_cpu_ms_{name}")
@@ -334,8 +365,8 @@ def cost_section(drain: dict[str, Any]) -> list[str]:
         " `-Q bench` on the paused queue and the clock starts at `resume()` (which wakes an idle worker; each fetch"
         " wakes the next while jobs are left); bare Celery boots on the idle email queue and the clock starts at one"
         " `add_consumer` broadcast, which a worker acts on once its BRPOP on email runs out (kombu's 1 s timeout),"
-        " as for stock Celery in the peers' table. The last column is that fixed cost; it is in the rates, not"
-        " taken off them, so on a short (--quick) drain it weighs against the Celery paths.",
+        " as for stock Celery in the peers' table. The last column is that fixed cost" + stock + "; it is in the"
+        " rates, not taken off them, so on a short (--quick) drain it weighs against the Celery paths.",
         "",
     ]
     if drain.get("redis_cpu_ms_single") is not None:
@@ -392,7 +423,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         from bench.peers_run import markdown_table
 
         lines += ["## Peers, same sitting", "", markdown_table(results["peers"]), ""]
-    lines += cost_section(drain)
+    lines += cost_section(drain, peer(results, "celery"))
     lines += profile_section(results)
     lines += [
         f"## (a) API enqueue, 16 connections ({api['healthz'].get('tool', 'bench.loadgen')}),"

@@ -339,9 +339,7 @@ class Bench:
         if not ours:
             env.setdefault("CELERY_PREFETCH_MULTIPLIER", str(DRAIN_PREFETCH))
         queues = QUEUE if ours else "email"
-        procs = [
-            self.worker(app, pool=pool, concurrency=concurrency, env=env, queues=queues) for _ in range(workers)
-        ]
+        procs = [self.worker(app, pool=pool, concurrency=concurrency, env=env, queues=queues) for _ in range(workers)]
         cpu = sum(cpu_seconds(p.pid) for p in procs)
         started = time.perf_counter()
         if ours:

@@ -188,3 +188,34 @@ def test_a_full_redis_refuses_new_jobs_and_a_worker_started_afterwards_drains_it
     assert "OutOfMemoryError" not in text and "OOM command not allowed" not in text
     assert used(client) < MAXMEMORY
     client.close()
+
+
+def test_an_evicting_redis_refuses_new_jobs_on_every_path_unless_allowed(small_env, small_redis):
+    """Once the store is the only queue, an evicted sorted set loses every job in it: adding
+    fails closed (QueueUnavailable, 503) on add, add_bulk and the outbox relay."""
+    from jobqueue import QueueUnavailable
+    from rideshare.jobs import add_analytics_jobs, add_email_job, get_queue, stage_job
+
+    client = redis.Redis.from_url(small_redis)
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    email = {"to": "evict@example.com", "subject": "s", "text": "t"}
+    event = {"event": "ride_completed", "eventId": f"evt-{secrets.token_hex(4)}"}
+    with own_app({**small_env, "JOB_OUTBOX_SETTLE_MS": "0"}) as app:
+        with pytest.raises(QueueUnavailable, match="allkeys-lru"):
+            add_email_job(email)
+        with pytest.raises(QueueUnavailable, match="allkeys-lru"):
+            add_analytics_jobs([event])
+        response = app.test_client().post("/send-welcome-email", json={"email": "ann@example.com", "name": "Ann"})
+        assert response.status_code == 503, response.get_data(as_text=True)
+        outbox = app.extensions["outbox"]
+        with get_db().session() as session:
+            stage_job(session, "email", email, job_id=f"evict-{secrets.token_hex(4)}")
+        time.sleep(0.01)
+        assert outbox.relay() == 0  # refused: the row stays for a later relay
+        assert outbox.pending() == 1
+        assert client.keys("{*") == []  # nothing of the job store was written
+        assert get_queue("email").get_job_counts()["waiting"] == 0
+    with own_app({**small_env, "REDIS_ALLOW_EVICTION": "true", "JOB_OUTBOX_SETTLE_MS": "0"}) as app:
+        assert add_email_job(email).state == "waiting"
+        assert app.extensions["outbox"].relay() == 1
+    client.close()
