@@ -180,10 +180,15 @@ def group_of(frames: list[tuple[str, str]]) -> str:
     front, functions by their last part.
     """
     flask = any("flask" in path for _, path in frames)
-    # Under send_task or apply_async (an app publishing a task), every Celery and kombu frame is publishing;
-    # elsewhere, under celery/events/, it is a worker's own events (task events, heartbeats).
-    sending = any(f.endswith(("send_task", "apply_async")) for f, _ in frames)
-    eventing = not sending and any("celery/events/" in path for _, path in frames)
+    # Under send_task or a task's apply_async (an app publishing a task; not a pool's apply_async, under
+    # which a solo pool runs its tasks), or a kombu Producer outside Celery's events, every Celery and kombu
+    # frame is publishing; under celery/events/, it is a worker's own events (task events, heartbeats).
+    events = any("celery/events/" in path for _, path in frames)
+    sending = any(
+        f.endswith("send_task") or (f.endswith(("apply_async", "delay")) and "celery/app/task.py" in path)
+        for f, path in frames
+    ) or (not events and any(f.startswith("Producer.") for f, _ in frames))
+    eventing = events and not sending
     # In the fetcher's thread, or building a fetched job's Celery message, everything is the fetch
     # (but for the strategy, which the fetcher calls itself only where the worker has no event loop).
     fetching = any(f.endswith(("Fetcher._run", "Fetcher._message", "Fetcher._template")) for f, _ in frames)

@@ -170,10 +170,6 @@ def percentile(values: list[float], p: float) -> float:
     return round(values[min(len(values) - 1, int(p * len(values)))], 2) if values else 0.0
 
 
-def median(values: list[float]) -> float:
-    return round(statistics.median(values), 2) if values else 0.0
-
-
 def merge_peer_rounds(per_round: list[dict[str, Any]]) -> dict[str, Any]:
     """One measure_peers() result from several single-round ones: medians of every figure."""
     merged: dict[str, Any] = {"jobs": per_round[0]["jobs"], "rounds": len(per_round), "logs": per_round[0]["logs"]}
@@ -486,7 +482,8 @@ class Bench:
             store_mb = (self.redis.info("memory")["used_memory"] - before) / 1e6
 
         def med(key: str) -> float:
-            return median([row[key] for row in per_round])
+            # Unrounded: each figure is rounded below to its own precision.
+            return statistics.median([row[key] for row in per_round])
 
         drain = {
             "jobs": n,
@@ -589,7 +586,7 @@ class Bench:
                     elapsed = time.perf_counter() - started
                     completed = store.metrics().get("email:completed", 0)
                     cpu = sum(cpu_seconds(w.pid) for w in workers) - cpu_before
-                    rss = sum(rss_mb(w.pid) for w in workers)
+                    rss = round(sum(rss_mb(w.pid) for w in workers), 1)
                     for worker in workers:
                         self.retire(worker)
                 app.extensions["db"].engine.dispose()

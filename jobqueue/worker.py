@@ -51,18 +51,26 @@ RELAY_INTERVAL_S = 2.0
 RETRY_FIRST_S, RETRY_MOST_S = 0.1, 2.0
 
 
+class Slots:
+    """Jobs handed to the pool and not yet ended, kept across consumer restarts (a broker
+    reconnect starts a new Fetcher while the old one's jobs still run)."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.changed = threading.Condition()
+
+
 class Fetcher:
     """Takes jobs from the store for one consumer, as many as its pool has free slots."""
 
-    def __init__(self, consumer: Any, service: JobService) -> None:
+    def __init__(self, consumer: Any, service: JobService, slots: Slots | None = None) -> None:
         self.consumer = consumer
         self.service = service
         self.store = service.store
         self.hostname = consumer.hostname
         self.hub = consumer.hub
         self.running = True
-        self.in_flight = 0
-        self._slots = threading.Condition()
+        self.slots = slots or Slots()
         self._templates: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {}
         self._turn = itertools.count()
         self.thread = threading.Thread(target=self._run, name="job-fetcher", daemon=True)
@@ -72,8 +80,8 @@ class Fetcher:
 
     def stop(self) -> None:
         self.running = False
-        with self._slots:
-            self._slots.notify_all()
+        with self.slots.changed:
+            self.slots.changed.notify_all()
 
     # -- what this worker serves -------------------------------------------------
 
@@ -92,19 +100,20 @@ class Fetcher:
         return max(int(self.consumer.pool.num_processes or 1), 1)
 
     def _free_slots(self) -> int:
-        with self._slots:
+        slots = self.slots
+        with slots.changed:
             while self.running:
-                free = self.capacity() - self.in_flight
+                free = self.capacity() - slots.in_flight
                 if free > 0:
                     return free
-                self._slots.wait(1.0)
+                slots.changed.wait(1.0)
         return 0
 
     def done(self) -> None:
         """A job handed over has ended (acked or rejected): its slot is free."""
-        with self._slots:
-            self.in_flight -= 1
-            self._slots.notify()
+        with self.slots.changed:
+            self.slots.in_flight -= 1
+            self.slots.changed.notify_all()
 
     # -- the loop ------------------------------------------------------------------
 
@@ -153,8 +162,8 @@ class Fetcher:
     # -- handing jobs to the pool ----------------------------------------------------
 
     def _hand_over(self, queue: str, jobs: list[JobRecord]) -> None:
-        with self._slots:
-            self.in_flight += len(jobs)
+        with self.slots.changed:
+            self.slots.in_flight += len(jobs)
         if self.hub is not None:
             self.hub.call_soon(self._deliver, queue, jobs)
         else:
@@ -246,9 +255,10 @@ class JobConsumer(bootsteps.StartStopStep):
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
         self.fetcher: Fetcher | None = None
+        self.slots = Slots()
 
     def start(self, consumer: Any) -> None:
-        self.fetcher = Fetcher(consumer, consumer.app.jobs)
+        self.fetcher = Fetcher(consumer, consumer.app.jobs, self.slots)
         self.fetcher.start()
 
     def stop(self, consumer: Any) -> None:

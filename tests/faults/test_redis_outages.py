@@ -6,9 +6,13 @@ This file freezes it: every client's connection stays open and unanswered, the
 job store's calls time out and retry, Celery's own connection hangs. Once
 woken, a worker that stopped consuming (celery/celery#8030, #8082) would leave
 its queue's new jobs waiting for ever.
+
+A store call that timed out during the freeze is still in Redis's socket
+buffer, so on waking Redis runs it as well as the client's retry: a finish run
+twice is refused the second time by its token, which is the job.stale_finish
+lines the worker logs show for jobs that completed at their first attempt.
 """
 
-import secrets
 import signal
 import time
 from decimal import Decimal
@@ -18,7 +22,7 @@ from sqlalchemy import func, select
 
 from rideshare.analytics.models import AnalyticsEvent
 from rideshare.db import get_db
-from rideshare.jobs import add_analytics_job, add_email_job
+from rideshare.jobs import add_analytics_job, add_analytics_jobs, add_email_job
 from rideshare.payments.service import create_payment
 from rideshare.rides.models import Ride
 from tests.faults.test_worker_loss import payment_rows, succeeded_charges
@@ -94,10 +98,11 @@ def test_redis_frozen_15_s_then_every_queue_takes_fresh_jobs(rig):
             if i < 4:
                 smtp.plan(data["to"], ("stall", 3.0))  # still in the SMTP conversation when Redis freezes
             before["email"].append(add_email_job(data))
-        before["analytics"] = [add_analytics_job(ride_event("before", i, prefix)) for i in range(40)]
+        before["analytics"] = add_analytics_jobs([ride_event("before", i, prefix) for i in range(200)])
         before["payment"] = queue_payments(8, "9.00")
         time.sleep(0.5)
         at_freeze = {q: rig.store.counts(q) for q in QUEUES}
+        assert at_freeze["email"]["active"] >= 1, at_freeze
 
         rig.redis_proc.send_signal(signal.SIGSTOP)
         try:
@@ -136,15 +141,18 @@ def test_redis_frozen_15_s_then_every_queue_takes_fresh_jobs(rig):
     sent = [len(smtp.messages_to(j.data["to"])) for j in emails]
     fetch_failed = {q: log_count(w, "fetch.failed") for q, w in workers.items()}
     stale = {q: log_count(w, "job.stale_finish") for q, w in workers.items()}
+    broker_lost = {q: w.log.read_text(errors="replace").count("Connection to broker lost") for q, w in workers.items()}
+    end_states = [j.state for j in before_final]
     print(
         f"\nfault: redis SIGSTOPped {FREEZE_S:g} s; at the freeze (active/waiting): "
         + ", ".join(f"{q} {c['active']}/{c['waiting']}" for q, c in at_freeze.items())
         + f"\n  after SIGCONT: fresh jobs added in {added_in:.2f} s; first fresh job completed (s): {first_done};"
         f" all fresh completed (s): {all_done}; every pre-freeze job ended by {before_done} s"
-        f"\n  pre-freeze states={ {s: [j.state for j in before_final].count(s) for s in {j.state for j in before_final}} }"
-        f" attempts>1={sum(j.attempts > 1 for j in before_final)} fetch.failed={fetch_failed} stale_finish={stale}"
+        f"\n  pre-freeze jobs: { {s: end_states.count(s) for s in set(end_states)} }"
+        f" attempts>1={sum(j.attempts > 1 for j in before_final)}"
         f" sent-once={sent.count(1)}/{len(emails)} charges={sum(charges.values())}/{len(rows)}"
         f" workers alive={sum(w.poll() is None for w in workers.values())}"
+        f"\n  worker logs: fetch.failed={fetch_failed} job.stale_finish={stale} broker connection lost={broker_lost}"
     )
     for queue in QUEUES:
         states = [j.state if j else None for j in fresh_final[queue]]

@@ -90,3 +90,47 @@ def test_flower_shows_the_queue_lengths(app, stack, flower):
     status, lengths = get(f"{flower}/api/queues/length", "ops:s3cret")
     assert status == 200
     assert {q["name"] for q in lengths["active_queues"]} == {"email", "analytics", "payment"}
+
+
+def get_page(url: str, auth: str) -> tuple[int, str]:
+    request = urllib.request.Request(url)
+    request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:
+            return response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        return exc.code, ""
+
+
+def test_flower_opens_a_finished_job_by_its_id(client, stack, flower):
+    # Flower hears task events only once its event receiver is subscribed; it has once it
+    # has heard this stack's worker (its heartbeats are events too).
+    deadline = time.monotonic() + 30
+    alive: dict = {}
+    while time.monotonic() < deadline and not any(n.startswith("test-") and up for n, up in alive.items()):
+        status, alive = get(f"{flower}/api/workers?status=1", "ops:s3cret")
+        alive = alive if status == 200 and isinstance(alive, dict) else {}
+        time.sleep(0.3)
+    assert any(n.startswith("test-") and up for n, up in alive.items()), alive
+
+    # One welcome email through the API, as a client queues it (1 s delay), run to the end.
+    response = client.post("/send-welcome-email", json={"email": "flower-page@example.com", "name": "Flo"})
+    assert response.status_code == 202, response.json
+    job_id = response.json["jobId"]
+    assert stack.wait_for_job(job_id).state == "completed"
+
+    # The task-succeeded event is sent just after the job is stored as completed.
+    deadline = time.monotonic() + 10
+    status, info = get(f"{flower}/api/task/info/{job_id}", "ops:s3cret")
+    while time.monotonic() < deadline and not (status == 200 and info.get("state") == "SUCCESS"):
+        time.sleep(0.2)
+        status, info = get(f"{flower}/api/task/info/{job_id}", "ops:s3cret")
+    assert status == 200, f"Flower does not know job {job_id}"
+    assert (info["uuid"], info["name"], info["state"]) == (job_id, "email.send", "SUCCESS")
+    assert info["worker"].startswith("test-")
+
+    status, page = get_page(f"{flower}/task/{job_id}", "ops:s3cret")
+    assert status == 200
+    assert job_id in page and "email.send" in page and "SUCCESS" in page
+    assert get_page(f"{flower}/task/{job_id}", "ops:wrong")[0] == 401
