@@ -25,6 +25,7 @@ are trimmed.
 import json
 import math
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -288,7 +289,8 @@ class JobStore:
         that are due. Returns how long the caller may block before anything falls due
         (ms), and the jobs, each active under a lease and a new token, data still sealed.
         """
-        raw = self._run("fetch", "", queue, [now_ms(), count, worker, max_stalls, most_wait_ms])
+        fetch_id = uuid.uuid4().hex  # the same on a retry of this call: the script answers it once
+        raw = self._run("fetch", "", queue, [now_ms(), count, worker, max_stalls, most_wait_ms, fetch_id])
         return int(raw[0]), [JobRecord.from_hash(_pairs(fields), strict=False) for fields in raw[1:]]
 
     def unseal(self, record: JobRecord) -> JobRecord:
@@ -345,7 +347,7 @@ class JobStore:
         )
         if left == "stale":
             raise StaleDelivery(f"job {record.id}: delivery {record.token} no longer holds it")
-        return left
+        return "active" if left == "repeat" else left
 
     def holds(self, record: JobRecord) -> bool:
         """Whether record's delivery still holds its job (active, with record's token)."""

@@ -6,11 +6,29 @@
 --      in the order they became waiting, move to active, each under a lease and a new
 --      fencing token, and come back whole.
 -- K.job is the queue's job-key prefix ('{<prefix>:<queue>}:job:').
--- ARGV: now, count, worker, max_stalls, most_wait_ms
+-- A fetch is idempotent by its fetch id: a client that lost the reply to a timeout and
+-- sends the same fetch again gets the same jobs, not more (the worker's last fetch is
+-- remembered, one key per worker and queue).
+-- ARGV: now, count, worker, max_stalls, most_wait_ms, fetch_id
 -- Returns {wait_ms, {job fields}, {job fields}, ...}: wait_ms is how long the caller
 -- may block before something here falls due (a delayed job, a lease).
 local now, count, worker = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local max_stalls, wait = tonumber(ARGV[4]), tonumber(ARGV[5])
+local last_key = K.leases .. ':last:' .. worker
+local last = redis.call('GET', last_key)
+if last then
+  last = cjson.decode(last)
+  if last[1] == ARGV[6] then
+    local again = {0}
+    for _, id in ipairs(last[2]) do
+      local job = job_key(id)
+      if redis.call('HGET', job, 'state') == 'active' and redis.call('HGET', job, 'worker') == worker then
+        again[#again + 1] = redis.call('HGETALL', job)
+      end
+    end
+    return again
+  end
+end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', K.leases, '-inf', now, 'LIMIT', 0, 100)) do
   local job = job_key(id)
   if redis.call('HGET', job, 'state') == 'active' then
@@ -36,7 +54,9 @@ end
 local out = {0}
 local paused = redis.call('EXISTS', K.paused) == 1
 if not paused and count > 0 then
-  for _, id in ipairs(redis.call('ZRANGE', K.waiting, 0, count - 1)) do
+  local taken = redis.call('ZRANGE', K.waiting, 0, count - 1)
+  if #taken > 0 then redis.call('SET', last_key, cjson.encode({ARGV[6], taken}), 'EX', 3600) end
+  for _, id in ipairs(taken) do
     local job = job_key(id)
     move(job, id, 'waiting', 'fetch', now)
     local lease = now + tonumber(redis.call('HGET', job, 'leaseMs') or 60000)

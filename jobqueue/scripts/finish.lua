@@ -5,8 +5,11 @@
 -- call from a delivery whose lease was taken over is refused and counted.
 -- ARGV: the queue's hash tag, event, score, now, keep_count (-1 = all), keep_age_ms (-1 = any),
 --       attempt_json, queue, duration_ms, histogram field, token, field/value pairs...
--- Returns the state the job left, or 'stale' when refused (a job removed meanwhile too).
+-- Returns the state the job left, 'repeat' when this same delivery's finish ran already
+-- (a client that lost the reply to a timeout sends it again), or 'stale' when refused
+-- (a job removed meanwhile too).
 local state = redis.call('HGET', K.job, 'state')
+if state and state ~= 'active' and redis.call('HGET', K.job, 'ended') == ARGV[11] then return 'repeat' end
 local tag, event, score = ARGV[1], ARGV[2], ARGV[3]
 local now, keep_count, keep_age = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local queue, duration = ARGV[8], ARGV[9]
@@ -17,6 +20,7 @@ end
 local id = redis.call('HGET', K.job, 'id')
 local target = move(K.job, id, state, event, score)
 if not target then return redis.error_reply('finish: no move ' .. state .. ' --' .. event) end
+redis.call('HSET', K.job, 'ended', ARGV[11])
 for i = 12, #ARGV, 2 do redis.call('HSET', K.job, ARGV[i], ARGV[i + 1]) end
 if ARGV[7] ~= '' then redis.call('RPUSH', K.attempts, ARGV[7]) end
 -- Metrics: counters, processing-time histogram and recent durations, throughput.
