@@ -118,9 +118,11 @@ def target_rows(results: dict[str, Any]) -> tuple[list[str], list[str]]:
     if redis_ms is None:
         add("Redis CPU per tracked job (add, fetch, finish), single adds", "not measured", "", None, "", None)
     else:
+        quiet = drain.get("redis_cpu_ms_single_quiet")
         ours = (
             f"{redis_ms:.3f} ms (in the job-store scripts: {drain['redis_scripts_ms_single']:.3f} ms;"
-            f" 2 solo workers: {drain['redis_cpu_ms_single_solo2']:.3f} ms)"
+            + ("" if quiet is None else f" Celery task events off: {quiet:.3f} ms;")
+            + f" 2 solo workers: {drain['redis_cpu_ms_single_solo2']:.3f} ms)"
         )
         base = f"bare Celery no-op (push, pop, counter): {drain['redis_cpu_ms_bare']:.3f} ms"
         add(
@@ -268,7 +270,10 @@ def profile_section(results: dict[str, Any]) -> list[str]:
         " nearest of their frames above it). *Before*: commit 054001c, the tree"
         " before the engine rework, profiled with the same bench/profile.py"
         " (`python -m bench.profile email payment --before 054001c`), stored in bench/profiles.json;"
-        f" *after*: {after_from}. Both with the shipped INFO log level.",
+        f" *after*: {after_from}. Both with the shipped INFO log level, and each with its own shipped Celery"
+        " task events: off by default before (CELERY_TASK_EVENTS=false: Flower turned them on while it watched),"
+        " on from the start since engine v3, so the *after* worker sends task-received/started/succeeded per job"
+        " (Celery's events group); the *before* API sent a task-sent event per job (publishing).",
         "",
     ]
     for workload, title in (("email", "An email job on the shipped email worker"), ("payment", "A `POST /payments`")):
@@ -376,12 +381,21 @@ def cost_section(drain: dict[str, Any], celery: dict[str, Any] | None = None) ->
             f" ms in PUBLISH, {drain.get(f'redis_blpop_ms_{name}', 0):.4f} ms in BLPOP"
             for name, label in (("single", "one `add()` per job:"), ("bulk", "`add_bulk()`:"))
         )
+        quiet = ""
+        if drain.get("redis_cpu_ms_single_quiet") is not None:
+            quiet = (
+                " The same single-add drain with Celery's task events off (`CELERY_TASK_EVENTS=false`: Redis then"
+                f" does the add, the fetch and the finish, and little else): {n(drain['drain_single_quiet'])} jobs/s,"
+                f" {drain['cpu_ms_single_quiet']:.3f} ms of worker CPU and"
+                f" {drain['redis_cpu_ms_single_quiet']:.3f} ms of Redis CPU per job"
+                f" ({drain['redis_scripts_ms_single_quiet']:.3f} ms in scripts)."
+            )
         lines += [
             "Redis CPU per job is the Redis server's CPU time (INFO cpu, `used_cpu_sys + used_cpu_user`, all its"
             " threads: socket I/O and the AOF included) from just before the fill to the end of the drain, divided by"
             " the jobs: for ours the add, the fetch and the finish of each job, and whatever else the run sends Redis"
             " meanwhile (Celery's task events, the workers' heartbeats, the bench polling its counter every 5 ms)."
-            f" Time inside commands (INFO commandstats, no I/O): {split}.",
+            f" Time inside commands (INFO commandstats, no I/O): {split}." + quiet,
             "",
         ]
     return lines

@@ -16,7 +16,8 @@ Measured in one sitting, on loopback, everything stopping by itself:
   setting applies to them; the Celery ones keep the analytics worker's prefetch 4.
   Each drain also reads the Redis server's CPU time (INFO cpu) and per-command times
   (INFO commandstats) from before its fill to its end: Redis CPU per job, add + fetch +
-  finish for ours;
+  finish for ours; one more single-add drain with Celery's task events off
+  (CELERY_TASK_EVENTS=false) gives that figure without the events' publishes;
 - (c) I/O-bound email jobs (SMTP answers after 100 ms) per pool vs the Little's-law
   ceiling, with the worker's CPU per job, on the shipped worker settings (threads,
   INFO logs);
@@ -71,12 +72,15 @@ DRAIN_PREFETCH = 4
 # add_bulk call size in (b).
 BULK_CHUNK = 1000
 # (b): the drains, each (name, app, add path, pool, concurrency, worker processes).
-DRAINS = [
-    ("bare", "bench.bare", "bare", "prefork", 2, 1),
-    ("single", "bench.full", "single", "prefork", 2, 1),
-    ("single_solo2", "bench.full", "single", "solo", 1, 2),
-    ("bulk", "bench.full", "bulk", "prefork", 2, 1),
-    ("bulk_solo2", "bench.full", "bulk", "solo", 1, 2),
+# All with the shipped settings (Celery task events on), but single_quiet: the same as single
+# with CELERY_TASK_EVENTS=false, so its Redis CPU is the add, the fetch and the finish alone.
+DRAINS: list[tuple[str, str, str, str, int, int, dict[str, str]]] = [
+    ("bare", "bench.bare", "bare", "prefork", 2, 1, {}),
+    ("single", "bench.full", "single", "prefork", 2, 1, {}),
+    ("single_solo2", "bench.full", "single", "solo", 1, 2, {}),
+    ("bulk", "bench.full", "bulk", "prefork", 2, 1, {}),
+    ("bulk_solo2", "bench.full", "bulk", "solo", 1, 2, {}),
+    ("single_quiet", "bench.full", "single", "prefork", 2, 1, {"CELERY_TASK_EVENTS": "false"}),
 ]
 # (c): pool, concurrency per worker, worker processes. The email worker ships threads x32
 # (docker-compose.yml), grown by replicas, one per core: 2 x threads x32 is 64 on 2 cores.
@@ -420,10 +424,10 @@ class Bench:
 
             def ours(index: int) -> None:
                 row: dict[str, Any] = {}
-                for name, app, path, pool, concurrency, workers in DRAINS:
+                for name, app, path, pool, concurrency, workers, env in DRAINS:
                     row[f"enqueue_{name}"], usage = fill(path, n)
                     done = bare_done if path == "bare" else full_done
-                    found = self.timed_drain(app, done, n, workers=workers, pool=pool, concurrency=concurrency)
+                    found = self.timed_drain(app, done, n, workers=workers, pool=pool, concurrency=concurrency, env=env)
                     redis_cost = cost_per_job(usage, self.redis_usage(), n)
                     row[f"drain_{name}"], row[f"cpu_ms_{name}"] = found["rate"], found["cpu_ms"]
                     row[f"first_done_s_{name}"] = found["first_done_s"]

@@ -3,7 +3,7 @@ when they run: only payment workers load it."""
 
 from sqlalchemy.exc import OperationalError
 
-from jobqueue import Backoff, QueuePolicy, QueueUnavailable
+from jobqueue import Backoff, QueuePolicy
 from rideshare.payments.hooks import is_transient_gateway_error, payment_failed_for_good, reopen_for_retry
 from rideshare.payments.schemas import PaymentJobSchema
 
@@ -14,8 +14,9 @@ PAYMENT_QUEUE = QueuePolicy(
     attempts=5,
     backoff=Backoff("exponential", 5000),
     # Gateway 5xx, rate limits, timeouts and lost connections; a decline is permanent.
-    # QueueUnavailable: the receipt email could not be queued after the charge.
-    retry_on=(is_transient_gateway_error, OperationalError, QueueUnavailable),
+    # (The receipt email is staged in the outbox with the payment's last write, so a store
+    # that cannot take it after the charge leaves it to the relay, not to a retry.)
+    retry_on=(is_transient_gateway_error, OperationalError),
     priorities=10,
     on_final_failure=payment_failed_for_good,
     # An operator's retry reopens the failed payment, with a new PaymentMethod if given.
