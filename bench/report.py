@@ -369,7 +369,8 @@ def cost_section(drain: dict[str, Any], celery: dict[str, Any] | None = None) ->
         "How a drain starts: the jobs are queued first and the workers boot without consuming. Ours boot with"
         " `-Q bench` on the paused queue and the clock starts at `resume()` (which wakes an idle worker; each fetch"
         " wakes the next while jobs are left); bare Celery boots on the idle email queue and the clock starts at one"
-        " `add_consumer` broadcast, which a worker acts on once its BRPOP on email runs out (kombu's 1 s timeout),"
+        " `add_consumer` broadcast, which a worker acts on when its BRPOP on email runs out (kombu's 1 s timeout: up"
+        " to a second),"
         " as for stock Celery in the peers' table. The last column is that fixed cost" + stock + "; it is in the"
         " rates, not taken off them, so on a short (--quick) drain it weighs against the Celery paths.",
         "",
