@@ -327,7 +327,7 @@ class Bench:
 
         bench.full: the jobs wait in the paused no-op queue; the workers boot with `-Q bench`,
         and the clock starts at resume(). bench.bare: the jobs wait in the broker's analytics
-        list; the workers boot on the idle email queue (prefetch DRAIN_PREFETCH) and the clock
+        list; the workers boot on the idle email queue and the clock
         starts at one add_consumer broadcast. Either way no worker gets a head start while
         others boot. Returns rate (jobs/s), cpu_ms (the workers' CPU per job), first_done_s
         (from the start to the first job done) and procs (still running: the caller retires them).
@@ -336,8 +336,9 @@ class Bench:
 
         ours = app == "bench.full"
         env = dict(env or {})
-        if not ours:
-            env.setdefault("CELERY_PREFETCH_MULTIPLIER", str(DRAIN_PREFETCH))
+        # The same prefetch for every path: for ours, each process may hold that many jobs
+        # fetched ahead (jobqueue.worker.Fetcher.capacity), as stock Celery reserves messages.
+        env.setdefault("CELERY_PREFETCH_MULTIPLIER", str(DRAIN_PREFETCH))
         queues = QUEUE if ours else "email"
         procs = [self.worker(app, pool=pool, concurrency=concurrency, env=env, queues=queues) for _ in range(workers)]
         cpu = sum(cpu_seconds(p.pid) for p in procs)
@@ -493,8 +494,8 @@ class Bench:
             "jobs": n,
             "rounds": self.rounds,
             "settings": (
-                f"ours: no prefetch (a worker fetches for its free slots), gated by resume();"
-                f" bare Celery: prefetch multiplier {DRAIN_PREFETCH}, gated by add_consumer;"
+                f"prefetch multiplier {DRAIN_PREFETCH} for every path (ours: jobs fetched ahead per"
+                f" process); ours gated by resume(), bare Celery by add_consumer;"
                 " prefork: one worker -c 2; solo x2: two solo workers"
             ),
             "bulk_chunk": BULK_CHUNK,

@@ -35,6 +35,10 @@ class Keys:
         self.prefix = prefix
         self.workers = f"{prefix}:workers"
 
+    def worker_wake(self, worker: str) -> str:
+        """A list one worker's fetcher also blocks on: pushed when what it serves changes."""
+        return f"{self.prefix}:worker:{worker}:wake"
+
     def tag(self, queue: str) -> str:
         """The queue's hash tag: every key of the queue starts with it, so they share a slot."""
         return f"{{{self.prefix}:{queue}}}"

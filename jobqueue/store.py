@@ -115,9 +115,10 @@ class JobRecord:
     raw: Mapping[str, str] | None = field(default=None, repr=False, compare=False)  # the hash it was read from
 
     @classmethod
-    def from_hash(cls, raw: Mapping[str, str], strict: bool = True) -> "JobRecord":
+    def from_hash(cls, raw: Mapping[str, str], strict: bool = True, data: bool = True) -> "JobRecord":
         """The record of a stored hash; strict=False reads a field that is not JSON as
-        {"_unreadable": <its start>} instead of raising (for showing a corrupt job, not running it)."""
+        {"_unreadable": <its start>} instead of raising (for showing a corrupt job, not running it).
+        data=False leaves the data unread ({}): the fetcher hands the hash on whole."""
 
         def opt_int(name: str) -> int | None:
             return int(raw[name]) if raw.get(name) else None
@@ -135,7 +136,7 @@ class JobRecord:
             queue=raw["queue"],
             name=raw["name"],
             state=raw["state"],
-            data=parse("data", "{}"),
+            data=parse("data", "{}") if data else {},
             opts=parse("opts", "{}"),
             owner=raw.get("owner") or None,
             attempts=int(raw.get("attempts") or 0),
@@ -287,11 +288,12 @@ class JobStore:
 
         On the way it stalls the jobs whose lease ran out and promotes the delayed jobs
         that are due. Returns how long the caller may block before anything falls due
-        (ms), and the jobs, each active under a lease and a new token, data still sealed.
+        (ms), and the jobs, each active under a lease and a new token; their data is not read
+        here (the pool reads and unseals it from the hash, JobRecord.to_fields()).
         """
         fetch_id = uuid.uuid4().hex  # the same on a retry of this call: the script answers it once
         raw = self._run("fetch", "", queue, [now_ms(), count, worker, max_stalls, most_wait_ms, fetch_id])
-        return int(raw[0]), [JobRecord.from_hash(_pairs(fields), strict=False) for fields in raw[1:]]
+        return int(raw[0]), [JobRecord.from_hash(_pairs(fields), strict=False, data=False) for fields in raw[1:]]
 
     def unseal(self, record: JobRecord) -> JobRecord:
         """record with its data unsealed (fetch hands jobs over sealed: the pool unseals them)."""
@@ -299,11 +301,22 @@ class JobStore:
             record.data = self.sealer.unseal(record.data)
         return record
 
-    def wait_for_work(self, queues: list[str], timeout_s: float, client: Any = None) -> str | None:
-        """Block until a job is added to (or falls due in) one of queues, or timeout_s passes."""
+    def wait_for_work(self, queues: list[str], timeout_s: float, worker: str = "") -> str | None:
+        """Block until a job is added to (or falls due in) one of queues, worker is woken
+        (wake_worker), or timeout_s passes."""
         keys = [self.keys.queue(queue, "wake") for queue in queues]
-        popped = (client or self.redis).blpop(keys, timeout=max(timeout_s, 0.001))
+        if worker:
+            keys.append(self.keys.worker_wake(worker))
+        popped = self.redis.blpop(keys, timeout=max(timeout_s, 0.001))
         return popped[0] if popped else None
+
+    def wake_worker(self, worker: str) -> None:
+        """Wake one worker's fetcher now (its queues changed, or it is stopping)."""
+        key = self.keys.worker_wake(worker)
+        with self.redis.pipeline() as pipe:
+            pipe.lpush(key, 1)
+            pipe.expire(key, 60)
+            pipe.execute()
 
     def renew(self, record: JobRecord, lease_ms: int) -> bool:
         """Extend an active job's lease from now; False when record's delivery no longer holds it."""

@@ -82,6 +82,8 @@ class Fetcher:
         self.running = False
         with self.slots.changed:
             self.slots.changed.notify_all()
+        with contextlib.suppress(RedisError):
+            self.store.wake_worker(self.hostname)  # out of its wait at once
 
     # -- what this worker serves -------------------------------------------------
 
@@ -93,11 +95,21 @@ class Fetcher:
         return [q.name for q in task_consumer.queues if q.name in self.service.queues]
 
     def capacity(self) -> int:
-        """Jobs this worker runs at once: its pool's size, or the autoscaler's most."""
+        """Jobs this worker holds at once: its pool's size (or the autoscaler's most) times
+        Celery's worker_prefetch_multiplier (1 by default: only what it can run now).
+
+        With a multiplier above 1 a process finds its next job waiting when it ends one,
+        instead of waiting a fetch's round trip; the cost is a job leased by a busy worker
+        while an idle one could run it. A job that waits more than a second renews its lease
+        before it starts.
+        """
         autoscaler = getattr(self.consumer.controller, "autoscaler", None)
-        if autoscaler is not None:
-            return max(int(autoscaler.max_concurrency), 1)
-        return max(int(self.consumer.pool.num_processes or 1), 1)
+        size = autoscaler.max_concurrency if autoscaler is not None else self.consumer.pool.num_processes
+        return max(int(size or 1), 1) * self.prefetch
+
+    @property
+    def prefetch(self) -> int:
+        return max(int(self.consumer.app.conf.worker_prefetch_multiplier or 1), 1)
 
     def _free_slots(self) -> int:
         slots = self.slots
@@ -157,7 +169,7 @@ class Fetcher:
         if full or not self.running:
             return  # the queue may hold more: take them as slots free up
         if free > 0:
-            self.store.wait_for_work(queues, wait_ms / 1000)
+            self.store.wait_for_work(queues, wait_ms / 1000, worker=self.hostname)
 
     # -- handing jobs to the pool ----------------------------------------------------
 
@@ -279,6 +291,7 @@ class Housekeeping(bootsteps.StartStopStep):
         super().__init__(parent, **kwargs)
         self.timer_ref = None
         self.last_relay = 0.0
+        self.queues: list[str] = []
 
     def start(self, consumer: Any) -> None:
         self.tick(consumer)
@@ -299,6 +312,11 @@ class Housekeeping(bootsteps.StartStopStep):
         task_consumer = consumer.task_consumer
         queues = sorted(q.name for q in task_consumer.queues if q.name in jobs.queues) if task_consumer else []
         try:
+            if queues != self.queues:
+                # add_consumer / cancel_consumer: the fetcher waits on the old queues; wake it.
+                if self.queues:
+                    jobs.store.wake_worker(consumer.hostname)
+                self.queues = queues
             jobs.store.heartbeat(
                 consumer.hostname,
                 {
