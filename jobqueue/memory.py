@@ -1,7 +1,6 @@
 """Redis memory: the eviction policy the job store needs, and headroom for the jobs it has accepted.
 
-The job store keeps every accepted job, the queues' pause flags and the broker's
-messages in Redis. An evicting maxmemory-policy (allkeys-lru, volatile-ttl, ...)
+The job store keeps every accepted job and the queues' pause flags in Redis. An evicting maxmemory-policy (allkeys-lru, volatile-ttl, ...)
 lets Redis delete any of them under memory pressure: accepted jobs vanish and a
 paused queue resumes by itself. Only ``noeviction`` is safe; anything else is
 reported (eviction_risk) unless the operator allows it explicitly.
@@ -96,8 +95,8 @@ class MemoryGuard:
         clock: Callable[[], float] = time.monotonic,
         allow_eviction: bool = False,
     ) -> None:
-        """reserve(): bytes that accepted work will still write (a delayed job's broker message is
-        written only when it is due), counted as used; read along with each INFO."""
+        """reserve(): bytes that accepted work will still write (a delayed job's lease, attempt and
+        result once it runs), counted as used; read along with each INFO."""
         if not 0 < max_share <= 1:
             raise ValueError(f"max_share must be in (0, 1], not {max_share}")
         self.redis = redis

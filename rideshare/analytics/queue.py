@@ -13,5 +13,4 @@ ANALYTICS_QUEUE = QueuePolicy(
     backoff=Backoff("exponential", None),  # from JOB_RETRY_DELAY
     # The database being unreachable or locked is worth waiting out.
     retry_on=(OperationalError,),
-    # Short SQL upserts: bulk adds and scheduler promotions carry up to 20 per message.
 )
