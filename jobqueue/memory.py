@@ -1,9 +1,10 @@
 """Redis memory: the eviction policy the job store needs, and headroom for the jobs it has accepted.
 
-The job store keeps every accepted job and the queues' pause flags in Redis. An evicting maxmemory-policy (allkeys-lru, volatile-ttl, ...)
-lets Redis delete any of them under memory pressure: accepted jobs vanish and a
-paused queue resumes by itself. Only ``noeviction`` is safe; anything else is
-reported (eviction_risk) unless the operator allows it explicitly.
+The job store keeps every accepted job and the queues' pause flags in Redis. An
+evicting maxmemory-policy (allkeys-lru, volatile-ttl, ...) lets Redis delete any
+of them under memory pressure: accepted jobs vanish and a paused queue resumes
+by itself. Only ``noeviction`` is safe; anything else is reported
+(eviction_risk) unless the operator allows it explicitly.
 
 Under noeviction a full Redis refuses writes, and finishing a job is a write. So
 new jobs are refused (QueueUnavailable, a 503 at the API) once used_memory passes

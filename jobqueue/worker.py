@@ -112,11 +112,20 @@ class Fetcher:
         return max(int(self.consumer.app.conf.worker_prefetch_multiplier or 1), 1)
 
     def _free_slots(self) -> int:
+        """Wait until enough slots are free to be worth a fetch; how many are free.
+
+        A fetch waits for a few free slots rather than one: for a process's jobs fetched
+        ahead (prefetch) until they are down to the ones running, and on a big threads pool
+        for an eighth of it. A worker with room beyond that (light load) fetches at once.
+        """
         slots = self.slots
         with slots.changed:
             while self.running:
-                free = self.capacity() - slots.in_flight
-                if free > 0:
+                capacity = self.capacity()
+                pool = max(capacity // self.prefetch, 1)
+                enough = max(1, capacity - pool, pool // 8)
+                free = capacity - slots.in_flight
+                if free >= enough:
                     return free
                 slots.changed.wait(1.0)
         return 0
@@ -283,24 +292,34 @@ class JobConsumer(bootsteps.StartStopStep):
 
 
 class Housekeeping(bootsteps.StartStopStep):
-    """Heartbeats (the dashboard's worker list) and the outbox relays."""
+    """Heartbeats (the dashboard's worker list) and the outbox relays, in a thread of their own:
+    a relay's SQL must never hold up the event loop that hands jobs to the pool."""
 
     requires = {"celery.worker.consumer.tasks:Tasks"}
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
-        self.timer_ref = None
+        self.stopped = threading.Event()
+        self.thread: threading.Thread | None = None
         self.last_relay = 0.0
         self.queues: list[str] = []
 
     def start(self, consumer: Any) -> None:
-        self.tick(consumer)
-        self.timer_ref = consumer.timer.call_repeatedly(HEARTBEAT_INTERVAL_S, self.tick, (consumer,), priority=10)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(consumer, self.stopped), name="job-housekeeping")
+        self.thread.daemon = True
+        self.thread.start()
+
+    def _run(self, consumer: Any, stopped: threading.Event) -> None:
+        while not stopped.is_set():
+            try:
+                self.tick(consumer)
+            except Exception:  # noqa: BLE001 - the next tick tries again
+                log.exception("housekeeping.crashed")
+            stopped.wait(HEARTBEAT_INTERVAL_S)
 
     def stop(self, consumer: Any) -> None:
-        if self.timer_ref is not None:
-            self.timer_ref.cancel()
-            self.timer_ref = None
+        self.stopped.set()
 
     def shutdown(self, consumer: Any) -> None:
         self.stop(consumer)
@@ -310,7 +329,7 @@ class Housekeeping(bootsteps.StartStopStep):
     def tick(self, consumer: Any) -> None:
         jobs: JobService = consumer.app.jobs
         task_consumer = consumer.task_consumer
-        queues = sorted(q.name for q in task_consumer.queues if q.name in jobs.queues) if task_consumer else []
+        queues = sorted(q.name for q in list(task_consumer.queues) if q.name in jobs.queues) if task_consumer else []
         try:
             if queues != self.queues:
                 # add_consumer / cancel_consumer: the fetcher waits on the old queues; wake it.
