@@ -35,7 +35,7 @@ workers boot with `-Q bench` (or `-Q email` in (c)). For bare Celery (and stock 
 bench/peers_run.py) it is one `add_consumer` broadcast to workers booted on the idle
 email queue. The time from that command to the first job done is kept (first_done_s).
 
-Writes docs/benchmarks.md (the Targets table of issue 9 first) and docs/benchmarks.png.
+Writes docs/benchmarks.md (the Targets table of issue 13 first) and docs/benchmarks.png.
 A full run takes about 20 minutes on 2 cores; --quick (3,000 jobs, one round) a few.
 """
 
