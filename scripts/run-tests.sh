@@ -48,9 +48,10 @@ fi
 ruff check --quiet .
 python -m pytest "$@"  # a failure ends the script here, with pytest's status
 
-# The oldest-release pass: the integration tests again on the oldest Celery, kombu, redis
-# and hiredis that pyproject.toml's ranges allow (the run above had the newest), in a venv
-# of its own. When the newest release is also the oldest, the run above covered both.
+# The oldest-release pass: the integration tests that go through Celery's, kombu's and
+# redis-py's seams again, on the oldest releases pyproject.toml's ranges allow (the run above
+# had the newest), in a venv of its own. When the newest release is also the oldest, the run
+# above covered both.
 if [ "$#" -eq 0 ] && [ "${OLDEST_PASS:-auto}" != 0 ]; then
   if python scripts/oldest_pins.py --check >/dev/null; then
     echo "oldest-release pass: the installed releases are the oldest the ranges allow ($(python scripts/oldest_pins.py --check)); the run above covered both" >&2
@@ -60,7 +61,10 @@ if [ "$#" -eq 0 ] && [ "${OLDEST_PASS:-auto}" != 0 ]; then
     [ -x .venv-oldest/bin/python ] || python -m venv .venv-oldest
     .venv-oldest/bin/python -m pip install --quiet -e ".[test]" $pins
     PATH="$PWD/.venv-oldest/bin:$PATH" VIRTUAL_ENV="$PWD/.venv-oldest" \
-      .venv-oldest/bin/python -m pytest tests/integration -m "not postgres"
+      .venv-oldest/bin/python -m pytest -m "not postgres" tests/integration/test_celery_faces.py \
+        tests/integration/test_job_lifecycle.py tests/integration/test_store_retries.py \
+        tests/integration/test_threads_pool.py tests/integration/test_scale_out.py \
+        tests/integration/test_flower.py tests/integration/test_payments.py tests/integration/test_email.py
   fi
 fi
 
