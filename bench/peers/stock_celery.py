@@ -2,7 +2,8 @@
 
     REDIS_URL=redis://... celery -A bench.peers.stock_celery worker -Q analytics
 
-Celery as anyone would run it, with the same settings (celeryconfig) as ours. Like
+Celery as anyone would run it, with the same settings (celeryconfig) as ours, but for task
+events, off as Celery ships them. Like
 bench/bare.py (the same stock Celery, timed by bench/run.py's own harness), it
 declares the queues it uses: celeryconfig leaves the list to the app.
 """
@@ -27,6 +28,8 @@ app.conf.task_default_queue = "analytics"
 # record and an ack per message) on, as Celery ships.
 app.conf.broker_transport_options = {}
 app.conf.task_send_sent_event = False
+# Celery's own default, as installed: no task events (ours ships them on, for Flower).
+app.conf.worker_send_task_events = False
 _counter = redis.Redis.from_url(os.environ["REDIS_URL"])
 
 
