@@ -72,8 +72,8 @@ def target_rows(results: dict[str, Any]) -> tuple[list[str], list[str]]:
 
     # Drains vs stock Celery, the same pools.
     for key, ckey, label in (
-        ("drain_single", "drain_prefork_c2", "prefork -c 2, prefetch 4 for both, ours as shipped (task events on)"),
-        ("drain_single_solo2", "drain_solo_x2", "2 solo workers, prefetch 4 for both, ours as shipped (task events on)"),
+        ("drain_single", "drain_prefork_c2", "prefork -c 2, prefetch 4 for both, ours as shipped (events on)"),
+        ("drain_single_solo2", "drain_solo_x2", "2 solo workers, prefetch 4 for both, ours as shipped (events on)"),
     ):
         r = ratio(drain[key], celery[ckey]) if celery else None
         base = f"stock Celery `apply_async`, acks_late: {n(celery[ckey])}" if celery else peer_note(results, "celery")
