@@ -46,8 +46,10 @@ def test_a_worker_killed_holding_fetched_jobs_loses_none(rig):
     metrics = rig.store.metrics()
     rerun = [j for j in final if j.id in held]
     waits = sorted(round((j.processed_on - killed_at) / 1000, 1) for j in rerun)
-    print(f"\nhand-off: held={len(held)} waiting_at_kill={counts['waiting']} stalled={metrics.get('email:stalled')}"
-          f" re-taken after the kill (s)={waits}")
+    print(
+        f"\nhand-off: held={len(held)} waiting_at_kill={counts['waiting']} stalled={metrics.get('email:stalled')}"
+        f" re-taken after the kill (s)={waits}"
+    )
     assert counts["waiting"] == JOBS - SLOTS
     assert {j.state for j in final} == {"completed"}
     assert len(held) == SLOTS
