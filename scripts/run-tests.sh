@@ -57,7 +57,7 @@ if [ "$#" -eq 0 ] && [ "${OLDEST_PASS:-auto}" != 0 ]; then
     echo "oldest-release pass: the installed releases are the oldest the ranges allow ($(python scripts/oldest_pins.py --check)); the run above covered both" >&2
   else
     pins=$(python scripts/oldest_pins.py)
-    echo "oldest-release pass: tests/integration on $pins" >&2
+    echo "oldest-release pass: the integration tests that cross Celery, kombu and redis-py, on $pins" >&2
     [ -x .venv-oldest/bin/python ] || python -m venv .venv-oldest
     .venv-oldest/bin/python -m pip install --quiet -e ".[test]" $pins
     PATH="$PWD/.venv-oldest/bin:$PATH" VIRTUAL_ENV="$PWD/.venv-oldest" \
