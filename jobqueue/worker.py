@@ -15,28 +15,20 @@ script (fetch.lua), and hands them to the event loop (``hub.call_soon``).
 
 import contextlib
 import itertools
-import json
 import logging
 import os
 import threading
 import time
-import uuid
 from typing import Any
 
-import kombu
 from celery import Celery, bootsteps, signals
-from kombu.message import Message
 from redis.exceptions import RedisError
 
+from jobqueue import celery_seams
 from jobqueue.queue import HARD_KILL_GRACE_S, JobService
 from jobqueue.store import JobRecord, StaleDelivery
 
 log = logging.getLogger("jobqueue")
-
-# The fetcher hands jobs to the event loop from its own thread with Hub.call_soon, which wakes
-# the loop thread-safely from kombu 5.7 on; older kombu would let a job wait for the next poll.
-if tuple(int(part) for part in kombu.__version__.split(".")[:2]) < (5, 7):
-    raise ImportError(f"jobqueue.worker needs kombu >= 5.7 (Hub.call_soon across threads), not {kombu.__version__}")
 
 THREADED_POOLS = ("thread", "threads", "gevent", "eventlet")
 
@@ -68,10 +60,9 @@ class Fetcher:
         self.service = service
         self.store = service.store
         self.hostname = consumer.hostname
-        self.hub = consumer.hub
+        self.messages = celery_seams.TaskMessages(consumer.app)
         self.running = True
         self.slots = slots or Slots()
-        self._templates: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {}
         self._turn = itertools.count()
         self.thread = threading.Thread(target=self._run, name="job-fetcher", daemon=True)
 
@@ -89,10 +80,7 @@ class Fetcher:
 
     def queues(self) -> list[str]:
         """The job queues this worker consumes now (-Q, add_consumer, cancel_consumer)."""
-        task_consumer = self.consumer.task_consumer
-        if task_consumer is None:
-            return []
-        return [q.name for q in task_consumer.queues if q.name in self.service.queues]
+        return celery_seams.served_queues(self.consumer, self.service.queues)
 
     def capacity(self) -> int:
         """Jobs this worker holds at once: its pool's size (or the autoscaler's most) times
@@ -103,9 +91,7 @@ class Fetcher:
         while an idle one could run it. A job that waits more than a second renews its lease
         before it starts.
         """
-        autoscaler = getattr(self.consumer.controller, "autoscaler", None)
-        size = autoscaler.max_concurrency if autoscaler is not None else self.consumer.pool.num_processes
-        return max(int(size or 1), 1) * self.prefetch
+        return celery_seams.pool_size(self.consumer) * self.prefetch
 
     @property
     def prefetch(self) -> int:
@@ -185,10 +171,7 @@ class Fetcher:
     def _hand_over(self, queue: str, jobs: list[JobRecord]) -> None:
         with self.slots.changed:
             self.slots.in_flight += len(jobs)
-        if self.hub is not None:
-            self.hub.call_soon(self._deliver, queue, jobs)
-        else:
-            self._deliver(queue, jobs)
+        celery_seams.call_in_loop(self.consumer, self._deliver, queue, jobs)
 
     def _deliver(self, queue: str, jobs: list[JobRecord]) -> None:
         """In the worker's event loop: each job becomes a Celery request through its task's strategy."""
@@ -197,9 +180,18 @@ class Fetcher:
                 if not self.running:
                     raise StaleDelivery("worker stopping")
                 task = self.service.queue(queue).task_name
-                strategy = self.consumer.strategies[task]
+                timeout_s = int(job.opts.get("timeout") or 30000) / 1000
+                message = self.messages.build(
+                    task,
+                    queue,
+                    job.id,
+                    job.to_fields(),
+                    time_limit=timeout_s + HARD_KILL_GRACE_S,
+                    retries=max(job.attempts - 1, 0),
+                    priority=job.priority,
+                )
                 done = _Ending(self)
-                strategy(self._message(task, queue, job), None, done.ack, done.reject, None)
+                celery_seams.hand_to_pool(self.consumer, task, message, done.ack, done.reject)
             except Exception as exc:  # noqa: BLE001 - hand the job back rather than lose it
                 self.done()
                 self._give_back(job, str(exc))
@@ -211,38 +203,6 @@ class Fetcher:
         except (StaleDelivery, RedisError) as exc:
             # Its lease runs out and the next fetch takes it.
             log.warning("job.give_back_failed", extra={"job_id": job.id, "queue": job.queue, "error": str(exc)})
-
-    def _template(self, task: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        """Celery's own headers, properties and embed for a call of task, built once per task."""
-        if task not in self._templates:
-            headers, properties, body, _ = self.consumer.app.amqp.as_task_v2(
-                "-", task, args=[], ignore_result=True, kwargsrepr="{}"
-            )
-            self._templates[task] = (headers, properties, body[2])
-        return self._templates[task]
-
-    def _message(self, task: str, queue: str, job: JobRecord) -> Message:
-        """The Celery task message of one fetched job: its id is the job id, its one arg the job."""
-        template, properties, embed = self._template(task)
-        timeout_s = int(job.opts.get("timeout") or 30000) / 1000
-        headers = {
-            **template,
-            "id": job.id,
-            "root_id": job.id,
-            "timelimit": [timeout_s + HARD_KILL_GRACE_S, None],
-            "argsrepr": repr((job.id,)),
-            "retries": max(job.attempts - 1, 0),
-        }
-        body = json.dumps([[job.to_fields()], {}, embed], separators=(",", ":"))
-        return Message(
-            body=body.encode(),
-            delivery_tag=uuid.uuid4().hex,
-            content_type="application/json",
-            content_encoding="utf-8",
-            headers=headers,
-            properties={**properties, "correlation_id": job.id, "priority": job.priority},
-            delivery_info={"exchange": "", "routing_key": queue, "redelivered": job.attempts > 1},
-        )
 
 
 class _Ending:
@@ -328,8 +288,7 @@ class Housekeeping(bootsteps.StartStopStep):
 
     def tick(self, consumer: Any) -> None:
         jobs: JobService = consumer.app.jobs
-        task_consumer = consumer.task_consumer
-        queues = sorted(q.name for q in list(task_consumer.queues) if q.name in jobs.queues) if task_consumer else []
+        queues = sorted(celery_seams.served_queues(consumer, jobs.queues))
         try:
             if queues != self.queues:
                 # add_consumer / cancel_consumer: the fetcher waits on the old queues; wake it.
@@ -342,7 +301,7 @@ class Housekeeping(bootsteps.StartStopStep):
                     "queues": queues,
                     "paused": sorted(jobs.store.paused_queues(queues)),
                     "pid": os.getpid(),
-                    "concurrency": consumer.pool.num_processes if consumer.pool else None,
+                    "concurrency": celery_seams.pool_size(consumer) if consumer.pool else None,
                 },
             )
             now = time.monotonic()
