@@ -9,7 +9,15 @@ consumer bootstep that feeds Celery's pool from the store. The engine knows
 nothing of the application that uses it.
 """
 
-from jobqueue.errors import InvalidJobData, JobTimeout, PermanentJobError, QueueUnavailable, TransientJobError
+from jobqueue.errors import (
+    InvalidJobData,
+    JobCancelled,
+    JobTimeout,
+    PermanentJobError,
+    QueueUnavailable,
+    Snooze,
+    TransientJobError,
+)
 from jobqueue.options import Backoff, InvalidJobOptions, JobOptions
 from jobqueue.policy import QueuePolicy
 from jobqueue.queue import EngineSettings, Job, JobQueue, JobService, PreparedJob
@@ -21,6 +29,7 @@ __all__ = [
     "InvalidJobData",
     "InvalidJobOptions",
     "Job",
+    "JobCancelled",
     "JobOptions",
     "JobQueue",
     "JobRecord",
@@ -32,6 +41,7 @@ __all__ = [
     "QueuePolicy",
     "QueueUnavailable",
     "Retention",
+    "Snooze",
     "StaleDelivery",
     "TransientJobError",
 ]

@@ -40,10 +40,23 @@ WAKE_GRACE_S = 5.0
 RECYCLE_DEADLINE_S = 30.0
 
 
+class Deadline:
+    """A running job's deadline (time.monotonic()), which another thread may cut short (cancel)."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def cut(self) -> None:
+        """End it now: the job's next check point or socket wait raises JobTimeout."""
+        self.at = min(self.at, time.monotonic())
+
+
 def job_time_left() -> float | None:
     """Seconds until the running job's deadline, in the job's own thread; None outside a job."""
     deadline = getattr(_local, "deadline", None)
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
+    return None if deadline is None else max(0.0, deadline.at - time.monotonic())
 
 
 def past_deadline() -> bool:
@@ -59,14 +72,14 @@ def checkpoint() -> None:
 
 
 @contextmanager
-def job_deadline(seconds: float | None) -> Iterator[None]:
-    """Set the running job's deadline for this thread."""
+def job_deadline(seconds: float | None) -> Iterator[Deadline | None]:
+    """Set the running job's deadline for this thread; yields it (None without a timeout)."""
     if not seconds:
-        yield
+        yield None
         return
-    _local.deadline = time.monotonic() + seconds
+    _local.deadline = Deadline(time.monotonic() + seconds)
     try:
-        yield
+        yield _local.deadline
     finally:
         _local.deadline = None
 
@@ -154,3 +167,63 @@ class Overseer:
         timer = threading.Timer(RECYCLE_DEADLINE_S, os._exit, args=(75,))
         timer.daemon = True
         timer.start()
+
+
+# How often the cancel watch asks the store about the jobs running in this process.
+CANCEL_WATCH_INTERVAL_S = 0.5
+
+
+class CancelWatch:
+    """Stops the running jobs of this process that were cancelled, at their next safe point.
+
+    One thread per process (each prefork child, a threads pool's process), awake only
+    while jobs run: every CANCEL_WATCH_INTERVAL_S it reads the cancel flag of each
+    running job in one round trip per queue, and cuts a cancelled job's deadline, so the
+    job's own check points and socket timeouts end it (JobTimeout), as its timeout would.
+    Nothing is raised into the job's thread from outside.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watches: dict[int, tuple[Any, Any, Deadline]] = {}
+        self._thread: threading.Thread | None = None
+
+    def watch(self, store: Any, job: Any, deadline: Deadline | None) -> int | None:
+        if deadline is None:
+            return None
+        key = id(deadline)
+        with self._lock:
+            self._watches[key] = (store, job, deadline)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="job-cancel-watch", daemon=True)
+                self._thread.start()
+        return key
+
+    def done(self, key: int | None) -> None:
+        if key is not None:
+            with self._lock:
+                self._watches.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(CANCEL_WATCH_INTERVAL_S)
+            with self._lock:
+                entries = list(self._watches.values())
+            if not entries:
+                continue
+            try:
+                self._look(entries)
+            except Exception as exc:  # noqa: BLE001 - the next look tries again
+                log.warning("job.cancel_watch_failed", extra={"error": str(exc)})
+
+    @staticmethod
+    def _look(entries: list[tuple[Any, Any, Deadline]]) -> None:
+        store = entries[0][0]
+        with store.redis.pipeline(transaction=False) as pipe:
+            for _, job, _ in entries:
+                pipe.hget(store.keys.job(job.id, job.queue), "cancelRequested")
+            flags = pipe.execute()
+        for (_, job, deadline), reason in zip(entries, flags, strict=True):
+            if reason:
+                job.cancel_requested = reason
+                deadline.cut()

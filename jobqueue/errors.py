@@ -25,3 +25,19 @@ class InvalidJobData(ValueError):
     def __init__(self, errors: dict[str, Any]) -> None:
         super().__init__(f"invalid job data: {errors}")
         self.errors = errors
+
+
+class JobCancelled(Exception):
+    """The job was cancelled while it ran (job.raise_if_cancelled): it ends cancelled, never retried."""
+
+
+class Snooze(Exception):  # noqa: N818 - named as oban's and River's: the task asks, it is not an error
+    """Raised by a task: run the job again after seconds, without spending an attempt.
+
+    For a job waiting on something outside (a PaymentIntent still processing). A job
+    snoozed more times than its queue's cap (QueuePolicy.max_snoozes) fails instead.
+    """
+
+    def __init__(self, seconds: float, reason: str = "") -> None:
+        super().__init__(reason or f"snoozed for {seconds:g} s")
+        self.seconds = seconds

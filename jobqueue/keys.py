@@ -16,8 +16,11 @@ from jobqueue.lifecycle import FINISHED, STATES
 __all__ = ["FINISHED", "KEY_NAMES", "STATES", "Keys"]
 
 KEY_NAMES = (
+    "tag",  # the queue's hash tag itself, '{P:Q}': scripts build per-queue keys on it
+    # (search indexes '<tag>:idx:<field>:<value>', per-minute metric buckets '<tag>:m:<minute>')
     "job",  # hash: the job's fields (scripts over many jobs get the job-key prefix)
     "attempts",  # list: one JSON record per ended attempt
+    "logs",  # list: the job's log lines (job.log), JSON, bounded per attempt
     *STATES,  # sorted sets of job ids per state
     "metrics",  # hash: '<queue>:<event>' counters
     "hist",  # hash: processing-time histogram of the queue
@@ -25,6 +28,9 @@ KEY_NAMES = (
     "paused",  # string: present while the queue is paused
     "leases",  # sorted set: active job ids by when their lease runs out
     "wake",  # list: a marker that wakes an idle worker blocked on it (BLPOP)
+    "expiring",  # sorted set: pending job ids with an expiry, by when it falls
+    "events",  # stream: the queue's job events (every move, progress, log), bounded
+    "created",  # sorted set: every stored job id by creation time (search walks it)
 )
 
 
@@ -47,11 +53,12 @@ class Keys:
         return f"{self.tag(queue)}:job:{job_id}"
 
     def queue(self, queue: str, name: str) -> str:
-        """A per-queue key: a state set, 'paused', 'leases', 'wake', 'hist', 'durations', 'metrics'."""
+        """A per-queue key: a state set, 'paused', 'leases', 'wake', 'hist', 'durations', 'metrics',
+        'events', 'expiring', 'created', 'm:<minute>', 'idx:<field>:<value>'."""
         return f"{self.tag(queue)}:{name}"
 
     def for_script(self, job_id: str, queue: str) -> list[str]:
         """KEYS for a script call, in KEY_NAMES order ('' for job_id: the queue's job-key prefix)."""
         job = self.job(job_id, queue)
-        named = {"job": job, "attempts": f"{job}:attempts"}
+        named = {"tag": self.tag(queue), "job": job, "attempts": f"{job}:attempts", "logs": f"{job}:logs"}
         return [named[name] if name in named else self.queue(queue, name) for name in KEY_NAMES]

@@ -14,8 +14,11 @@ whose record is deleted.
 from dataclasses import dataclass
 
 # The states a stored job can be in, each a sorted set per queue.
-STATES = ("waiting", "delayed", "active", "completed", "failed")
-FINISHED = ("completed", "failed")
+STATES = ("waiting", "delayed", "active", "completed", "failed", "cancelled", "expired")
+FINISHED = ("completed", "failed", "cancelled", "expired")
+# States a job waits in before it runs: an operator may cancel, snooze or edit it there,
+# and its expiry (option expires) applies there.
+PENDING = ("waiting", "delayed")
 # The waiting set's score: priority * PRIORITY_STEP + the time (ms) the job became waiting.
 PRIORITY_STEP = 10**13
 NEW = "new"
@@ -38,20 +41,28 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition("active", "complete", "completed", "the delivery's token is the job's token"),
     Transition("active", "fail", "failed", "the delivery's token is the job's token"),
     Transition("active", "retry", "delayed", "the delivery's token; attempts left (decided by the worker's policy)"),
+    Transition("active", "snooze", "delayed", "the delivery's token; the task raised Snooze: no attempt is spent"),
     Transition("active", "release", "waiting", "the delivery's token (a job stuck past its hard limit)"),
-    Transition("active", "stall", "waiting", "its lease ran out (the worker died); stalls <= max"),
+    Transition("active", "stall", "waiting", "its lease ran out (the worker died); stalls <= max; no cancel asked"),
     Transition("active", "stall_fail", "failed", "its lease ran out more than max stalls times"),
+    Transition("waiting", "cancel", "cancelled", "an operator's or the app's cancel"),
+    Transition("delayed", "cancel", "cancelled", "an operator's or the app's cancel"),
+    Transition(
+        "active",
+        "cancel",
+        "cancelled",
+        "a cancel was asked while it ran, and its delivery stopped (the token) or its lease ran out",
+    ),
+    Transition("waiting", "expire", "expired", "not started by its expiry (option expires)"),
+    Transition("delayed", "expire", "expired", "not started by its expiry (option expires)"),
+    Transition("waiting", "defer", "delayed", "an operator's snooze: run it later"),
+    Transition("delayed", "defer", "delayed", "an operator's snooze: run it later"),
     Transition("failed", "admin_retry", "waiting", "an operator's retry, optionally with new data"),
-    Transition("waiting", "delete", REMOVED, "an operator's delete"),
-    Transition("delayed", "delete", REMOVED, "an operator's delete"),
-    Transition("completed", "delete", REMOVED, "an operator's delete"),
-    Transition("failed", "delete", REMOVED, "an operator's delete"),
-    Transition("waiting", "clean", REMOVED, "older than the grace"),
-    Transition("delayed", "clean", REMOVED, "older than the grace"),
-    Transition("completed", "clean", REMOVED, "older than the grace"),
-    Transition("failed", "clean", REMOVED, "older than the grace"),
-    Transition("completed", "trim", REMOVED, "past the queue's retention"),
-    Transition("failed", "trim", REMOVED, "past the queue's retention"),
+    Transition("cancelled", "admin_retry", "waiting", "an operator's retry, optionally with new data"),
+    Transition("expired", "admin_retry", "waiting", "an operator's retry, optionally with new data"),
+    *(Transition(state, "delete", REMOVED, "an operator's delete") for state in STATES if state != "active"),
+    *(Transition(state, "clean", REMOVED, "older than the grace") for state in STATES if state != "active"),
+    *(Transition(state, "trim", REMOVED, "past the queue's retention") for state in FINISHED),
 )
 
 EVENTS = tuple(dict.fromkeys(t.event for t in TRANSITIONS))

@@ -1,7 +1,10 @@
 """Job options with the original BullMQ meaning (times in milliseconds)."""
 
+import random
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from jobqueue.store import Retention
@@ -17,31 +20,42 @@ class InvalidJobOptions(ValueError):
 
 @dataclass(frozen=True)
 class Backoff:
-    """How long to wait before attempt n+1: 'fixed' or 'exponential' from delay ms."""
+    """How long to wait before attempt n+1: 'fixed' or 'exponential' from delay ms.
+
+    jitter (0 to 1), as BullMQ's: the wait is drawn from [wait * (1 - jitter), wait], so
+    jobs that failed together (a gateway outage) do not all come back at once.
+    """
 
     type: str = "exponential"
     delay: int | None = None  # None: the app's JOB_RETRY_DELAY
+    jitter: float = 0.0
 
     def wait_ms(self, attempts_made: int) -> int:
         """The wait after the attempts_made-th failed attempt (1-based)."""
         base = self.delay or 0
-        if self.type == "fixed":
-            return base
-        return base * 2 ** max(attempts_made - 1, 0)
+        wait = base if self.type == "fixed" else base * 2 ** max(attempts_made - 1, 0)
+        if self.jitter:
+            wait = int(wait * (1 - self.jitter) + random.random() * wait * self.jitter)  # noqa: S311 - not a secret
+        return wait
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "delay": self.delay}
+        out: dict[str, Any] = {"type": self.type, "delay": self.delay}
+        if self.jitter:
+            out["jitter"] = self.jitter
+        return out
 
     @classmethod
     def parse(cls, value: Any) -> "Backoff":
-        """Read a number (fixed delay) or {"type": ..., "delay": ms}."""
+        """Read a number (fixed delay) or {"type": ..., "delay": ms, "jitter": 0..1}."""
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return cls("fixed", value)
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and set(value) <= {"type", "delay", "jitter"}:
             kind, delay = value.get("type", "exponential"), value.get("delay", 0)
-            if kind in ("fixed", "exponential") and isinstance(delay, int) and delay >= 0:
-                return cls(kind, delay)
-        raise ValueError("must be {'type': 'exponential'|'fixed', 'delay': ms} or ms")
+            jitter = value.get("jitter", 0)
+            jitter_ok = isinstance(jitter, int | float) and not isinstance(jitter, bool) and 0 <= jitter <= 1
+            if kind in ("fixed", "exponential") and isinstance(delay, int) and delay >= 0 and jitter_ok:
+                return cls(kind, delay, float(jitter))
+        raise ValueError("must be {'type': 'exponential'|'fixed', 'delay': ms, 'jitter': 0..1} or ms")
 
 
 @dataclass(frozen=True)
@@ -55,6 +69,7 @@ class JobOptions:
     priority: int | None = None
     remove_on_complete: Any = None
     remove_on_fail: Any = None
+    expires: int | None = None  # ms since the epoch: not started by then, the job ends expired
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +80,7 @@ class JobOptions:
             "priority": self.priority,
             "removeOnComplete": self.remove_on_complete,
             "removeOnFail": self.remove_on_fail,
+            "expires": self.expires,
         }
 
     @classmethod
@@ -77,6 +93,7 @@ class JobOptions:
             priority=raw.get("priority"),
             remove_on_complete=raw.get("removeOnComplete"),
             remove_on_fail=raw.get("removeOnFail"),
+            expires=raw.get("expires"),
         )
 
 
@@ -84,13 +101,43 @@ def _non_negative_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def resolve_options(defaults: JobOptions, given: Mapping[str, Any], priorities: int = 10) -> JobOptions:
+def parse_expires(value: Any, now: int) -> int:
+    """An expires option as ms since the epoch: a number is ms from now; an ISO 8601 time
+    (with its offset) or an aware datetime is absolute. Raises ValueError."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value <= 0:
+            raise ValueError("must be more than 0 ms from now, or an ISO 8601 time")
+        return now + value
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError("must be ms from now, or an ISO 8601 time with its offset") from None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("an ISO 8601 time needs its offset (Z or +hh:mm)")
+        at = int(value.timestamp() * 1000)
+        if at <= now:
+            raise ValueError("is in the past")
+        return at
+    raise ValueError("must be ms from now, or an ISO 8601 time with its offset")
+
+
+def resolve_options(
+    defaults: JobOptions, given: Mapping[str, Any], priorities: int = 10, now: int | None = None
+) -> JobOptions:
     """Apply per-call options over the queue's defaults, naming every bad option.
 
     priorities: the queue's priority levels (the priority option runs 0 .. priorities-1).
+    now: the job's creation time (ms), from which a relative expires counts.
     """
     errors: dict[str, str] = {}
     values: dict[str, Any] = {}
+    if given.get("expires") is not None:
+        try:
+            values["expires"] = parse_expires(given["expires"], now if now is not None else int(time.time() * 1000))
+        except ValueError as exc:
+            errors["expires"] = str(exc)
     for name in ("delay", "timeout"):
         if given.get(name) is not None:
             if _non_negative_int(given[name]):
@@ -131,6 +178,7 @@ def resolve_options(defaults: JobOptions, given: Mapping[str, Any], priorities: 
         "priority",
         "remove_on_complete",
         "remove_on_fail",
+        "expires",
     }
     for name in sorted(unknown):
         errors[name] = "unknown job option"

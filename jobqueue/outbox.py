@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, Text, delete, func, insert, select
@@ -117,6 +118,13 @@ class Outbox:
         if not (isinstance(job_id, str) and 0 < len(job_id) <= MAX_JOB_ID_LENGTH):
             raise ValueError(f"job_id must be a string of 1 to {MAX_JOB_ID_LENGTH} characters")
         job = target.prepare(data, job_id=job_id, owner=owner, **options)
+        # What the relay cannot work out again from the sealed data, kept as prepare decided it:
+        # the tags, the expiry as an absolute time, and the trace the job joins.
+        options = {**options, "tags": job.record.tags}
+        if job.record.trace:
+            options["trace"] = job.record.trace
+        if job.options.expires:
+            options["expires"] = datetime.fromtimestamp(job.options.expires / 1000, UTC).isoformat()
         conn.execute(
             insert(self.table).values(
                 job_id=job_id,
@@ -231,8 +239,11 @@ class Outbox:
         if queue.store.was_added([row.job_id], queue.name)[0]:
             return queue.get_job(row.job_id)  # published already; only its row was left
         options = json.loads(row.options)
+        tags = options.pop("tags", None) or []
+        trace = options.pop("trace", "")
         try:
-            opts = resolve_options(queue.defaults, options, queue.policy.priorities)
+            # now=0: the expiry was kept as an absolute time; one past already ends the job expired.
+            opts = resolve_options(queue.defaults, options, queue.policy.priorities, now=0)
         except InvalidJobOptions as exc:
             # They passed when staged; the queue's policy changed since. It can never be added,
             # so it is dropped, loudly, rather than retried for ever.
@@ -247,6 +258,8 @@ class Outbox:
             opts=opts.to_dict(),
             owner=row.owner,
             created_at=now_ms(),
+            tags=tags,
+            trace=trace,
         )
         # Checked and sealed when it was staged: added as it was written.
         return queue.add_prepared(PreparedJob(record, opts, row.data), remember_ms=REMEMBER_MS)

@@ -51,6 +51,10 @@ class QueuePolicy:
     # Priority levels the queue offers (priority option 0 .. priorities-1); the fetch
     # takes the lowest number first, then the oldest.
     priorities: int = 1
+    # Data fields each job is tagged with for search (GET /admin/jobs?rideId=...).
+    tags: tuple[str, ...] = ()
+    # How often one job may snooze (raise Snooze) before it fails instead.
+    max_snoozes: int = 100
     on_final_failure: Hook = None  # (job, reason): once, when a job has failed for good
     on_manual_retry: Hook = None  # (job, data): before an operator's retry requeues a failed job
     extra: dict[str, Any] = field(default_factory=dict)

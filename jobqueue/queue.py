@@ -20,8 +20,9 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from jobqueue import tracing
 from jobqueue.errors import InvalidJobData, QueueUnavailable
-from jobqueue.options import JobOptions, resolve_options
+from jobqueue.options import InvalidJobOptions, JobOptions, resolve_options
 from jobqueue.policy import QueuePolicy
 from jobqueue.store import JobRecord, JobStore, Retention, now_ms, to_json
 
@@ -37,6 +38,7 @@ LEASE_MARGIN_MS = 2_000
 MAX_JOB_ID_LENGTH = 64
 # Job data is kept whole in Redis; anything bigger belongs in SQL, passed by id.
 MAX_JOB_DATA_BYTES = 32 * 1024
+MAX_TAG_VALUE_LENGTH = 100
 PRIORITY_NONE = 0
 
 
@@ -90,8 +92,14 @@ class JobQueue:
         created_at: int | None = None,
         **options: Any,
     ) -> PreparedJob:
-        """Resolve options, validate data and the id, seal the data: once per job, whatever adds it."""
-        opts = resolve_options(self.defaults, options, self.policy.priorities)
+        """Resolve options, validate data and the id, seal the data: once per job, whatever adds it.
+
+        Besides the options, tags={"rideId": 12} (or ["rideId:12"]) indexes the job for
+        search, with the policy's tag fields of the data and the owner.
+        """
+        created_at = created_at or now_ms()
+        extra_tags = options.pop("tags", None)
+        opts = resolve_options(self.defaults, options, self.policy.priorities, now=created_at)
         self.validate(data)
         if job_id is not None and not (isinstance(job_id, str) and 0 < len(job_id) <= MAX_JOB_ID_LENGTH):
             raise ValueError(f"job_id must be a string of 1 to {MAX_JOB_ID_LENGTH} characters")
@@ -103,7 +111,9 @@ class JobQueue:
             data=dict(data),
             opts=opts.to_dict(),
             owner=owner,
-            created_at=created_at or now_ms(),
+            created_at=created_at,
+            tags=self.tags_of(data, owner, extra_tags),
+            trace=tracing.carrier(),
         )
         sealer = self.store.sealer
         return PreparedJob(record, opts, to_json(sealer.seal(data) if sealer else data))
@@ -137,6 +147,7 @@ class JobQueue:
                 return existing
             raise QueueUnavailable(f"job {job.id} vanished while it was being added")
         self._log_created(job)
+        job.record.store = self.store
         return job.record
 
     def add_bulk(self, items: Sequence[Mapping[str, Any]], *, owner: str | None = None, **options: Any) -> list[Job]:
@@ -186,8 +197,37 @@ class JobQueue:
             priority=priority,
             sealed=job.sealed,
             remember_ms=remember_ms,
+            expires_at=opts.expires,
             client=client,
         )
+
+    def tags_of(self, data: Mapping[str, Any], owner: str | None, extra: Any = None) -> list[str]:
+        """What a job is found by: 'owner:<id>', the policy's tag fields of its data, and extra
+        ({"rideId": 12} or ["rideId:12"]). Raises InvalidJobOptions for a bad extra."""
+        pairs: dict[str, Any] = {}
+        if owner:
+            pairs["owner"] = owner
+        for name in self.policy.tags:
+            if data.get(name) not in (None, ""):
+                pairs[name] = data[name]
+        if extra is not None:
+            if isinstance(extra, Mapping):
+                items = list(extra.items())
+            elif isinstance(extra, list | tuple) and all(isinstance(t, str) and ":" in t for t in extra):
+                items = [tuple(t.split(":", 1)) for t in extra]
+            else:
+                raise InvalidJobOptions({"tags": "must be {field: value} or ['field:value']"})
+            for name, value in items:
+                if not (isinstance(name, str) and name.isidentifier() and len(name) <= 40):
+                    raise InvalidJobOptions({"tags": f"{name!r}: a tag's field is a name of at most 40 characters"})
+                pairs[name] = value
+        tags = []
+        for name, value in pairs.items():
+            text = str(value)
+            if isinstance(value, bool | dict | list) or not text or len(text) > MAX_TAG_VALUE_LENGTH:
+                raise InvalidJobOptions({"tags": f"{name}: a tag's value is 1 to {MAX_TAG_VALUE_LENGTH} characters"})
+            tags.append(f"{name}:{text}")
+        return tags
 
     def _log_created(self, job: PreparedJob) -> None:
         log.info("job.created", extra={"job_id": job.id, "queue": self.name, "delay_ms": job.options.delay})
@@ -215,6 +255,34 @@ class JobQueue:
         Returns 'waiting', the state the job is in instead, or None for an unknown job.
         """
         return self.store.retry(job_id, self.name, data)
+
+    def cancel(self, job_id: str, reason: str = "cancelled") -> str | None:
+        """Cancel a job: a waiting or delayed one never runs; a running one is asked to stop
+        (its check points raise JobCancelled, its worker's cancel watch cuts its deadline) and
+        ends cancelled, never retried. Survives any restart: it is in the store.
+
+        Returns 'cancelled', 'cancelling' (running: asked), the finished state it is in
+        (left alone), or None for an unknown job.
+        """
+        reason = (str(reason) or "cancelled")[:500]
+        return self.store.cancel(job_id, self.name, reason, self.keep_failed)
+
+    def snooze(self, job_id: str, delay_ms: int) -> str | None:
+        """Run a job that has not started delay_ms from now instead (defer): 'delayed', the
+        state it is in instead (running or finished: left alone), or None."""
+        if not (isinstance(delay_ms, int) and not isinstance(delay_ms, bool) and delay_ms > 0):
+            raise InvalidJobOptions({"delay": "must be a whole number of milliseconds, more than 0"})
+        return self.store.defer(job_id, self.name, now_ms() + delay_ms)
+
+    def update_data(self, job_id: str, data: Mapping[str, Any]) -> str | None:
+        """Replace the data of a job that is not running, checked by the queue's schema:
+        the job's state ('active': refused, unchanged), or None for an unknown job."""
+        self.validate(data)
+        return self.store.update_data(job_id, self.name, data)
+
+    def wait_until_finished(self, job_id: str, timeout: float) -> Job:
+        """Block until the job is completed, failed, cancelled or expired (TimeoutError after timeout s)."""
+        return self.store.wait_until_finished(job_id, self.name, timeout)
 
     def delete(self, job_id: str) -> str | None:
         """Remove a job that is not running: 'deleted', 'active' (left alone), or None."""
@@ -245,7 +313,8 @@ class JobQueue:
         return self.store.counts(self.name)
 
     def retention_for(self, job: Job, state: str) -> Retention:
-        """The retention that applies to job once it reaches state (completed or failed)."""
+        """The retention that applies to job once it reaches state (completed; failed,
+        cancelled and expired keep as failed jobs do)."""
         if state == "completed":
             return Retention.parse(job.opts.get("removeOnComplete"), self.keep_completed)
         return Retention.parse(job.opts.get("removeOnFail"), self.keep_failed)

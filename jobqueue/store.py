@@ -35,13 +35,16 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from jobqueue import scripts
+from jobqueue.errors import JobCancelled
 from jobqueue.keys import FINISHED, STATES, Keys
 from jobqueue.lifecycle import PRIORITY_STEP
+from jobqueue.scripts import DEFAULT_FEATURES, MINUTE_BOUNDS_MS, Features
 from jobqueue.sealing import Sealer
 
 # Upper bounds (seconds) of the processing-time histogram, as Prometheus expects.
 HISTOGRAM_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 THROUGHPUT_BUCKET_MS = 10_000
+MAX_PROGRESS_CHARS = 2_000
 WORKER_TTL_MS = 30_000
 
 
@@ -112,7 +115,16 @@ class JobRecord:
     stalls: int = 0
     token: str = ""  # the current delivery's fencing token, set when a worker fetches it
     priority: int = 0
+    progress: Any = None  # the last job.update_progress value
+    cancel_reason: str | None = None  # why it was cancelled (state cancelled)
+    cancel_requested: str | None = None  # a cancel asked while it ran (state active)
+    expires_at: int | None = None  # ms: a job not started by then ends expired
+    snoozes: int = 0
+    tags: list[str] = field(default_factory=list)  # 'field:value', what search finds it by
+    trace: str = ""  # the trace context of the span that added it (jobqueue.tracing), "" untraced
     raw: Mapping[str, str] | None = field(default=None, repr=False, compare=False)  # the hash it was read from
+    # The store it came from, for a running job's own calls (update_progress, log, ...).
+    store: Any = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_hash(cls, raw: Mapping[str, str], strict: bool = True, data: bool = True) -> "JobRecord":
@@ -149,14 +161,83 @@ class JobRecord:
             stalls=int(raw.get("stalls") or 0),
             token=raw.get("token") or "",
             priority=int(raw.get("priority") or 0),
+            progress=parse("progress", "null"),
+            cancel_reason=raw.get("cancelReason") or None,
+            cancel_requested=raw.get("cancelRequested") or None,
+            expires_at=opt_int("expiresAt"),
+            snoozes=int(raw.get("snoozes") or 0),
+            tags=parse("tags", "[]") if raw.get("tags") else [],
+            trace=raw.get("trace", ""),
             raw=raw,
         )
+
+    # -- what a running job calls (its task gets the record bound to the store) --------
+
+    def _own_store(self) -> "JobStore":
+        if self.store is None:
+            raise RuntimeError(f"job {self.id} is not bound to a job store")
+        return self.store
+
+    def update_progress(self, value: Any) -> None:
+        """Report progress: a number, or a small JSON object ({"step": "charging"}).
+
+        Seen by GET /jobs/<id>, the dashboard and the events stream at once. Fenced: a
+        delivery that no longer holds the job changes nothing (StaleDelivery).
+        """
+        self._own_store().progress(self, value)
+
+    def log(self, line: str) -> None:
+        """Add a line to this attempt's log (bounded in number and length)."""
+        self._own_store().log(self, line)
+
+    def is_cancelled(self) -> bool:
+        """Whether a cancel was asked for this running job (one read of the store)."""
+        reason = self._own_store().redis.hget(self.store.keys.job(self.id, self.queue), "cancelRequested")
+        if reason:
+            self.cancel_requested = reason
+        return bool(reason)
+
+    def raise_if_cancelled(self) -> None:
+        """A check point: raise JobCancelled if a cancel was asked (the job ends cancelled)."""
+        if self.is_cancelled():
+            raise JobCancelled(self.cancel_requested or "cancelled")
+
+    def wait_until_finished(self, timeout: float) -> "JobRecord":
+        """Block until this job is completed, failed, cancelled or expired (TimeoutError after timeout s)."""
+        return self._own_store().wait_until_finished(self.id, self.queue, timeout)
 
     def to_fields(self) -> Mapping[str, str]:
         """The store's hash this record was read from (a fetched job travels to the pool as it)."""
         if self.raw is None:
             raise ValueError(f"job {self.id} was not read from the store")
         return self.raw
+
+
+def percentiles(
+    buckets: Iterable[Mapping[str, float]], prefix: str, quantiles: Iterable[float]
+) -> dict[float, float | None]:
+    """Quantiles (ms) of the wait ('w') or processing ('p') times recorded in per-minute
+    buckets (JobStore.history), interpolated within the bucket each falls in; None without any."""
+    bounds = [*MINUTE_BOUNDS_MS, None]
+    counts = [0.0] * len(bounds)
+    for bucket in buckets:
+        for index, bound in enumerate(bounds):
+            counts[index] += bucket.get(f"{prefix}{'inf' if bound is None else bound}", 0.0)
+    total = sum(counts)
+    out: dict[float, float | None] = {}
+    for q in quantiles:
+        if not total:
+            out[q] = None
+            continue
+        rank, seen, low = q * total, 0.0, 0.0
+        for bound, count in zip(bounds, counts, strict=True):
+            if count and seen + count >= rank:
+                high = float(bound) if bound is not None else low * 2 or 1.0
+                out[q] = round(low + (high - low) * (rank - seen) / count, 3)
+                break
+            seen += count
+            low = float(bound) if bound is not None else low
+    return out
 
 
 @dataclass(frozen=True)
@@ -184,12 +265,19 @@ def to_json(value: Any) -> str:
 class JobStore:
     """Reads and moves jobs; every state change is one atomic script call (jobqueue/scripts/*.lua)."""
 
-    def __init__(self, client: redis.Redis, prefix: str = "jobqueue", sealer: Sealer | None = None) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = "jobqueue",
+        sealer: Sealer | None = None,
+        features: Features = DEFAULT_FEATURES,
+    ) -> None:
         self.redis = client
         self.prefix = prefix
         self.keys = Keys(prefix)
         self.sealer = sealer
-        self.scripts = scripts.register_all(client)
+        self.features = features
+        self.scripts = scripts.register_all(client, features)
         self.priority_step = PRIORITY_STEP
         # The queues this store holds (JobQueue registers itself): a job looked up by id
         # alone is looked for in each, and metrics() reads each queue's counters.
@@ -200,7 +288,9 @@ class JobStore:
             self.queues.append(queue)
 
     @classmethod
-    def from_url(cls, url: str, prefix: str = "jobqueue", sealer: Sealer | None = None) -> "JobStore":
+    def from_url(
+        cls, url: str, prefix: str = "jobqueue", sealer: Sealer | None = None, features: Features = DEFAULT_FEATURES
+    ) -> "JobStore":
         # Fail fast when Redis is away: a job's bookkeeping must not outlast its timeout.
         client = redis.Redis.from_url(
             url,
@@ -210,7 +300,7 @@ class JobStore:
             socket_timeout=10,
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
         )
-        return cls(client, prefix, sealer)
+        return cls(client, prefix, sealer, features)
 
     def _seal(self, data: Any) -> str:
         return to_json(self.sealer.seal(data) if self.sealer else data)
@@ -219,6 +309,7 @@ class JobStore:
         record = JobRecord.from_hash(raw, strict=False)
         if self.sealer and "_unreadable" not in record.data:
             record.data = self.sealer.unseal(record.data)
+        record.store = self
         return record
 
     def _run(self, script: str, job_id: str, queue: str, args: list[Any], client: Any = None) -> Any:
@@ -235,13 +326,15 @@ class JobStore:
         priority: int = 0,
         sealed: str | None = None,
         remember_ms: int = 0,
+        expires_at: int | None = None,
         client: Any = None,
     ) -> bool:
         """Store a new job (add, or add_delayed) and wake a worker; False if that id already exists.
 
         sealed: the data as the store keeps it, when the caller sealed it already. With
         remember_ms, was_added() says the id was added for that long, even once the job
-        itself is removed.
+        itself is removed. expires_at (ms): a job not started by then ends expired. The
+        record's tags ('field:value') index it for search().
         """
         fields = {
             "id": record.id,
@@ -256,9 +349,16 @@ class JobStore:
             "leaseMs": lease_ms,
             "token": 0,
         }
+        tags = to_json(record.tags) if record.tags else ""
+        if tags:
+            fields["tags"] = tags
+        if expires_at:
+            fields["expiresAt"] = expires_at
+        if record.trace:
+            fields["trace"] = record.trace
         flat = [v for kv in fields.items() for v in kv]
         event = "add" if record.state == "waiting" else "add_delayed"
-        args = [event, score, record.queue, remember_ms, *flat]
+        args = [event, score, record.queue, remember_ms, expires_at or 0, tags, record.created_at, *flat]
         return bool(self._run("add", record.id, record.queue, args, client=client))
 
     def was_added(self, job_ids: list[str], queue: str) -> list[bool]:
@@ -282,17 +382,27 @@ class JobStore:
         return [json.loads(a) for a in found]
 
     def fetch(
-        self, queue: str, count: int, worker: str, *, max_stalls: int, most_wait_ms: int = 5_000
+        self,
+        queue: str,
+        count: int,
+        worker: str,
+        *,
+        max_stalls: int,
+        most_wait_ms: int = 5_000,
+        retention: Retention = Retention(),
     ) -> tuple[int, list[JobRecord]]:
         """Take up to count jobs of queue for worker, in one round trip (fetch.lua).
 
         On the way it stalls the jobs whose lease ran out and promotes the delayed jobs
-        that are due. Returns how long the caller may block before anything falls due
+        that are due, and ends the pending jobs past their expiry (expired; retention: the
+        retention of jobs it ends, cancelled or expired). Returns how long the caller may
+        block before anything falls due
         (ms), and the jobs, each active under a lease and a new token; their data is not read
         here (the pool reads and unseals it from the hash, JobRecord.to_fields()).
         """
         fetch_id = uuid.uuid4().hex  # the same on a retry of this call: the script answers it once
-        raw = self._run("fetch", "", queue, [now_ms(), count, worker, max_stalls, most_wait_ms, fetch_id])
+        args = [now_ms(), count, worker, max_stalls, most_wait_ms, fetch_id, queue, retention.count, retention.age_ms]
+        raw = self._run("fetch", "", queue, args)
         return int(raw[0]), [JobRecord.from_hash(_pairs(fields), strict=False, data=False) for fields in raw[1:]]
 
     def unseal(self, record: JobRecord) -> JobRecord:
@@ -384,6 +494,160 @@ class JobStore:
         """Remove up to limit jobs in state that reached it more than grace_ms ago."""
         cutoff = now_ms() - grace_ms
         return self._run("clean", "", queue, [state, cutoff, limit])
+
+    def cancel(self, job_id: str, queue: str, reason: str, retention: Retention = Retention()) -> str | None:
+        """Cancel a job (cancel.lua): 'cancelled', 'cancelling' (it is running: asked), the
+        finished state it is in, or None for an unknown job."""
+        args = [now_ms(), reason, queue, retention.count, retention.age_ms]
+        return self._run("cancel", job_id, queue, args)
+
+    def defer(self, job_id: str, queue: str, until_ms: int) -> str | None:
+        """Snooze a job that has not started until until_ms: 'delayed', the state it is in instead, or None."""
+        return self._run("defer", job_id, queue, [until_ms])
+
+    def update_data(self, job_id: str, queue: str, data: Mapping[str, Any]) -> str | None:
+        """Replace the data of a job that is not running: its state ('active': refused), or None."""
+        return self._run("update", job_id, queue, [self._seal(data)])
+
+    def progress(self, record: JobRecord, value: Any) -> None:
+        """A running job's progress; fenced by record.token (StaleDelivery)."""
+        text = to_json(value)
+        if len(text) > MAX_PROGRESS_CHARS:
+            raise ValueError(f"progress is {len(text)} characters as JSON; at most {MAX_PROGRESS_CHARS}")
+        if self._run("progress", record.id, record.queue, ["progress", record.token, text, record.attempts]) == "stale":
+            raise StaleDelivery(f"job {record.id}: delivery {record.token} no longer holds it")
+        record.progress = value
+
+    def log(self, record: JobRecord, line: str) -> bool:
+        """Add a line to a running job's log; False when this attempt's lines are used up. Fenced."""
+        limit = self.features.log_line_chars
+        text = str(line)
+        entry = to_json(
+            {"attempt": record.attempts, "at": now_ms(), "line": text[:limit] + ("…" if len(text) > limit else "")}
+        )
+        kept = self._run("progress", record.id, record.queue, ["log", record.token, entry, record.attempts])
+        if kept == "stale":
+            raise StaleDelivery(f"job {record.id}: delivery {record.token} no longer holds it")
+        return bool(kept)
+
+    def logs(self, job_id: str, queue: str) -> list[dict[str, Any]]:
+        """A job's log lines, oldest first: {attempt, at, line}."""
+        return [json.loads(entry) for entry in self.redis.lrange(f"{self.keys.job(job_id, queue)}:logs", 0, -1)]
+
+    # -- events ----------------------------------------------------------------
+
+    def last_event_id(self, queue: str) -> str:
+        """The id of the queue's newest event ('0-0' when there is none): read events after it."""
+        newest = self.redis.xrevrange(self.keys.queue(queue, "events"), count=1)
+        return newest[0][0] if newest else "0-0"
+
+    def read_events(
+        self, after: Mapping[str, str], block_ms: int | None = None, count: int = 500
+    ) -> list[tuple[str, str, dict[str, str]]]:
+        """Events of queues after the given ids ({queue: last id}), blocking up to block_ms
+        for the first (None: do not block). Returns (queue, event id, fields) in order."""
+        streams = {self.keys.queue(queue, "events"): last for queue, last in after.items()}
+        by_key = {self.keys.queue(queue, "events"): queue for queue in after}
+        found = self.redis.xread(streams, count=count, block=block_ms)
+        return [(by_key[key], event_id, fields) for key, entries in found or [] for event_id, fields in entries]
+
+    def wait_until_finished(self, job_id: str, queue: str, timeout: float) -> JobRecord:
+        """Block until the job is completed, failed, cancelled or expired; TimeoutError after timeout s.
+
+        Reads the queue's event stream (XREAD BLOCK), no polling loop; LookupError if the job is removed.
+        """
+        deadline = time.monotonic() + timeout
+        after = self.last_event_id(queue)  # first the stream's position, then the state: no event is missed
+        while True:
+            job = self.get(job_id, queue)
+            if job is None:
+                raise LookupError(f"job {job_id} not found")
+            if job.state in FINISHED:
+                return job
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                raise TimeoutError(f"job {job_id} is still {job.state} after {timeout:g} s")
+            while left_ms > 0:
+                events = self.read_events({queue: after}, block_ms=min(left_ms, 5_000))
+                if events:
+                    after = events[-1][1]
+                    if any(fields.get("id") == job_id for _, _, fields in events):
+                        break
+                left_ms = int((deadline - time.monotonic()) * 1000)
+
+    # -- search ------------------------------------------------------------------
+
+    def search(
+        self,
+        queue: str,
+        *,
+        tags: Iterable[str] = (),
+        state: str | None = None,
+        name: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
+        cursor: tuple[int, str] | None = None,
+        limit: int = 50,
+        budget: int = 5_000,
+    ) -> tuple[list[tuple[int, str]], tuple[int, str] | None]:
+        """Job ids of one queue matching every filter, newest first (by creation), from the
+        search indexes (search.lua), never a scan of the store.
+
+        tags: 'field:value' the job was tagged with ('owner:u1', 'rideId:123'), all required.
+        The smallest index leads; the rest are checked per candidate. At most budget
+        candidates are looked at per call. Returns ([(created_at, id)...], cursor): cursor
+        is where to go on ((created_at, id) of the last looked at), or None at the end.
+        """
+        args = [
+            to_json(list(tags)),
+            state or "",
+            name or "",
+            "-inf" if since is None else since,
+            "+inf" if until is None else until,
+            "" if cursor is None else cursor[0],
+            "" if cursor is None else cursor[1],
+            limit,
+            budget,
+        ]
+        raw = self._run("search", "", queue, args)
+        found = [(int(raw[i + 1]), raw[i]) for i in range(1, len(raw), 2)]
+        nxt = raw[0]
+        if not nxt:
+            return found, None
+        score, _, last = nxt.partition(":")
+        return found, (int(score), last)
+
+    # -- history (per-minute buckets) ---------------------------------------------
+
+    def history(self, queue: str, minutes: int = 60, end_ms: int | None = None) -> list[dict[str, float]]:
+        """The queue's per-minute buckets, oldest first, over the last minutes (at most 72 h):
+        each {minute (epoch ms of its start), added, completed, failed, cancelled, expired,
+        retried, snoozed, and the wait ('w<bound>') and processing ('p<bound>') histograms}."""
+        minutes = max(1, min(minutes, 72 * 60))
+        last = (end_ms or now_ms()) // 60_000
+        first = last - minutes + 1
+        with self.redis.pipeline(transaction=False) as pipe:
+            for minute in range(first, last + 1):
+                pipe.hgetall(self.keys.queue(queue, f"m:{minute}"))
+            buckets = pipe.execute()
+        return [
+            {"minute": minute * 60_000, **{k: float(v) for k, v in bucket.items()}}
+            for minute, bucket in zip(range(first, last + 1), buckets, strict=True)
+        ]
+
+    def oldest_waiting_ms(self, queue: str) -> int | None:
+        """How long the queue's oldest waiting job has been waiting (ms), or None when none waits."""
+        key = self.keys.queue(queue, "waiting")
+        top = self.redis.zrange(key, -1, -1, withscores=True)
+        if not top:
+            return None
+        bands = int(top[0][1] // PRIORITY_STEP)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for band in range(bands + 1):
+                base = band * PRIORITY_STEP
+                pipe.zrangebyscore(key, base, base + PRIORITY_STEP - 1, start=0, num=1, withscores=True)
+            firsts = [entries[0][1] % PRIORITY_STEP for entries in pipe.execute() if entries]
+        return max(0, now_ms() - int(min(firsts))) if firsts else None
 
     # -- queues ----------------------------------------------------------------
 

@@ -18,8 +18,9 @@ from celery import Task, shared_task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.worker.request import Request
 
-from jobqueue.deadline import Overseer, job_deadline, past_deadline
-from jobqueue.errors import JobTimeout, PermanentJobError, TransientJobError
+from jobqueue import tracing
+from jobqueue.deadline import CancelWatch, Overseer, job_deadline, past_deadline
+from jobqueue.errors import JobCancelled, JobTimeout, PermanentJobError, Snooze, TransientJobError
 from jobqueue.masking import mask
 from jobqueue.options import JobOptions
 from jobqueue.policy import QueuePolicy
@@ -31,6 +32,7 @@ log = logging.getLogger("jobqueue")
 # A job that waited this long in a busy pool after its fetch renews its lease before it starts.
 RENEW_AFTER_WAIT_MS = 1_000
 OVERSEER = Overseer()
+CANCEL_WATCH = CancelWatch()
 
 
 def describe(exc: BaseException) -> str:
@@ -65,7 +67,11 @@ class JobRequest(Request):
             # Only while this delivery holds the job: a later delivery is not ours to fail.
             if queue.store.holds(job):
                 queue.store.unseal(job)
-                task.end_failed(queue, job, f"timeout: killed after {timeout:g} s", "", duration_ms=timeout * 1000)
+                job.store = queue.store
+                if task._cancel_asked(job):
+                    task._end(queue, job, "cancelled", timeout * 1000, error=job.cancel_requested or "cancelled")
+                else:
+                    task.end_failed(queue, job, f"timeout: killed after {timeout:g} s", "", duration_ms=timeout * 1000)
 
 
 class JobTask(Task):
@@ -91,7 +97,9 @@ class JobTask(Task):
                 job = queue.store.unseal(JobRecord.from_hash(fields))
             except Exception as exc:  # noqa: BLE001 - an unreadable record fails alone, the worker goes on
                 return self._unreadable(queue, fields, exc)
-            return self._run_job(queue, job)
+            job.store = queue.store
+            with tracing.job_span(job, queue.name, job.attempts):
+                return self._run_job(queue, job)
 
     def _unreadable(self, queue: JobQueue, fields: dict[str, Any], exc: Exception) -> None:
         """Fail a job whose stored record cannot be read (corrupt data, a key it cannot unseal)."""
@@ -122,14 +130,16 @@ class JobTask(Task):
         started = time.perf_counter()
         seconds = timeout_ms / 1000
         watch = OVERSEER.watch(queue, job, seconds + HARD_KILL_GRACE_S)
+        cancel_watch = None
         try:
-            with job_deadline(seconds):
+            with job_deadline(seconds) as deadline:
+                cancel_watch = CANCEL_WATCH.watch(queue.store, job, deadline)
                 try:
                     result = self.run(job)
                 except Exception as exc:
                     # An error raised once the job is past its deadline (a socket timeout cut
-                    # to the time left, a check point) is its timeout.
-                    if past_deadline() and not isinstance(exc, JobTimeout | PermanentJobError):
+                    # to the time left, a check point) is its timeout, or its cancel.
+                    if past_deadline() and not isinstance(exc, JobTimeout | PermanentJobError | JobCancelled):
                         timed_out = JobTimeout("ran past its timeout")
                         timed_out.__cause__ = exc
                         exc = timed_out
@@ -137,15 +147,23 @@ class JobTask(Task):
                     raise exc from None
         finally:
             OVERSEER.done(watch)
+            CANCEL_WATCH.done(cancel_watch)
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
         self._end(queue, job, "completed", duration_ms, result=result)
         return result
 
     def _handle_error(self, queue: JobQueue, job: Job, exc: Exception, started: float) -> None:
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        if isinstance(exc, Snooze):
+            self._snooze(queue, job, exc, duration_ms)
+            return
+        if isinstance(exc, JobCancelled) or job.cancel_requested or self._cancel_asked(job):
+            # Cancelled while it ran: it ends cancelled, whatever it raised, and is not retried.
+            self._end(queue, job, "cancelled", duration_ms, error=job.cancel_requested or describe(exc))
+            return
         reason = describe(exc)
         tb = "".join(traceback.format_exception(exc))[-4000:]
         opts = JobOptions.from_dict(job.opts)
-        duration_ms = round((time.perf_counter() - started) * 1000, 3)
         if self.policy.is_retryable(exc) and job.attempts < opts.attempts:
             # The retry waits in the job store's delayed set; a worker's scheduler
             # publishes it when due. This delivery ends here.
@@ -155,6 +173,23 @@ class JobTask(Task):
                 raise Retry(reason, exc, when=wait_ms / 1000) from exc
             return
         self.end_failed(queue, job, reason, tb, duration_ms=duration_ms)
+
+    @staticmethod
+    def _cancel_asked(job: Job) -> bool:
+        try:
+            return job.is_cancelled()
+        except Exception:  # noqa: BLE001 - the store is away: the finish that follows says so
+            return False
+
+    def _snooze(self, queue: JobQueue, job: Job, snooze: Snooze, duration_ms: float) -> None:
+        """The task asked to run again later (Snooze): back to delayed, its attempt given back."""
+        cap = self.policy.max_snoozes
+        if job.snoozes >= cap:
+            self.end_failed(queue, job, f"snoozed {job.snoozes} times, the most its queue allows ({cap})", "")
+            return
+        wait_ms = max(0, int(snooze.seconds * 1000))
+        if self._end(queue, job, "snoozed", duration_ms, error=str(snooze), wait_ms=wait_ms):
+            raise Retry(str(snooze), snooze, when=wait_ms / 1000) from snooze
 
     def end_failed(self, queue: JobQueue, job: Job, reason: str, tb: str, *, duration_ms: float = 0.0) -> None:
         """Run the policy's final-failure hook, then move the job to failed and log it.
@@ -188,16 +223,25 @@ class JobTask(Task):
         tb: str = "",
         wait_ms: int = 0,
     ) -> bool:
-        """End this delivery's attempt: completed, delayed (a retry after wait_ms) or failed.
+        """End this delivery's attempt: completed, delayed (a retry after wait_ms), snoozed
+        (delayed without spending the attempt), cancelled or failed.
 
         One fenced finish and one log line; False when the delivery no longer holds the job.
         """
         finished_at = now_ms()
-        event = {"completed": "complete", "failed": "fail", "delayed": "retry"}[state]
+        event = {
+            "completed": "complete",
+            "failed": "fail",
+            "delayed": "retry",
+            "snoozed": "snooze",
+            "cancelled": "cancel",
+        }[state]
         if state == "completed":
             fields = {"result": to_json(result), "finishedAt": finished_at, "failedReason": ""}
-        elif state == "failed":
-            fields = {"failedReason": error, "finishedAt": finished_at}
+        elif state in ("failed", "cancelled"):
+            fields = {"failedReason": error if state == "failed" else "", "finishedAt": finished_at}
+        elif state == "snoozed":
+            fields = {}
         else:
             fields = {"failedReason": error}
         try:
@@ -205,7 +249,7 @@ class JobTask(Task):
                 job,
                 event,
                 score=finished_at + wait_ms,
-                retention=queue.retention_for(job, state) if state != "delayed" else Retention(),
+                retention=queue.retention_for(job, state) if state not in ("delayed", "snoozed") else Retention(),
                 attempt=self._attempt(job, finished_at, duration_ms, error, tb),
                 duration_ms=duration_ms,
                 fields=fields,
@@ -218,6 +262,10 @@ class JobTask(Task):
             log.info("job.completed", extra=line)
         elif state == "delayed":
             log.warning("job.retry", extra={**line, "error": error, "retry_in_ms": wait_ms, "data": mask(job.data)})
+        elif state == "snoozed":
+            log.info("job.snoozed", extra={**line, "reason": error, "snooze_ms": wait_ms})
+        elif state == "cancelled":
+            log.warning("job.cancelled", extra={**line, "reason": error})
         else:
             log.error("job.failed", extra={**line, "error": error, "data": mask(job.data)})
         return True

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from jobqueue import celery_seams
 from jobqueue.queue import HARD_KILL_GRACE_S, JobService
-from jobqueue.store import JobRecord, StaleDelivery
+from jobqueue.store import JobRecord, Retention, StaleDelivery
 
 log = logging.getLogger("jobqueue")
 
@@ -153,8 +153,14 @@ class Fetcher:
         for name in queues[start:] + queues[:start]:
             if free <= 0 or not self.running:
                 break
+            known = self.service.queues.get(name)
             wait, jobs = self.store.fetch(
-                name, free, self.hostname, max_stalls=self.service.max_stalls, most_wait_ms=MOST_WAIT_MS
+                name,
+                free,
+                self.hostname,
+                max_stalls=self.service.max_stalls,
+                most_wait_ms=MOST_WAIT_MS,
+                retention=known.keep_failed if known else Retention(),
             )
             wait_ms = min(wait_ms, wait)
             if jobs:

@@ -1,19 +1,22 @@
 -- The one place a worker takes jobs, BullMQ's moveToActive for a batch:
 --   1. active jobs whose lease ran out (their worker died) stall back to waiting, or
---      fail past max_stalls (a poison job);
---   2. due delayed jobs (delays, retry backoffs) are promoted to waiting;
---   3. unless the queue is paused, up to count waiting jobs, first by priority and then
+--      fail past max_stalls (a poison job), or end cancelled if a cancel was asked;
+--   2. pending jobs past their expiry end expired (they never run);
+--   3. due delayed jobs (delays, retry backoffs, snoozes) are promoted to waiting;
+--   4. unless the queue is paused, up to count waiting jobs, first by priority and then
 --      in the order they became waiting, move to active, each under a lease and a new
 --      fencing token, and come back whole.
 -- K.job is the queue's job-key prefix ('{<prefix>:<queue>}:job:').
 -- A fetch is idempotent by its fetch id: a client that lost the reply to a timeout and
 -- sends the same fetch again gets the same jobs, not more (the worker's last fetch is
 -- remembered, one key per worker and queue).
--- ARGV: now, count, worker, max_stalls, most_wait_ms, fetch_id
+-- ARGV: now, count, worker, max_stalls, most_wait_ms, fetch_id, queue, keep_count, keep_age
+--       (the last two: the retention of jobs ended here, cancelled or expired)
 -- Returns {wait_ms, {job fields}, {job fields}, ...}: wait_ms is how long the caller
--- may block before something here falls due (a delayed job, a lease).
+-- may block before something here falls due (a delayed job, a lease, an expiry).
 local now, count, worker = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local max_stalls, wait = tonumber(ARGV[4]), tonumber(ARGV[5])
+local queue, keep_count, keep_age = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
 local last_key = K.leases .. ':last:' .. worker
 local last = redis.call('GET', last_key)
 if last then
@@ -32,19 +35,32 @@ end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', K.leases, '-inf', now, 'LIMIT', 0, 100)) do
   local job = job_key(id)
   if redis.call('HGET', job, 'state') == 'active' then
-    local queue = redis.call('HGET', job, 'queue')
-    local stalls = redis.call('HINCRBY', job, 'stalls', 1)
-    redis.call('HINCRBY', K.metrics, queue .. ':stalled', 1)
-    if stalls > max_stalls then
-      move(job, id, 'active', 'stall_fail', now)
-      redis.call('HSET', job, 'finishedAt', now,
-        'failedReason', 'stalled: its worker was lost ' .. stalls .. ' times (poison job?)')
-      redis.call('HINCRBY', K.metrics, queue .. ':failed', 1)
+    local cancel = redis.call('HGET', job, 'cancelRequested')
+    if cancel then
+      end_unrun(job, id, 'active', 'cancel', now, cancel, queue, keep_count, keep_age)
     else
-      move(job, id, 'active', 'stall', waiting_score(job, now))
+      local stalls = redis.call('HINCRBY', job, 'stalls', 1)
+      redis.call('HINCRBY', K.metrics, queue .. ':stalled', 1)
+      if stalls > max_stalls then
+        move(job, id, 'active', 'stall_fail', now)
+        redis.call('HSET', job, 'finishedAt', now,
+          'failedReason', 'stalled: its worker was lost ' .. stalls .. ' times (poison job?)')
+        redis.call('HINCRBY', K.metrics, queue .. ':failed', 1)
+        count_minute(now, 'failed')
+      else
+        move(job, id, 'active', 'stall', waiting_score(job, now))
+      end
     end
   else
     redis.call('ZREM', K.leases, id)
+  end
+end
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', K.expiring, '-inf', now, 'LIMIT', 0, 1000)) do
+  local job = job_key(id)
+  local state = redis.call('HGET', job, 'state')
+  local reason = 'expired: not started by its expiry'
+  if not (state and end_unrun(job, id, state, 'expire', now, reason, queue, keep_count, keep_age)) then
+    redis.call('ZREM', K.expiring, id)
   end
 end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', K.delayed, '-inf', now, 'LIMIT', 0, 1000)) do
@@ -54,9 +70,14 @@ end
 local out = {0}
 local paused = redis.call('EXISTS', K.paused) == 1
 if not paused and count > 0 then
-  local taken = redis.call('ZRANGE', K.waiting, 0, count - 1)
-  if #taken > 0 then redis.call('SET', last_key, cjson.encode({ARGV[6], taken}), 'EX', 3600) end
-  for _, id in ipairs(taken) do
+  local taken = redis.call('ZRANGE', K.waiting, 0, count - 1, 'WITHSCORES')
+  if #taken > 0 then
+    local ids = {}
+    for i = 1, #taken, 2 do ids[#ids + 1] = taken[i] end
+    redis.call('SET', last_key, cjson.encode({ARGV[6], ids}), 'EX', 3600)
+  end
+  for i = 1, #taken, 2 do
+    local id = taken[i]
     local job = job_key(id)
     move(job, id, 'waiting', 'fetch', now)
     local lease = now + tonumber(redis.call('HGET', job, 'leaseMs') or 60000)
@@ -64,15 +85,17 @@ if not paused and count > 0 then
     redis.call('HINCRBY', job, 'attempts', 1)
     redis.call('HINCRBY', job, 'token', 1)
     redis.call('HSET', job, 'processedOn', now, 'worker', worker, 'leaseUntil', lease)
+    -- Wait time: since it became waiting (the score's time part).
+    time_minute(now, 'w', now - tonumber(taken[i + 1]) % PRIORITY_STEP)
     out[#out + 1] = redis.call('HGETALL', job)
   end
   -- More left: wake the next idle worker too.
   if redis.call('ZCARD', K.waiting) > 0 then wake() end
 end
 if paused then wait = math.min(wait, 1000) end
-local due = redis.call('ZRANGE', K.delayed, 0, 0, 'WITHSCORES')
-if due[2] then wait = math.min(wait, tonumber(due[2]) - now) end
-local lease = redis.call('ZRANGE', K.leases, 0, 0, 'WITHSCORES')
-if lease[2] then wait = math.min(wait, tonumber(lease[2]) - now) end
+for _, zset in ipairs({K.delayed, K.leases, K.expiring}) do
+  local first = redis.call('ZRANGE', zset, 0, 0, 'WITHSCORES')
+  if first[2] then wait = math.min(wait, tonumber(first[2]) - now) end
+end
 out[1] = math.max(wait, 0)
 return out

@@ -32,6 +32,8 @@ def test_counts_match_a_mixed_run(stack, own_queues_env, tmp_path):
             "active": 0,
             "completed": 0,
             "failed": 0,
+            "cancelled": 0,
+            "expired": 0,
             "paused": 0,
         }
 
@@ -51,6 +53,8 @@ def test_counts_match_a_mixed_run(stack, own_queues_env, tmp_path):
             "active": 0,
             "completed": 3,
             "failed": 2,
+            "cancelled": 0,
+            "expired": 0,
             "paused": 0,
         }
         assert {get_job(j.id).state for j in ok} == {"completed"}
@@ -63,5 +67,7 @@ def test_counts_match_a_mixed_run(stack, own_queues_env, tmp_path):
             "active": 0,
             "completed": 0,
             "failed": 0,
+            "cancelled": 0,
+            "expired": 0,
             "paused": 0,
         }

@@ -24,7 +24,9 @@ def test_keys_a_script_builds_itself_keep_the_queues_tag():
     throughput keys from the tag it is given: all in the queue's slot."""
     keys = Keys("rideshare")
     slot = key_slot(keys.tag("payment").encode())
-    built = [keys.for_script("", "payment")[0] + "abc", keys.job("abc", "payment") + ":added",
+    named = dict(zip(KEY_NAMES, keys.for_script("", "payment"), strict=True))
+    built = [named["job"] + "abc", keys.job("abc", "payment") + ":added", named["tag"] + ":idx:rideId:12",
+             named["tag"] + ":m:29999999",
              keys.tag("payment") + ":tp:completed:17965", keys.queue("payment", "metrics")]  # fmt: skip
     assert {key_slot(key.encode()) for key in built} == {slot}
 
