@@ -114,6 +114,27 @@ def get_job_counts(queue: str) -> dict[str, int]:
     return get_queue(queue).get_job_counts()
 
 
+def cancel_job(job_id: str, reason: str = "cancelled") -> str | None:
+    """Cancel any queue's job: 'cancelled' (it will never run), 'cancelling' (it runs and is
+    asked to stop), the finished state it is in (left alone), or None if there is no such job."""
+    job = get_job(job_id)
+    if job is None:
+        return None
+    return get_queue(job.queue).cancel(job_id, reason)
+
+
+def wait_until_finished(job_id: str, timeout: float) -> Job:
+    """Block until any queue's job is completed, failed, cancelled or expired.
+
+    Reads the queue's event stream (no polling); TimeoutError after timeout seconds,
+    LookupError if there is no such job.
+    """
+    job = get_job(job_id)
+    if job is None:
+        raise LookupError(f"job {job_id} not found")
+    return get_queue(job.queue).wait_until_finished(job_id, timeout)
+
+
 __all__ = [
     "InvalidJobData",
     "Job",
@@ -124,6 +145,7 @@ __all__ = [
     "add_analytics_jobs",
     "add_email_job",
     "add_payment_job",
+    "cancel_job",
     "get_job",
     "get_job_counts",
     "get_queue",
@@ -131,5 +153,6 @@ __all__ = [
     "publish_left_behind",
     "publish_or_undo",
     "stage_job",
+    "wait_until_finished",
     "withdraw_job",
 ]
