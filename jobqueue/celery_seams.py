@@ -103,3 +103,21 @@ def hand_to_pool(
     """Give a message to the task's strategy, as the consumer does for a broker message: a
     Celery request (task-received, reserved, then the pool); ack or reject is called once."""
     consumer.strategies[task](message, None, ack, reject, None)
+
+
+def running_requests() -> list[Any]:
+    """The requests this worker process has handed to its pool and not yet ended
+    (``celery.worker.state.active_requests``, what ``inspect active`` reads)."""
+    from celery.worker import state
+
+    return list(state.active_requests)
+
+
+def terminate(consumer: Any, request: Any, signal: str = "SIGTERM") -> bool:
+    """Stop a running request as ``revoke(terminate=True)`` does (its pool process is
+    signalled; the pool replaces it). False for pools that cannot (threads, solo)."""
+    try:
+        request.terminate(consumer.pool, signal=signal)
+    except NotImplementedError:
+        return False
+    return True

@@ -113,6 +113,7 @@ class JobQueue:
             owner=owner,
             created_at=created_at,
             tags=self.tags_of(data, owner, extra_tags),
+            expires_at=opts.expires,
             trace=tracing.carrier(),
         )
         sealer = self.store.sealer
@@ -375,3 +376,8 @@ class JobService:
     @property
     def policies(self) -> list[QueuePolicy]:
         return [queue.policy for queue in self.queues.values()]
+
+    @property
+    def tasks(self) -> set[str]:
+        """The Celery task names that run these queues' jobs."""
+        return {queue.task_name for queue in self.queues.values()}

@@ -297,6 +297,29 @@ class JobTask(Task):
         }
 
 
+def end_terminated(sender: Any = None, request: Any = None, terminated: bool = False, **_: Any) -> None:
+    """task_revoked, in the worker's main process: a job delivery whose pool process was
+    terminated (a cancelled job that did not stop by itself) ends its job cancelled. Fenced:
+    a delivery that no longer holds the job changes nothing."""
+    task = sender  # request is the task's context: its args are the job's stored fields
+    args = getattr(request, "args", None)
+    fields = args[0] if terminated and isinstance(task, JobTask) and args else None
+    if not isinstance(fields, dict) or "token" not in fields:
+        return
+    service = service_of(task)
+    queue = service.queue(task.queue)
+    job = JobRecord.from_hash(fields)
+    job.store = queue.store
+    with service.context():
+        try:
+            queue.store.unseal(job)
+        except Exception:  # noqa: BLE001 - the data is only logged (masked); the end matters
+            job.data = {}
+        reason = queue.store.redis.hget(queue.store.keys.job(job.id, job.queue), "cancelRequested")
+        if reason:
+            task._end(queue, job, "cancelled", float(now_ms() - (job.processed_on or now_ms())), error=reason)
+
+
 def job_task(policy: QueuePolicy, **options: Any) -> Callable[[Callable[[Job], Any]], JobTask]:
     """Declare the Celery task that runs policy's jobs: ``@job_task(PAYMENT_QUEUE)``."""
 

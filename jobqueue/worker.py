@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 
 from jobqueue import celery_seams
 from jobqueue.queue import HARD_KILL_GRACE_S, JobService
-from jobqueue.store import JobRecord, Retention, StaleDelivery
+from jobqueue.store import JobRecord, Retention, StaleDelivery, now_ms
 
 log = logging.getLogger("jobqueue")
 
@@ -39,6 +39,9 @@ MOST_WAIT_MS = 5_000
 HEARTBEAT_INTERVAL_S = 1.0
 # The outbox relays run this often.
 RELAY_INTERVAL_S = 2.0
+# A running job cancelled this long ago that has not stopped at a check point is
+# terminated by its pool (prefork), as revoke(terminate=True) would.
+CANCEL_GRACE_MS = 1_500
 # After the store fails, the fetcher tries again after this long, doubling up to the most.
 RETRY_FIRST_S, RETRY_MOST_S = 0.1, 2.0
 
@@ -269,6 +272,7 @@ class Housekeeping(bootsteps.StartStopStep):
         self.thread: threading.Thread | None = None
         self.last_relay = 0.0
         self.queues: list[str] = []
+        self.terminated: set[str] = set()  # requests already told to stop
 
     def start(self, consumer: Any) -> None:
         self.stopped = threading.Event()
@@ -310,6 +314,7 @@ class Housekeeping(bootsteps.StartStopStep):
                     "concurrency": celery_seams.pool_size(consumer) if consumer.pool else None,
                 },
             )
+            self.stop_cancelled(consumer, jobs)
             now = time.monotonic()
             if jobs.relays and now - self.last_relay >= RELAY_INTERVAL_S:
                 self.last_relay = now
@@ -318,6 +323,39 @@ class Housekeeping(bootsteps.StartStopStep):
                         relay()
         except (RedisError, OSError) as exc:
             log.warning("housekeeping.failed", extra={"error": str(exc)})
+
+    def stop_cancelled(self, consumer: Any, jobs: JobService) -> None:
+        """Terminate the running jobs of this worker that were cancelled and did not stop
+        by themselves within CANCEL_GRACE_MS (one read per running job, once a second).
+        The terminated delivery then ends its job cancelled (jobqueue.task.end_terminated)."""
+        running = [
+            r
+            for r in celery_seams.running_requests()
+            if r.task_name in jobs.tasks and r.id not in self.terminated and isinstance(_job_fields(r), dict)
+        ]
+        if not running:
+            self.terminated.clear()
+            return
+        with jobs.store.redis.pipeline(transaction=False) as pipe:
+            for request in running:
+                fields = _job_fields(request)
+                pipe.hget(jobs.store.keys.job(fields["id"], fields["queue"]), "cancelRequestedAt")
+            asked = pipe.execute()
+        now = now_ms()
+        for request, at in zip(running, asked, strict=True):
+            if at and now - int(at) >= CANCEL_GRACE_MS:
+                self.terminated.add(request.id)
+                celery_seams.call_in_loop(consumer, self._terminate, consumer, request)
+
+    @staticmethod
+    def _terminate(consumer: Any, request: Any) -> None:
+        if celery_seams.terminate(consumer, request):
+            log.warning("job.terminated", extra={"job_id": request.id, "reason": "cancelled"})
+
+
+def _job_fields(request: Any) -> Any:
+    args = request.args
+    return args[0] if args else None
 
 
 def worker_parallelism(options: dict[str, Any], conf: Any) -> tuple[str, int]:
@@ -355,5 +393,8 @@ def configure_worker(celery: Celery, on_init: Any = None) -> None:
             on_init(pool, most)
 
     signals.celeryd_init.connect(on_worker_init, weak=False)
+    from jobqueue.task import end_terminated
+
+    signals.task_revoked.connect(end_terminated, weak=False)
     celery.steps["consumer"].add(JobConsumer)
     celery.steps["consumer"].add(Housekeeping)
