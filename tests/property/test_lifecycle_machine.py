@@ -37,7 +37,15 @@ QUEUE = "prop"
 HOUR_MS = 3_600_000
 WORKERS = ("w1", "w2", "w3")
 # Every event that can move a job from a state, as the scripts may fire them unasked (fetch).
-SPONTANEOUS = {("delayed", "promote"), ("waiting", "fetch"), ("active", "stall"), ("active", "stall_fail")}
+SPONTANEOUS = {
+    ("delayed", "promote"),
+    ("waiting", "fetch"),
+    ("active", "stall"),
+    ("active", "stall_fail"),
+    ("active", "cancel"),  # its lease ran out with a cancel asked
+    ("waiting", "expire"),
+    ("delayed", "expire"),
+}
 
 REDIS_URL: list[str] = []
 
@@ -67,11 +75,14 @@ class JobStoreMachine(RuleBasedStateMachine):
 
     # -- moves -----------------------------------------------------------------------
 
-    @rule(priority=st.integers(0, 2), delayed=st.booleans())
-    def add(self, priority: int, delayed: bool) -> None:
-        # Time is the machine's: a delayed job falls due only when time_passes.
+    @rule(priority=st.integers(0, 2), delayed=st.booleans(), expiring=st.booleans())
+    def add(self, priority: int, delayed: bool, expiring: bool) -> None:
+        # Time is the machine's: a delayed job falls due, and an expiry falls, only when time_passes.
         job_id = f"j{len(self.model):04d}"
-        job = self.queue.add({"n": 1}, job_id=job_id, priority=priority, delay=HOUR_MS if delayed else 0)
+        expires = 2 * HOUR_MS if expiring else None
+        job = self.queue.add(
+            {"n": 1}, job_id=job_id, priority=priority, delay=HOUR_MS if delayed else 0, expires=expires
+        )
         self.model[job.id] = "delayed" if delayed else "waiting"
 
     @rule(worker=st.sampled_from(WORKERS), count=st.integers(1, 4))
@@ -98,12 +109,41 @@ class JobStoreMachine(RuleBasedStateMachine):
         self._sync()
 
     @precondition(lambda self: self.held)
-    @rule(data=st.data(), event=st.sampled_from(["complete", "fail", "retry"]))
+    @rule(data=st.data(), event=st.sampled_from(["complete", "fail", "retry", "snooze", "cancel"]))
     def finish(self, data: st.DataObject, event: str) -> None:
         job_id = pick(data, list(self.held))
         _, record = self.held.pop(job_id)
-        self.store.finish(record, event, score=now_ms() + (HOUR_MS if event == "retry" else 0))
+        attempts = int(self.client.hget(self.store.keys.job(job_id, QUEUE), "attempts"))
+        self.store.finish(record, event, score=now_ms() + (HOUR_MS if event in ("retry", "snooze") else 0))
         self.model[job_id] = next_state("active", event)
+        if event == "snooze":  # the attempt it started is given back
+            assert int(self.client.hget(self.store.keys.job(job_id, QUEUE), "attempts")) == attempts - 1
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        job_id = pick(data, list(self.model))
+        outcome = self.queue.cancel(job_id, "asked")
+        state = self.model[job_id]
+        if state in ("waiting", "delayed"):
+            assert outcome == "cancelled"
+            self.model[job_id] = "cancelled"
+        elif state == "active":
+            assert outcome == "cancelling"  # its delivery or its lease's end finishes it
+        else:
+            assert outcome == (None if state == REMOVED else state)
+
+    @precondition(lambda self: self.model)
+    @rule(data=st.data())
+    def operator_snooze(self, data: st.DataObject) -> None:
+        job_id = pick(data, list(self.model))
+        outcome = self.queue.snooze(job_id, HOUR_MS)
+        state = self.model[job_id]
+        if state in ("waiting", "delayed"):
+            assert outcome == "delayed"
+            self.model[job_id] = "delayed"
+        else:
+            assert outcome == (None if state == REMOVED else state)
 
     @precondition(lambda self: self.stale)
     @rule(data=st.data(), event=st.sampled_from(["complete", "fail", "retry", "release"]))
@@ -140,10 +180,11 @@ class JobStoreMachine(RuleBasedStateMachine):
 
     @rule()
     def time_passes(self) -> None:
-        """Every delayed job falls due: the next fetch promotes it."""
-        delayed = self.store.keys.queue(QUEUE, "delayed")
-        for job_id in self.client.zrange(delayed, 0, -1):
-            self.client.zadd(delayed, {job_id: 0})
+        """Every delayed job falls due, every expiry falls: the next fetch promotes or expires them."""
+        for name in ("delayed", "expiring"):
+            key = self.store.keys.queue(QUEUE, name)
+            for job_id in self.client.zrange(key, 0, -1):
+                self.client.zadd(key, {job_id: 0})
 
     @precondition(lambda self: self.model)
     @rule(data=st.data())
@@ -165,13 +206,13 @@ class JobStoreMachine(RuleBasedStateMachine):
         job_id = pick(data, list(self.model))
         outcome = self.queue.retry(job_id, {"n": 2} if new_data else None)
         state = self.model[job_id]
-        if state == "failed":
+        if state in ("failed", "cancelled", "expired"):
             assert outcome == "waiting"
             self.model[job_id] = "waiting"
         else:
             assert outcome == (None if state == REMOVED else state)
 
-    @rule(state=st.sampled_from(["completed", "failed", "waiting", "delayed"]))
+    @rule(state=st.sampled_from(["completed", "failed", "cancelled", "expired", "waiting", "delayed"]))
     def clean(self, state: str) -> None:
         for job_id in self.queue.clean(state, grace_ms=0, limit=1000):
             assert self.model[job_id] == state
@@ -203,7 +244,7 @@ class JobStoreMachine(RuleBasedStateMachine):
                 allowed = {next_state(before, e) for s, e in SPONTANEOUS if s == before}
                 # promote then fetch may both happen in one call
                 if before == "delayed":
-                    allowed.add("active")
+                    allowed |= {"active", "expired"}
                 if before == "active":
                     allowed.add("active")  # stalled and fetched again at once
                 assert job.state in allowed, f"{job_id}: {before} -> {job.state} is not a move of the table"

@@ -31,6 +31,14 @@ def test_the_worker_seams_exist_in_the_installed_celery_and_kombu():
     assert message.headers["timelimit"] == [35.0, None] and message.headers["retries"] == 1
     assert message.payload[0] == [{"id": "job-1"}]
     app.close()
+    # Cancel's terminate: the worker's running requests, and Request.terminate(pool, signal).
+    from celery.worker import state
+
+    assert isinstance(state.active_requests, set) and celery_seams.running_requests() == list(state.active_requests)
+    assert list(inspect.signature(Request.terminate).parameters)[:3] == ["self", "pool", "signal"]
+    assert {"sender", "request", "terminated"} <= set(
+        inspect.signature(__import__("jobqueue.task", fromlist=["end_terminated"]).end_terminated).parameters
+    )
 
 
 def test_an_unsupported_release_is_refused_at_import(monkeypatch):
