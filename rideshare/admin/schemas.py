@@ -1,11 +1,21 @@
 """Admin API bodies."""
 
+from datetime import UTC
+
 from marshmallow import Schema, fields, validate
 
 from jobqueue.masking import mask
 from jobqueue.store import STATES
-from rideshare.jobs.control import CLEANABLE_STATES
-from rideshare.jobs.schemas import JobSchema
+from rideshare.jobs.control import (
+    BULK_ACTIONS,
+    CANCEL_REASON_CHARS,
+    CLEANABLE_STATES,
+    MAX_HISTORY_MINUTES,
+    MAX_SEARCH_LIMIT,
+    MAX_SNOOZE_MS,
+)
+from rideshare.jobs.schemas import EventStreamArgsSchema, JobSchema, LogLineSchema, ms_to_iso
+from rideshare.queues import QUEUES
 from rideshare.validation import MAX_ID
 
 MAX_GRACE_MS = 10 * 365 * 24 * 3600 * 1000
@@ -17,6 +27,8 @@ class JobCountsSchema(Schema):
     active = fields.Integer()
     completed = fields.Integer()
     failed = fields.Integer()
+    cancelled = fields.Integer()
+    expired = fields.Integer()
     paused = fields.Integer()
 
 
@@ -69,6 +81,15 @@ class AttemptSchema(Schema):
     traceback = fields.String(allow_none=True)
 
 
+class JobEventSchema(Schema):
+    eventId = fields.String(metadata={"description": "The event's id in its queue's stream"})
+    at = fields.Integer(metadata={"description": "ms since the epoch"})
+    event = fields.String(metadata={"description": "add, fetch, complete, fail, retry, cancel, progress, log, ..."})
+    state = fields.String(metadata={"description": "The job's state after it"})
+    progress = fields.Raw(metadata={"description": "A progress event's value, masked"})
+    log = fields.Raw(metadata={"description": "A log event's line, masked"})
+
+
 class JobDetailSchema(JobSchema):
     data = fields.Function(
         lambda detail: mask(detail.job.data), metadata={"description": "Job data, sensitive fields masked"}
@@ -77,6 +98,18 @@ class JobDetailSchema(JobSchema):
     owner = fields.String(allow_none=True)
     worker = fields.String(allow_none=True)
     attemptLog = fields.List(fields.Nested(AttemptSchema), attribute="attempt_log")
+    logs = fields.List(fields.Nested(LogLineSchema), metadata={"description": "Log lines of every attempt, masked"})
+    cancelRequested = fields.String(
+        allow_none=True, attribute="cancel_requested", metadata={"description": "A cancel asked while it runs"}
+    )
+    expiresAt = fields.Function(
+        lambda detail: ms_to_iso(detail.expires_at), metadata={"description": "Not started by then, it ends expired"}
+    )
+    snoozes = fields.Integer(metadata={"description": "Times it snoozed"})
+    tags = fields.List(fields.String(), metadata={"description": "'field:value' it is found by in search"})
+    events = fields.List(
+        fields.Nested(JobEventSchema), metadata={"description": "Its recent events (its queue's newest 2,000)"}
+    )
 
 
 class JobPageSchema(Schema):
@@ -129,3 +162,119 @@ class AuditArgsSchema(Schema):
     before = fields.Integer(
         validate=validate.Range(min=1, max=MAX_ID), metadata={"description": "Only entries with a smaller id"}
     )
+
+
+class SearchFilterSchema(Schema):
+    """What a search or a bulk action matches: every given filter must hold."""
+
+    queue = fields.String(validate=validate.OneOf(QUEUES))
+    state = fields.String(validate=validate.OneOf(STATES))
+    name = fields.String(validate=validate.Length(min=1, max=100), metadata={"description": "The task's name"})
+    owner = fields.String(validate=validate.Length(min=1, max=100), metadata={"description": "The user who added it"})
+    rideId = fields.String(validate=validate.Length(min=1, max=100), metadata={"description": "Tagged ride id"})
+    paymentId = fields.String(validate=validate.Length(min=1, max=100), metadata={"description": "Tagged payment id"})
+    q = fields.String(
+        validate=validate.Length(min=1, max=100),
+        metadata={"description": "A job id, or any tagged value (owner, rideId, paymentId, driverId, riderId, userId)"},
+    )
+    since = fields.AwareDateTime(
+        default_timezone=UTC, metadata={"description": "Created at or after (ISO 8601; UTC unless it says)"}
+    )
+    until = fields.AwareDateTime(
+        default_timezone=UTC, metadata={"description": "Created at or before (ISO 8601; UTC unless it says)"}
+    )
+
+
+class JobSearchArgsSchema(SearchFilterSchema):
+    cursor = fields.String(
+        validate=validate.Length(min=1, max=4000),
+        metadata={"description": "nextCursor of the page before, with the same filters"},
+    )
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=MAX_SEARCH_LIMIT))
+
+
+class JobSearchPageSchema(Schema):
+    jobs = fields.List(fields.Nested(JobSchema))
+    nextCursor = fields.String(
+        allow_none=True, metadata={"description": "Pass as cursor for the next page; null at the end"}
+    )
+
+
+class CancelBodySchema(Schema):
+    reason = fields.String(
+        load_default="cancelled by an operator",
+        validate=validate.Length(min=1, max=CANCEL_REASON_CHARS),
+        metadata={"description": "Why; shown with the cancelled job"},
+    )
+
+
+class SnoozeBodySchema(Schema):
+    delayMs = fields.Integer(
+        required=True,
+        strict=True,
+        validate=validate.Range(min=1, max=MAX_SNOOZE_MS),
+        metadata={"description": "Run it this many ms from now instead (at most 30 days)"},
+    )
+
+
+class EditDataBodySchema(Schema):
+    data = fields.Dict(required=True, metadata={"description": "The new job data, validated by its queue's schema"})
+
+
+class BulkBodySchema(Schema):
+    action = fields.String(required=True, validate=validate.OneOf(BULK_ACTIONS))
+    filter = fields.Nested(SearchFilterSchema, load_default=dict, metadata={"description": "Jobs to act on"})
+    dryRun = fields.Boolean(load_default=False, metadata={"description": "Count the matching jobs; change nothing"})
+
+
+class BulkResultSchema(Schema):
+    action = fields.String()
+    dryRun = fields.Boolean()
+    matched = fields.Integer(
+        metadata={"description": "Matching jobs the action applies to (at most 10,000): the count to confirm"}
+    )
+    done = fields.Integer(metadata={"description": "Jobs it changed (0 on a dry run)"})
+
+
+class HistoryArgsSchema(Schema):
+    minutes = fields.Integer(load_default=60, validate=validate.Range(min=1, max=MAX_HISTORY_MINUTES))
+
+
+class MinuteSchema(Schema):
+    minute = fields.Integer(metadata={"description": "The minute's start, ms since the epoch"})
+    added = fields.Integer()
+    completed = fields.Integer()
+    failed = fields.Integer()
+    cancelled = fields.Integer()
+    expired = fields.Integer()
+
+
+class SeriesTotalsSchema(Schema):
+    added = fields.Integer()
+    completed = fields.Integer()
+    failed = fields.Integer()
+    cancelled = fields.Integer()
+    expired = fields.Integer()
+
+
+class QuantilesSchema(Schema):
+    p50 = fields.Float(allow_none=True)
+    p95 = fields.Float(allow_none=True)
+
+
+class QueueHealthSchema(Schema):
+    name = fields.String()
+    minutes = fields.Integer()
+    counts = fields.Nested(JobCountsSchema)
+    paused = fields.Boolean()
+    series = fields.List(fields.Nested(MinuteSchema), metadata={"description": "Per minute, oldest first"})
+    totals = fields.Nested(SeriesTotalsSchema)
+    waitMs = fields.Nested(QuantilesSchema, metadata={"description": "From added (or due) to started"})
+    processingMs = fields.Nested(QuantilesSchema)
+    oldestWaitingMs = fields.Integer(allow_none=True, metadata={"description": "Age of the oldest waiting job"})
+    workers = fields.List(fields.Nested(WorkerSchema), metadata={"description": "Live workers of the queue"})
+    warning = fields.String(allow_none=True, metadata={"description": "Set when jobs wait and no worker is live"})
+
+
+class QueueEventsArgsSchema(EventStreamArgsSchema):
+    queue = fields.String(validate=validate.OneOf(QUEUES), metadata={"description": "One queue; all when absent"})
