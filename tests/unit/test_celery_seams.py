@@ -34,7 +34,7 @@ def test_the_worker_seams_exist_in_the_installed_celery_and_kombu():
     # Cancel's terminate: the worker's running requests, and Request.terminate(pool, signal).
     from celery.worker import state
 
-    assert isinstance(state.active_requests, set) and celery_seams.running_requests() == list(state.active_requests)
+    assert celery_seams.running_requests() == list(state.active_requests) == []  # a (weak) set of requests
     assert list(inspect.signature(Request.terminate).parameters)[:3] == ["self", "pool", "signal"]
     assert {"sender", "request", "terminated"} <= set(
         inspect.signature(__import__("jobqueue.task", fromlist=["end_terminated"]).end_terminated).parameters
