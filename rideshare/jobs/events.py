@@ -134,7 +134,7 @@ def follow(
     """The events of after's queues past after's ids that match, as they come, until the
     monotonic time until; None after each idle wait (for a keep-alive). after is kept current."""
     while (left := until - time.monotonic()) > 0:
-        events = store.read_events(after, block_ms=max(1, min(int(left * 1000), BLOCK_MS)))
+        events = store.read_events(after, block_ms=max(1, int(min(left * 1000, BLOCK_MS))))
         if not events:
             yield None
             continue
