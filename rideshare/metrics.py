@@ -26,6 +26,9 @@ class JobStoreCollector(Collector):
             ("completed", "Jobs completed"),
             ("failed", "Jobs failed for good"),
             ("retried", "Attempts that failed and were scheduled again"),
+            ("cancelled", "Jobs cancelled (before or while they ran)"),
+            ("expired", "Jobs that had not started by their expiry"),
+            ("snoozed", "Attempts that snoozed (no attempt spent)"),
         ):
             family = CounterMetricFamily(f"rideshare_jobs_{event}", help_text, labels=["queue"])
             for queue in QUEUES:
@@ -57,9 +60,16 @@ class JobStoreCollector(Collector):
                 depth.add_metric([queue, state], value)
             delayed.add_metric([queue], counts["delayed"])
             paused.add_metric([queue], 1 if self.store.is_paused(queue) else 0)
+        oldest = GaugeMetricFamily(
+            "rideshare_queue_oldest_waiting_seconds", "How long the oldest waiting job has waited", labels=["queue"]
+        )
+        for queue in QUEUES:
+            age = self.store.oldest_waiting_ms(queue)
+            oldest.add_metric([queue], (age or 0) / 1000)
         yield depth
         yield delayed
         yield paused
+        yield oldest
 
 
 @bp.get("/metrics")

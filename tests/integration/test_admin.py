@@ -188,6 +188,9 @@ def test_metrics_count_jobs_per_queue(app, client, stack):
     assert value(text, 'rideshare_jobs_completed_total{queue="email"}') >= 1
     assert 'rideshare_job_processing_seconds_bucket{le="+Inf",queue="email"}' in text
     assert 'rideshare_queue_delayed_jobs{queue="payment"}' in text
+    assert 'rideshare_queue_jobs{queue="email",state="cancelled"}' in text
+    assert 'rideshare_jobs_cancelled_total{queue="email"}' in text
+    assert 'rideshare_queue_oldest_waiting_seconds{queue="email"}' in text
 
 
 ADMIN_ROUTES = [
