@@ -5,6 +5,7 @@ Every action that changes something is written to the audit log.
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 from collections.abc import Iterator, Mapping
@@ -275,6 +276,10 @@ class SearchFilters:
                 streams[f"{name}|{field}"] = (name, [*self.tags(), f"{field}:{self.q}"])
         return streams
 
+    def fingerprint(self) -> str:
+        """A short digest of the filters: a cursor carries it, so it only goes on the same search."""
+        return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True).encode()).hexdigest()[:16]
+
     def admits(self, job: Job) -> bool:
         """Whether job matches every filter but q (for the job q names by id)."""
         tags = set(job.tags)
@@ -288,16 +293,23 @@ class SearchFilters:
         )
 
 
-def _encode_cursor(positions: Mapping[str, tuple[int, str] | None], skip: str | None) -> str:
-    payload = {"p": {key: (list(pos) if pos else None) for key, pos in positions.items()}}
+def _encode_cursor(positions: Mapping[str, tuple[int, str] | None], skip: str | None, filters: SearchFilters) -> str:
+    payload: dict[str, Any] = {
+        "f": filters.fingerprint(),
+        "p": {key: (list(pos) if pos else None) for key, pos in positions.items()},
+    }
     if skip:
         payload["x"] = skip
     return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str, streams: Mapping[str, Any]) -> tuple[dict[str, tuple[int, str] | None], str | None]:
+def _decode_cursor(
+    cursor: str, streams: Mapping[str, Any], filters: SearchFilters
+) -> tuple[dict[str, tuple[int, str] | None], str | None]:
     try:
         payload = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if payload["f"] != filters.fingerprint():
+            raise InvalidCursor("the cursor belongs to other filters")
         positions: dict[str, tuple[int, str] | None] = {}
         for key, pos in payload["p"].items():
             if key not in streams:
@@ -332,7 +344,7 @@ def _search_ids(filters: SearchFilters, cursor: str | None, limit: int) -> tuple
     if cursor is None:
         positions: dict[str, tuple[int, str] | None] = dict.fromkeys(streams)
     else:
-        positions, skip = _decode_cursor(cursor, streams)
+        positions, skip = _decode_cursor(cursor, streams, filters)
     page: list[tuple[str, str]] = []
     seen: set[tuple[str, str]] = set()
     if cursor is None and filters.q:
@@ -394,7 +406,7 @@ def _search_ids(filters: SearchFilters, cursor: str | None, limit: int) -> tuple
                     positions[key] = ends[key]
             elif key in taken:
                 positions[key] = taken[key]
-    next_cursor = _encode_cursor(positions, skip) if positions else None
+    next_cursor = _encode_cursor(positions, skip, filters) if positions else None
     return page, next_cursor
 
 
