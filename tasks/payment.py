@@ -7,7 +7,7 @@ from rideshare.payments.queue import PAYMENT_QUEUE
 
 @job_task(PAYMENT_QUEUE)
 def charge_payment_task(job: Job) -> dict:
-    """Charge one payment through Stripe."""
+    """Charge one payment through Stripe, reporting each step; snoozes while the gateway is processing it."""
     from rideshare.payments.charge import charge_payment
 
-    return charge_payment(int(job.data["paymentId"]), token=int(job.token))
+    return charge_payment(int(job.data["paymentId"]), token=int(job.token), job=job)

@@ -13,4 +13,6 @@ ANALYTICS_QUEUE = QueuePolicy(
     backoff=Backoff("exponential", None),  # from JOB_RETRY_DELAY
     # The database being unreachable or locked is worth waiting out.
     retry_on=(OperationalError,),
+    # A ride's events are found with its payment and receipt jobs (GET /admin/jobs?rideId=).
+    tags=("rideId", "driverId"),
 )

@@ -24,6 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from jobqueue import Job, PermanentJobError, StaleDelivery, TransientJobError
 from jobqueue.deadline import job_time_left
 from rideshare.db import get_db, utcnow
+from rideshare.jobs.progress import log_line, report_step, stop_if_cancelled
 from rideshare.mail.models import FAILED, RETRYING, SENDING, SENT, EmailDelivery
 
 
@@ -268,8 +269,12 @@ def _begin_attempt(job: Job) -> Any:
 
 
 def send_email(job: Job) -> dict[str, Any]:
-    """Send the job's message once; a message the server already accepted is not sent again."""
+    """Send the job's message once; a message the server already accepted is not sent again.
+
+    The job's progress shows the server's reply, its log a refusal; never the message.
+    """
     data = job.data
+    stop_if_cancelled(job)  # a check point before anything is claimed or sent
     sent = _begin_attempt(job)
     if sent is not None:
         return {"messageId": sent.message_id, "reply": sent.last_reply, "duplicate": True}
@@ -277,6 +282,7 @@ def send_email(job: Job) -> dict[str, Any]:
     try:
         reply = _deliver(msg)
     except SmtpReplyError as exc:
+        log_line(job, f"SMTP {exc}"[:500])
         if 400 <= exc.code < 500:
             _record(job, OWNED, status=RETRYING, last_reply=str(exc)[:500])
             raise TransientJobError(f"SMTP {exc}") from exc
@@ -284,18 +290,21 @@ def send_email(job: Job) -> dict[str, Any]:
         raise PermanentJobError(f"SMTP {exc}") from exc
     except smtplib.SMTPResponseException as exc:
         # Refused at greeting, STARTTLS or login.
+        log_line(job, f"SMTP {exc.smtp_code} {exc.smtp_error!r}"[:500])
         transient = 400 <= exc.smtp_code < 500
         _record(job, OWNED, status=RETRYING if transient else FAILED, last_reply=str(exc)[:500])
         error = TransientJobError if transient else PermanentJobError
         raise error(f"SMTP {exc.smtp_code} {exc.smtp_error!r}") from exc
     except (smtplib.SMTPException, OSError) as exc:
         # Connection refused, dropped or timed out: the server never took the message.
+        log_line(job, f"SMTP connection: {exc}"[:500])
         _record(job, OWNED, status=RETRYING, last_reply=f"connection: {exc}"[:500])
         raise TransientJobError(f"SMTP connection: {exc}") from exc
     # Recorded even if a newer delivery claimed the row meanwhile: this message did go
     # out, and a row left retrying would have it sent again. A row already sent keeps
     # the first message's id.
     _record(job, UNSENT, status=SENT, last_reply=reply[:500], message_id=msg["Message-ID"], sent_at=utcnow())
+    report_step(job, "sent", reply=reply[:200])
     return {"messageId": msg["Message-ID"], "reply": reply}
 
 

@@ -7,6 +7,12 @@ Every write a job delivery makes to a payment row is fenced by the delivery's
 token: the delivery claims the row first (payments.owner_token), and each later
 write happens only while the row still names that token. A worker frozen past its
 lease, whose job another delivery took over, changes nothing when it wakes.
+
+A payment cancelled with its ride (rideshare.payments.service.cancel_payment) is never
+charged: the canceller cancels its PaymentIntent at Stripe before it marks the row, and
+Stripe refuses to confirm a cancelled intent; an intent created while the row was being
+cancelled is found by the delivery that stores it, which cancels it. The job is told each
+step (its progress and log) and stops at check points before each call that could charge.
 """
 
 import logging
@@ -16,14 +22,31 @@ import stripe
 from sqlalchemy import or_, update
 from sqlalchemy.orm import Session
 
-from jobqueue import InvalidJobData, Job, PermanentJobError, QueueUnavailable, StaleDelivery, TransientJobError
+from jobqueue import (
+    InvalidJobData,
+    Job,
+    JobCancelled,
+    JobOptions,
+    PermanentJobError,
+    QueueUnavailable,
+    Snooze,
+    StaleDelivery,
+    TransientJobError,
+)
 from rideshare.alerts import raise_alert
 from rideshare.db import get_db
 from rideshare.jobs import StagedJob, publish_job, stage_job
+from rideshare.jobs.progress import log_line, report_step, stop_if_cancelled
 from rideshare.payments import gateway
-from rideshare.payments.models import FAILED, PENDING, PROCESSING, SUCCEEDED, Payment, Receipt
+from rideshare.payments.models import CANCELLED, FAILED, PENDING, PROCESSING, SUCCEEDED, Payment, Receipt
 
 log = logging.getLogger("rideshare.payments")
+
+# A PaymentIntent still processing at the gateway is looked at again after the job's
+# backoff wait for as many tries as it has snoozed (this long without a backoff delay),
+# at most MAX_PROCESSING_POLL_S apart; the queue's max_snoozes bounds how long in all.
+PROCESSING_POLL_S = 5.0
+MAX_PROCESSING_POLL_S = 900.0
 
 
 def _summary(payment: Payment) -> dict[str, Any]:
@@ -65,7 +88,7 @@ def _hold(session: Session, payment_id: int, token: int, *, claim: bool = False)
     return payment
 
 
-def charge_payment(payment_id: int, *, token: int) -> dict[str, Any]:
+def charge_payment(payment_id: int, *, token: int, job: Job | None = None) -> dict[str, Any]:
     """Charge the payment once, however often this runs; token is the job delivery's fencing token.
 
     Two steps, each recorded before the next: create the PaymentIntent
@@ -75,6 +98,11 @@ def charge_payment(payment_id: int, *, token: int) -> dict[str, Any]:
     that ignores idempotency keys. The row's state guards the rest, and its
     owner token refuses every write of a delivery that a newer one replaced
     (StaleDelivery, with the row left as the newer delivery wrote it).
+
+    job: the delivery's job, told each step and asked at check points whether it was
+    cancelled (JobCancelled); None outside a job. An intent still processing at the
+    gateway snoozes the job (Snooze) without spending an attempt; the next run reads
+    the same intent again.
     """
     db = get_db()
     staged = None
@@ -82,6 +110,9 @@ def charge_payment(payment_id: int, *, token: int) -> dict[str, Any]:
         payment = _hold(session, payment_id, token, claim=True)
         if payment.status == FAILED:
             raise PermanentJobError(f"payment {payment_id} already failed: {payment.failure_reason}")
+        if payment.status == CANCELLED:
+            log_line(job, f"payment {payment_id} was cancelled; nothing was charged")
+            raise JobCancelled(payment.failure_reason or f"payment {payment_id} was cancelled")
         charged = payment.status == SUCCEEDED
         if charged:
             # Charged before (a rerun): only the receipt email may be left to queue.
@@ -107,29 +138,48 @@ def charge_payment(payment_id: int, *, token: int) -> dict[str, Any]:
         _publish_receipt_email(payment_id, staged)
         return summary
     if intent_id is None:
+        stop_if_cancelled(job)
+        report_step(job, "creating payment intent")
         created = gateway.create_intent(**create_args)
         with db.session() as session:
             payment = _hold(session, payment_id, token)
             if payment.stripe_payment_intent_id is None:
                 payment.stripe_payment_intent_id = created.id
             intent_id = payment.stripe_payment_intent_id
+            cancelled = payment.status == CANCELLED
+        if cancelled:
+            # Cancelled while the intent was being created, by someone who could not see it yet.
+            _cancel_unconfirmed(job, intent_id)
+            raise JobCancelled(f"payment {payment_id} was cancelled")
+        log_line(job, f"payment intent {intent_id} created")
     intent = gateway.retrieve_intent(intent_id)
     if intent.status == "requires_confirmation":
+        stop_if_cancelled(job)
+        _require_open(payment_id, token)
+        report_step(job, "confirming", paymentIntentId=intent_id)
         try:
             intent = gateway.confirm_intent(intent_id, idempotency_key=f"{key}-confirm")
         except stripe.CardError as exc:
-            _decline(payment_id, token, exc)
+            _decline(payment_id, token, exc, job)
         except stripe.InvalidRequestError:
-            # Confirmed meanwhile by another delivery: read where it stands.
+            # Confirmed meanwhile by another delivery, or cancelled with its ride: read where it stands.
             intent = gateway.retrieve_intent(intent_id)
+    if intent.status == "canceled":
+        reason = f"payment intent {intent.id} was cancelled"
+        _mark_cancelled(payment_id, reason, token=token)
+        log_line(job, f"{reason}; nothing was charged")
+        raise JobCancelled(reason)
     if intent.status == "requires_payment_method":
-        _decline(payment_id, token, None)
+        _decline(payment_id, token, None, job)
     if intent.status == "processing":
-        raise TransientJobError(f"payment intent {intent.id} is still processing")
+        raise _poll_later(job, intent.id)
     if intent.status != "succeeded":
         reason = f"payment intent {intent.id} is {intent.status}"
         mark_failed(payment_id, reason, token=token)
+        log_line(job, reason)
         raise PermanentJobError(reason)
+    # Charged: no check point from here on. A cancel that comes now is refused by Stripe
+    # (its ride cancel answers 409), and the charge must be recorded and receipted.
     with db.session() as session:
         payment = _hold(session, payment_id, token)
         if payment.status != SUCCEEDED:
@@ -144,14 +194,59 @@ def charge_payment(payment_id: int, *, token: int) -> dict[str, Any]:
         staged = _stage_receipt_email(session, payment)
         summary = _summary(payment)
     log.info("payment.succeeded", extra={"payment_id": payment_id, "payment_intent": intent.id})
+    report_step(job, "charged", paymentIntentId=intent.id, receiptNumber=summary["receiptNumber"])
+    log_line(job, f"charged: payment intent {intent.id} succeeded, receipt {summary['receiptNumber']}")
     _publish_receipt_email(payment_id, staged)
     return summary
 
 
-def _decline(payment_id: int, token: int, exc: stripe.CardError | None) -> NoReturn:
+def _require_open(payment_id: int, token: int) -> None:
+    """A check point on the row before confirming: JobCancelled if the payment was cancelled."""
+    with get_db().session() as session:
+        payment = _hold(session, payment_id, token)
+        if payment.status == CANCELLED:
+            raise JobCancelled(payment.failure_reason or f"payment {payment_id} was cancelled")
+
+
+def _cancel_unconfirmed(job: Job | None, intent_id: str) -> None:
+    """Cancel at Stripe an intent this delivery created for a payment cancelled meanwhile."""
+    try:
+        status = gateway.cancel_intent(intent_id)
+    except gateway.TRANSIENT_ERRORS as exc:
+        # Never confirmed, so nothing is charged; left requires_confirmation until it expires.
+        log.warning("payment.intent_not_cancelled", extra={"payment_intent": intent_id, "error": str(exc)})
+        return
+    log_line(job, f"payment intent {intent_id} created as the payment was cancelled: {status}")
+
+
+def _poll_later(job: Job | None, intent_id: str) -> Exception:
+    """Snooze the job while its intent is processing (outside a job: a transient error, as before)."""
+    reason = f"payment intent {intent_id} is still processing"
+    if job is None:
+        return TransientJobError(reason)
+    wait_ms = JobOptions.from_dict(job.opts).backoff.wait_ms(job.snoozes + 1)
+    seconds = min(wait_ms / 1000 or PROCESSING_POLL_S, MAX_PROCESSING_POLL_S)
+    report_step(job, "waiting for the gateway", paymentIntentId=intent_id, intentStatus="processing")
+    log_line(job, f"{reason}; looking again in {seconds:g} s")
+    return Snooze(seconds, reason)
+
+
+def _decline(payment_id: int, token: int, exc: stripe.CardError | None, job: Job | None = None) -> NoReturn:
     reason = "card_declined: " + ((exc and (exc.user_message or exc.code)) or "declined")
     mark_failed(payment_id, reason, token=token)
+    code = (exc and exc.code) or "declined"
+    report_step(job, "declined", declineCode=code)
+    log_line(job, f"declined by the gateway: {code}")
     raise PermanentJobError(reason) from exc
+
+
+def _mark_cancelled(payment_id: int, reason: str, *, token: int) -> None:
+    """Mark a payment whose intent was found cancelled at Stripe as cancelled, as the delivery with token."""
+    with get_db().session() as session:
+        payment = _hold(session, payment_id, token)
+        if payment.status in (PENDING, PROCESSING):
+            payment.status = CANCELLED
+            payment.failure_reason = reason[:500]
 
 
 def _stage_receipt_email(session: Session, payment: Payment) -> StagedJob | None:
@@ -176,6 +271,7 @@ def _stage_receipt_email(session: Session, payment: Payment) -> StagedJob | None
         },
         job_id=f"receipt-{payment.job_id}",
         owner=payment.user_id,
+        tags={"rideId": payment.ride_id, "paymentId": payment.id},
     )
     receipt.email_job_id = staged.job_id
     return staged
@@ -230,6 +326,11 @@ def payment_failed_for_good(job: Job, reason: str) -> None:
     if payment_id is None:
         raise_alert("payment job failed", job_id=job.id, queue=job.queue, reason=reason)
         return
+    if _still_processing(int(payment_id)):
+        # Out of snoozes while the gateway is still processing the charge: it may yet
+        # succeed, so the payment is not failed; someone has to follow it up.
+        raise_alert("payment still processing", job_id=job.id, queue=job.queue, payment_id=payment_id, reason=reason)
+        return
     try:
         mark_failed(int(payment_id), reason, token=int(job.token), claim=True)
     except PermanentJobError:
@@ -245,3 +346,17 @@ def payment_failed_for_good(job: Job, reason: str) -> None:
         raise_alert("receipt not sent", job_id=job.id, queue=job.queue, payment_id=payment_id, reason=reason)
         return
     raise_alert("payment failed", job_id=job.id, queue=job.queue, payment_id=payment_id, reason=reason)
+
+
+def _still_processing(payment_id: int) -> bool:
+    """Whether the payment's PaymentIntent is processing at the gateway (False if that cannot be known)."""
+    with get_db().session() as session:
+        payment = session.get(Payment, payment_id)
+        intent_id = payment.stripe_payment_intent_id if payment is not None and payment.status == PROCESSING else None
+    if intent_id is None:
+        return False
+    try:
+        return gateway.retrieve_intent(intent_id).status == "processing"
+    except stripe.StripeError as exc:
+        log.warning("payment.intent_unknown", extra={"payment_id": payment_id, "error": str(exc)})
+        return False

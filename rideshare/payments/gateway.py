@@ -54,3 +54,18 @@ def retrieve_intent(intent_id: str) -> stripe.PaymentIntent:
 def confirm_intent(intent_id: str, *, idempotency_key: str) -> stripe.PaymentIntent:
     """Confirm (charge) a PaymentIntent; raises stripe.CardError on a decline."""
     return stripe_client().v1.payment_intents.confirm(intent_id, options={"idempotency_key": idempotency_key})
+
+
+def cancel_intent(intent_id: str) -> str:
+    """Cancel a PaymentIntent that was not charged; returns its status afterwards.
+
+    'canceled' once it is (or was already), else the status that kept Stripe from
+    cancelling it: 'succeeded' (charged), 'processing' (the charge is under way).
+    Stripe refuses to confirm a cancelled intent, so whichever of a cancel and a
+    confirm reaches it first wins, and the other learns so.
+    """
+    client = stripe_client()
+    try:
+        return client.v1.payment_intents.cancel(intent_id).status
+    except stripe.InvalidRequestError:
+        return client.v1.payment_intents.retrieve(intent_id).status

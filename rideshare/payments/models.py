@@ -10,6 +10,9 @@ from rideshare.db import Base, utcnow
 from rideshare.rides import models as _rides  # noqa: F401  (payments.ride_id references rides.id)
 
 PENDING, PROCESSING, SUCCEEDED, FAILED = "pending", "processing", "succeeded", "failed"
+# Cancelled with its ride before it was charged: its PaymentIntent, if any, is cancelled at
+# Stripe first, so nothing can confirm it once the row says so.
+CANCELLED = "cancelled"
 
 
 class Payment(Base):

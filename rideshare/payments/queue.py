@@ -18,6 +18,11 @@ PAYMENT_QUEUE = QueuePolicy(
     # that cannot take it after the charge leaves it to the relay, not to a retry.)
     retry_on=(is_transient_gateway_error, OperationalError),
     priorities=10,
+    # Found by payment id (GET /admin/jobs?paymentId=); the ride id is tagged where it is staged.
+    tags=("paymentId",),
+    # A PaymentIntent still processing is polled by snoozing (rideshare.payments.charge),
+    # at most this often: about 11 hours with this backoff (5 s doubling, 15 min at most).
+    max_snoozes=50,
     on_final_failure=payment_failed_for_good,
     # An operator's retry reopens the failed payment, with a new PaymentMethod if given.
     on_manual_retry=reopen_for_retry,

@@ -1,25 +1,30 @@
-"""create_payment: store a pending payment and its charge job together, then queue the charge.
+"""create_payment: store a pending payment and its charge job together, then queue the charge;
+cancel_payment: cancel one that was not charged.
 
 The charge itself runs in payment workers (rideshare.payments.charge), so the API
-never imports the Stripe SDK.
+imports the Stripe SDK only to cancel a PaymentIntent (rideshare.payments.gateway).
 """
 
 import functools
 import hashlib
 import json
+import logging
 import secrets
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import bindparam, delete, insert, select
+from redis.exceptions import RedisError
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
 from jobqueue import Job
 from rideshare.db import get_db, utcnow
-from rideshare.jobs import StagedJob, get_job, publish_left_behind, publish_or_undo, stage_job
-from rideshare.payments.models import PENDING, IdempotencyKey, Payment
+from rideshare.jobs import StagedJob, get_job, get_queue, publish_left_behind, publish_or_undo, stage_job
+from rideshare.payments.models import CANCELLED, FAILED, PENDING, PROCESSING, SUCCEEDED, IdempotencyKey, Payment
 from rideshare.rides.models import Ride
+
+log = logging.getLogger("rideshare.payments")
 
 
 class UnknownRide(LookupError):
@@ -32,6 +37,15 @@ class IdempotencyConflict(ValueError):
 
 class IdempotencyInProgress(RuntimeError):
     """The first request with this Idempotency-Key was being undone (it answered 503) just now."""
+
+
+class PaymentCharged(RuntimeError):
+    """The payment was charged (or is being charged at the gateway): it cannot be cancelled."""
+
+    def __init__(self, payment_id: int, status: str) -> None:
+        super().__init__(f"payment {payment_id} is {status}")
+        self.payment_id = payment_id
+        self.status = status
 
 
 def request_fingerprint(body: dict[str, Any]) -> str:
@@ -128,10 +142,10 @@ PAYMENT_COLUMNS = (
 @functools.cache
 def _insert_payment(payer_must_be_rider: bool) -> Any:
     """INSERT ... SELECT from the ride, built once (values are bound): no row when the ride
-    does not exist, or (for a rider; an admin may pay for any ride) is not the payer's."""
+    does not exist, was cancelled, or (for a rider; an admin may pay for any ride) is not the payer's."""
     table = Payment.__table__
     ride = select(Ride.id, *(bindparam(name, type_=table.c[name].type) for name in PAYMENT_COLUMNS)).where(
-        Ride.id == bindparam("ride_id_")
+        Ride.id == bindparam("ride_id_"), Ride.status != "cancelled"
     )
     if payer_must_be_rider:
         ride = ride.where(Ride.rider_id == bindparam("payer_"))
@@ -189,9 +203,76 @@ def _store_payment(
                     "created_at": now,
                 },
             )
+        # Tagged with its ride (the payment id is the data's), so a ride's jobs are found together.
+        job_options = {"tags": {"rideId": ride_id}, **job_options}
         staged = stage_job(
             conn, "payment", {"paymentId": payment_id}, job_id=values["job_id"], owner=user_id, **job_options
         )
     payment = Payment(id=payment_id, ride_id=ride_id, **values)
     make_transient_to_detached(payment)  # reads as a loaded row, without another SELECT
     return payment, staged
+
+
+# A cancel meets a delivery that is storing its intent or finishing at most once or twice.
+CANCEL_ROUNDS = 5
+
+
+def cancel_payment(payment_id: int, reason: str) -> str:
+    """Cancel a payment that was not charged, so that nothing can charge it; returns its status.
+
+    Stripe decides the race with a running charge: the PaymentIntent, once created, is
+    cancelled at Stripe before the row is marked, and Stripe refuses to confirm a
+    cancelled intent, so a confirm either came first (PaymentCharged, the row left
+    alone) or never charges. The row is marked only while it still names the intent
+    that was cancelled (or none): a delivery that stores an intent meanwhile makes this
+    look again, and one that stores it after finds the row cancelled and cancels its
+    intent itself (rideshare.payments.charge). A failed or cancelled payment is left as
+    it is. Raises PaymentCharged (succeeded, or processing at the gateway) and the
+    gateway's errors (nothing changed). The payment's job is cancel_payment_job's.
+    """
+    for _ in range(CANCEL_ROUNDS):
+        with get_db().session() as session:
+            payment = session.get(Payment, payment_id)
+            if payment is None:
+                raise LookupError(f"payment {payment_id} does not exist")
+            status, intent_id = payment.status, payment.stripe_payment_intent_id
+        if status == SUCCEEDED:
+            raise PaymentCharged(payment_id, status)
+        if status in (FAILED, CANCELLED):
+            return status
+        if intent_id is not None:
+            from rideshare.payments import gateway  # the Stripe SDK, only when there is an intent to cancel
+
+            at_stripe = gateway.cancel_intent(intent_id)
+            if at_stripe != "canceled":
+                raise PaymentCharged(payment_id, at_stripe)
+            log.info("payment.intent_cancelled", extra={"payment_id": payment_id, "payment_intent": intent_id})
+        same_intent = (
+            Payment.stripe_payment_intent_id.is_(None)
+            if intent_id is None
+            else Payment.stripe_payment_intent_id == intent_id
+        )
+        with get_db().session() as session:
+            marked = session.execute(
+                update(Payment)
+                .where(Payment.id == payment_id, Payment.status.in_((PENDING, PROCESSING)), same_intent)
+                .values(status=CANCELLED, failure_reason=reason[:500], updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            ).rowcount
+        if marked:
+            log.info("payment.cancelled", extra={"payment_id": payment_id})
+            return CANCELLED
+    raise RuntimeError(f"payment {payment_id} kept changing while it was being cancelled")
+
+
+def cancel_payment_job(job_id: str | None, reason: str) -> str | None:
+    """Cancel a payment's job: 'cancelled' (it never runs), 'cancelling' (it runs: its check
+    points stop it), the state it finished in, or None (unknown, or the job store is away:
+    the payment row, cancelled first, stops any run of it anyway)."""
+    if job_id is None:
+        return None
+    try:
+        return get_queue("payment").cancel(job_id, reason)
+    except RedisError as exc:
+        log.warning("payment.job_not_cancelled", extra={"job_id": job_id, "error": str(exc)})
+        return None

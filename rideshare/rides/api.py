@@ -1,16 +1,26 @@
-"""POST /rides and POST /rides/<id>/complete."""
+"""POST /rides, POST /rides/<id>/complete and POST /rides/<id>/cancel."""
 
 from typing import Any
 
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
+from flask_smorest.error_handler import ErrorSchema
 
+from rideshare.audit import audit
 from rideshare.auth import current_user, login_required
 from rideshare.jobs.schemas import JobAcceptedSchema
+from rideshare.payments.hooks import is_transient_gateway_error
+from rideshare.payments.service import PaymentCharged
 from rideshare.ratelimit import job_limits
 from rideshare.rides import service as rides
 from rideshare.rides.models import Ride
-from rideshare.rides.schemas import RideCompleteSchema, RideCreateSchema, RideSchema
+from rideshare.rides.schemas import (
+    RideCancellationSchema,
+    RideCancelSchema,
+    RideCompleteSchema,
+    RideCreateSchema,
+    RideSchema,
+)
 
 blp = Blueprint("rides", __name__, description="Rides")
 
@@ -56,3 +66,53 @@ class CompleteRide(MethodView):
         except rides.AlreadyCompleted:
             abort(409, message=f"ride {ride_id} is already completed")
         return {"message": "Ride completed successfully", "jobId": done.job_id}
+
+
+@blp.route("/rides/<int(max=2147483647):ride_id>/cancel")
+class CancelRide(MethodView):
+    decorators = [login_required]
+
+    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.arguments(RideCancelSchema)
+    @blp.response(200, RideCancellationSchema)
+    @blp.alt_response(403, schema=ErrorSchema, description="The caller is the ride's driver, not its rider")
+    @blp.alt_response(404, schema=ErrorSchema, description="No such ride, or not the caller's")
+    @blp.alt_response(
+        409,
+        schema=ErrorSchema,
+        description="The ride is completed, or one of its payments was charged (or is being charged): nothing changed",
+    )
+    @blp.alt_response(503, schema=ErrorSchema, description="The payment gateway did not answer: nothing changed")
+    def post(self, body: dict[str, Any], ride_id: int) -> dict[str, Any]:
+        """Cancel a ride with its payments that were not charged, and their jobs (its rider, or an admin)."""
+        user = current_user()
+        try:
+            done = rides.cancel_ride(ride_id, user_id=user.id, is_admin=user.is_admin, reason=body.get("reason"))
+        except rides.RideNotFound:
+            abort(404, message=f"ride {ride_id} not found")
+        except rides.NotTheRider:
+            abort(403, message=f"only the rider of ride {ride_id} (or an admin) may cancel it")
+        except rides.AlreadyCompleted:
+            abort(409, message=f"ride {ride_id} is completed; it cannot be cancelled")
+        except PaymentCharged as exc:
+            state = "already succeeded" if exc.status == "succeeded" else f"is {exc.status} at the payment gateway"
+            abort(
+                409,
+                message=f"payment {exc.payment_id} of ride {ride_id} {state}: it was not touched, "
+                "and the ride was not cancelled",
+            )
+        except Exception as exc:
+            if not is_transient_gateway_error(exc):
+                raise
+            abort(503, message="the payment gateway did not answer; nothing was cancelled, try again")
+        if user.is_admin:
+            audit(
+                user.id,
+                "ride.cancel",
+                f"ride:{ride_id}",
+                reason=body.get("reason"),
+                payments=[
+                    {"paymentId": p.payment_id, "status": p.status, "jobState": p.job_state} for p in done.payments
+                ],
+            )
+        return {"message": "Ride cancelled", **vars(done)}

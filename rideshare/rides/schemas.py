@@ -35,9 +35,34 @@ class RideSchema(Schema):
     driverId = fields.String(attribute="driver_id")
     pickup = fields.String()
     dropoff = fields.String()
-    status = fields.String(metadata={"description": "requested or completed"})
+    status = fields.String(metadata={"description": "requested, completed or cancelled"})
     fare = fields.Float(allow_none=True, metadata={"description": "In major units, at most 2 decimals"})
     distance = fields.Float(attribute="distance_km", allow_none=True)
     duration = fields.Integer(attribute="duration_s", allow_none=True)
     createdAt = fields.DateTime(attribute="created_at")
     completedAt = fields.DateTime(attribute="completed_at", allow_none=True)
+
+
+class RideCancelSchema(Schema):
+    reason = text("Why the ride is cancelled (kept with its payments and jobs)", 200, required=False)
+
+
+class CancelledPaymentSchema(Schema):
+    paymentId = fields.Integer(attribute="payment_id")
+    status = fields.String(metadata={"description": "The payment's: cancelled, or failed (left as it was)"})
+    jobId = fields.String(attribute="job_id", allow_none=True)
+    jobState = fields.String(
+        attribute="job_state",
+        allow_none=True,
+        metadata={
+            "description": "What cancelling its job answered: cancelled (it never runs), cancelling "
+            "(it was running and stops at its next check point) or the state it had finished in"
+        },
+    )
+
+
+class RideCancellationSchema(Schema):
+    message = fields.String()
+    rideId = fields.Integer(attribute="ride_id")
+    status = fields.String(metadata={"description": "cancelled"})
+    payments = fields.List(fields.Nested(CancelledPaymentSchema))

@@ -1,18 +1,23 @@
-"""Rides: request one, and complete it with its analytics event, written together or not at all."""
+"""Rides: request one, complete it with its analytics event (written together or not at all),
+or cancel it with the payments not charged yet."""
 
 import secrets
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from jobqueue import Job
 from rideshare.analytics.service import RIDE_COMPLETED
 from rideshare.db import get_db, utcnow
 from rideshare.jobs import publish_or_undo, stage_job
+from rideshare.payments.models import CANCELLED, FAILED, SUCCEEDED, Payment
+from rideshare.payments.service import PaymentCharged, cancel_payment, cancel_payment_job
 from rideshare.rides.models import Ride
+
+REQUESTED, COMPLETED, RIDE_CANCELLED = "requested", "completed", "cancelled"
 
 
 class RideNotFound(LookupError):
@@ -25,6 +30,25 @@ class NotTheDriver(ValueError):
 
 class AlreadyCompleted(RuntimeError):
     """The ride was completed before (or by a concurrent request that won)."""
+
+
+class NotTheRider(PermissionError):
+    """Someone who may see the ride (its driver) but not cancel it."""
+
+
+@dataclass(frozen=True)
+class CancelledPayment:
+    payment_id: int
+    status: str  # the payment's: cancelled, or failed (left as it was)
+    job_id: str | None
+    job_state: str | None  # what cancelling its job answered: cancelled, cancelling, a finished state
+
+
+@dataclass(frozen=True)
+class Cancellation:
+    ride_id: int
+    status: str
+    payments: list[CancelledPayment]
 
 
 @dataclass(frozen=True)
@@ -87,3 +111,53 @@ def complete_ride(
         )
 
     return Completion(ride_id, staged.job_id, publish_or_undo(staged, undo))
+
+
+def cancel_ride(ride_id: int, *, user_id: str, is_admin: bool, reason: str | None = None) -> Cancellation:
+    """Cancel a ride that was not completed, with its payments and their jobs, unless one was charged.
+
+    Only the ride's rider (or an admin) may cancel it; its driver gets NotTheRider, anyone
+    else RideNotFound. A ride with a payment that succeeded (or that the gateway is
+    charging) is left as it is: PaymentCharged. Otherwise the ride is marked cancelled
+    (which refuses new payments for it), then each payment not charged is cancelled, its
+    PaymentIntent at Stripe first (cancel_payment), and then its job: a waiting or delayed
+    one never runs, a running one stops at its next check point. A charge that wins the
+    race at Stripe puts the ride back and raises PaymentCharged. Cancelling again repeats
+    nothing that was done and answers the same.
+    """
+    with get_db().session() as session:
+        ride = session.get(Ride, ride_id)
+        if ride is None or not (is_admin or user_id in (ride.rider_id, ride.driver_id)):
+            raise RideNotFound(ride_id)
+        if not (is_admin or user_id == ride.rider_id):
+            raise NotTheRider(ride_id)
+        payments = session.execute(
+            select(Payment.id, Payment.status, Payment.job_id).where(Payment.ride_id == ride_id).order_by(Payment.id)
+        ).all()
+        if ride.status == COMPLETED:
+            raise AlreadyCompleted(ride_id)
+    charged = [p for p in payments if p.status == SUCCEEDED]
+    if charged:
+        raise PaymentCharged(charged[0].id, SUCCEEDED)
+    why = f"ride {ride_id} cancelled by {'an admin' if is_admin else 'its rider'}" + (f": {reason}" if reason else "")
+    with get_db().session() as session:
+        # A conditional UPDATE: a completion and a cancel cannot both win.
+        moved = session.execute(
+            update(Ride).where(Ride.id == ride_id, Ride.status == REQUESTED).values(status=RIDE_CANCELLED)
+        ).rowcount
+        if not moved and session.get(Ride, ride_id).status == COMPLETED:
+            raise AlreadyCompleted(ride_id)
+    try:
+        statuses = [cancel_payment(p.id, why) if p.status != FAILED else FAILED for p in payments]
+    except Exception:
+        if moved:  # charged at the gateway meanwhile, or the gateway is away: the ride stands
+            with get_db().session() as session:
+                session.execute(
+                    update(Ride).where(Ride.id == ride_id, Ride.status == RIDE_CANCELLED).values(status=REQUESTED)
+                )
+        raise
+    cancelled = [
+        CancelledPayment(p.id, status, p.job_id, cancel_payment_job(p.job_id, why) if status == CANCELLED else None)
+        for p, status in zip(payments, statuses, strict=True)
+    ]
+    return Cancellation(ride_id, RIDE_CANCELLED, cancelled)

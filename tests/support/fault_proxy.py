@@ -1,15 +1,18 @@
 """An HTTP proxy on loopback in front of localstripe that can inject gateway faults."""
 
 import http.client
+import json
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 
 class FaultProxy:
-    """Forwards to target; queued faults ('500', 'drop' or ('sleep', s)) hit the next requests."""
+    """Forwards to target; queued faults ('500', 'drop' or ('sleep', s); None passes) hit the
+    next requests, and rewrite rules may change the JSON answers (a gateway's other states)."""
 
     def __init__(self, port: int, target: str) -> None:
         self.port = port
@@ -18,6 +21,7 @@ class FaultProxy:
         self.requests: list[tuple[str, str, float]] = []
         self.latency = 0.0
         self.lock = threading.Lock()
+        self.rules: list[Callable[[str, str, dict], dict | None]] = []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -55,6 +59,7 @@ class FaultProxy:
                     data = response.read()
                 finally:
                     conn.close()
+                data = proxy._rewritten(self.command, self.path, data)
                 self.send_response(response.status)
                 for key, value in response.getheaders():
                     if key.lower() not in ("transfer-encoding", "connection", "content-length"):
@@ -80,6 +85,33 @@ class FaultProxy:
     def inject(self, *faults: object) -> None:
         with self.lock:
             self.faults.extend(faults)
+
+    def rewrite(self, rule: Callable[[str, str, dict], dict | None]) -> Callable[[], None]:
+        """Pass each JSON answer through rule(method, path, body): a new body, or None to
+        leave it. Returns what removes the rule."""
+        with self.lock:
+            self.rules.append(rule)
+
+        def remove() -> None:
+            with self.lock:
+                self.rules.remove(rule)
+
+        return remove
+
+    def _rewritten(self, method: str, path: str, data: bytes) -> bytes:
+        with self.lock:
+            rules = list(self.rules)
+        if not rules:
+            return data
+        try:
+            body = json.loads(data)
+        except ValueError:
+            return data
+        for rule in rules:
+            changed = rule(method, path, body)
+            if changed is not None:
+                return json.dumps(changed).encode()
+        return data
 
     def __enter__(self) -> "FaultProxy":
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
