@@ -46,7 +46,7 @@ class PaymentSchema(Schema):
     # A JSON number, as the document says (Flask would write a Decimal as a string).
     amount = fields.Float(metadata={"description": "In major units, at most 2 decimals (25.5)"})
     currency = fields.String()
-    status = fields.String(metadata={"description": "pending, processing, succeeded or failed"})
+    status = fields.String(metadata={"description": "pending, processing, succeeded, failed or cancelled"})
     jobId = fields.String(attribute="job_id")
     paymentIntentId = fields.String(attribute="stripe_payment_intent_id", allow_none=True)
     failureReason = fields.String(attribute="failure_reason", allow_none=True)
