@@ -1,8 +1,17 @@
-"""The admin dashboard in real headless Chromium: sign in, see counts, retry a failed job, watch it complete."""
+"""The admin dashboard in real headless Chromium, against the live stack.
 
-import json
+An admin signs in, watches a chart render and a count change live, searches for a
+ride's jobs, retries a declined payment with edited data, cancels a delayed job and
+bulk-retries the failed jobs of a filter; a viewer sees the same pages without a
+single action button.
+
+DASHBOARD_SCREENSHOT=<path> and DASHBOARD_JOB_SCREENSHOT=<path> save the overview and
+a job's page as the README shows them.
+"""
+
 import os
 import re
+import secrets
 import shutil
 import threading
 
@@ -10,7 +19,9 @@ import pytest
 from werkzeug.serving import make_server
 
 from devstack.processes import free_port
-from tests.integration.test_payments import create_ride, post_payment
+from rideshare.auth import issue_token
+from rideshare.jobs import add_email_job
+from tests.integration.test_payments import post_payment
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +44,7 @@ def live_server(stack):
 
 
 @pytest.fixture
-def page(tmp_path):
+def browser():
     if CHROMIUM is None:
         pytest.skip("Debian's chromium is not installed (scripts/run-tests.sh installs it)")
     with playwright.sync_playwright() as p:
@@ -50,55 +61,161 @@ def page(tmp_path):
                 "--disable-quic",
             ],
         )
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        yield context.new_page()
-        context.close()
+        yield browser
         browser.close()
 
 
-def test_sign_in_see_counts_and_retry_a_failed_job_with_edited_data(
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    yield context.new_page()
+    context.close()
+
+
+# Every action button of the dashboard's pages.
+ACTIONS = ", ".join(
+    f"#{name}"
+    for name in ("cancel", "snooze", "retry", "retry-edited", "save-data", "delete", "bulk-retry", "bulk-cancel")
+)
+
+
+def token(auth_headers, user_id: str, role: str = "user") -> str:
+    return auth_headers(user_id, role)["Authorization"].removeprefix("Bearer ")
+
+
+def sign_in(page, live_server: str, bearer: str) -> None:
+    page.goto(f"{live_server}/admin/")
+    page.fill("#token", bearer)
+    page.click("button[type=submit]")
+
+
+def create_ride(client, headers, rider: str) -> int:
+    body = {"riderId": rider, "driverId": "d-1", "pickup": "Main St", "dropoff": "Airport"}
+    response = client.post("/rides", json=body, headers=headers)
+    assert response.status_code == 201, response.json
+    return response.json["id"]
+
+
+def declined_payments(client, stack, user: str, n: int) -> list[dict]:
+    """n payments of user's rides, each declined: failed payment jobs tagged with owner, ride and payment."""
+    headers = {"Authorization": f"Bearer {token_for(stack, user)}"}
+    accepted = [
+        post_payment(client, headers, create_ride(client, headers, user), paymentMethod="pm_card_chargeCustomerFail")
+        for _ in range(n)
+    ]
+    for payment in accepted:
+        assert stack.wait_for_job(payment["jobId"]).state == "failed"
+    return accepted
+
+
+def token_for(stack, user: str, role: str = "user") -> str:
+    with stack.app.app_context():
+        return issue_token(user, role)
+
+
+def count_cell(queue: str, state: str) -> str:
+    return f'#queues tr[data-queue="{queue}"] [data-count="{state}"]'
+
+
+def test_an_admin_searches_retries_cancels_and_bulk_retries_while_counts_and_charts_follow(
     app, client, stack, auth_headers, live_server, page
 ):
-    user = auth_headers("42")
-    accepted = post_payment(client, user, create_ride(client, user), paymentMethod="pm_card_chargeCustomerFail")
-    assert stack.wait_for_job(accepted["jobId"]).state == "failed"
-    admin_token = auth_headers("1", "admin")["Authorization"].removeprefix("Bearer ")
+    user = f"dash-{secrets.token_hex(3)}"
+    first, *others = declined_payments(client, stack, user, 3)
+    delayed = add_email_job({"to": "later@example.com", "subject": "Later", "text": "hello"}, delay=600_000)
 
     page.goto(f"{live_server}/admin/")
-    page.fill("#token", auth_headers("42")["Authorization"].removeprefix("Bearer "))
+    page.fill("#token", token(auth_headers, "42"))
     page.click("button[type=submit]")
     assert "does not carry the admin role" in page.content()
 
-    page.fill("#token", admin_token)
+    page.fill("#token", token(auth_headers, "1", "admin"))
     page.click("button[type=submit]")
-    payment_row = page.locator('tr[data-queue="payment"]').first
-    failed_cell = payment_row.locator('[data-count="failed"]')
-    assert int(failed_cell.inner_text()) >= 1
-    assert page.locator('tr[data-queue="email"]').count() >= 1
-
-    failed_table = page.locator('table.failed-jobs[data-queue="payment"]')
-    row = failed_table.locator("tr", has_text=accepted["jobId"])
-    assert "card_declined" in row.inner_text()
+    assert int(page.inner_text(count_cell("payment", "failed"))) >= 3
+    # The charts render: a throughput sparkline per queue, drawn on the server.
+    chart = page.locator('[data-chart-queue="email"] svg[data-chart="throughput"]')
+    assert chart.get_attribute("data-bars") == "60"
+    page.wait_for_selector('#live[data-live="on"]')
     if os.environ.get("DASHBOARD_SCREENSHOT"):
         page.screenshot(path=os.environ["DASHBOARD_SCREENSHOT"], full_page=True)
 
-    row.locator("a").click()
-    page.wait_for_selector("#edit-data")
+    # Live: a job added through the Python API changes the count and, once done, the chart.
+    cell = count_cell("email", "completed")
+    before = page.inner_text(cell)
+    completed_before = int(chart.get_attribute("data-completed"))
+    job = add_email_job({"to": "live@example.com", "subject": "Live", "text": "hello"})
+    page.wait_for_function(
+        f"""() => document.querySelector('{cell}').textContent.trim() !== '{before}'""", timeout=10_000
+    )
+    assert stack.wait_for_job(job.id).state == "completed"
+    page.wait_for_function(
+        """(before) => Number(document.querySelector('[data-chart-queue="email"] svg[data-chart="throughput"]')
+             .dataset.completed) > before""",
+        arg=completed_before,
+        timeout=15_000,
+    )
+
+    # Search for a ride's jobs: the ride's payment job, found by its ride id.
+    ride_id = next(tag.split(":", 1)[1] for tag in stack.job(first["jobId"]).tags if tag.startswith("rideId:"))
+    page.fill("#search", ride_id)
+    page.press("#search", "Enter")
+    rows = page.locator("#job-list tr[data-job]")
+    assert first["jobId"] in [rows.nth(i).get_attribute("data-job") for i in range(rows.count())]
+
+    # A job's page: its timeline, then a retry with edited data (the masked method stays masked).
+    page.click(f'#job-list a:text-is("{first["jobId"]}")')
     assert page.inner_text("#state") == "failed"
-    shown = json.loads(page.input_value("#edit-data"))
-    assert shown == {"paymentId": accepted["paymentId"]}
-    page.fill("#edit-data", json.dumps({**shown, "paymentMethod": "pm_card_visa"}))
+    timeline = page.inner_text("#timeline")
+    assert "added to payment" in timeline and "attempt 1 failed" in timeline and "card_declined" in timeline
+    assert page.input_value("#field-paymentId") == str(first["paymentId"])
+    page.fill("#field-paymentMethod", "not-a-method")
+    page.click("#retry-edited")
+    assert "must be a Stripe PaymentMethod id" in page.inner_text("#error-paymentMethod")  # per field, nothing done
+    assert page.inner_text("#state") == "failed"
+    if os.environ.get("DASHBOARD_JOB_SCREENSHOT"):
+        page.screenshot(path=os.environ["DASHBOARD_JOB_SCREENSHOT"], full_page=True)
+    page.fill("#field-paymentMethod", "pm_card_visa")
     page.click("#retry-edited")
     assert "queued again with edited data" in page.inner_text("div.flash")
-
-    stack.wait_for_job(accepted["jobId"], states=("completed",))
+    # The page follows the job's own events: it completes without a reload.
+    page.wait_for_function("() => document.querySelector('#state').textContent === 'completed'", timeout=15_000)
     page.reload()
-    assert page.inner_text("#state") == "completed"
     assert re.search(r'"status": "succeeded"', page.inner_text("#result"))
 
-    # The counts refresh on their own.
-    page.goto(f"{live_server}/admin/")
-    before = page.inner_text('tr[data-queue="payment"] [data-count="completed"]')
-    post_payment(client, user, create_ride(client, user))
-    cell = 'tr[data-queue="payment"] [data-count="completed"]'
-    page.wait_for_function(f"""() => document.querySelector('{cell}').textContent !== '{before}'""", timeout=15_000)
+    # Cancel a delayed job.
+    page.goto(f"{live_server}/admin/ui/jobs/{delayed.id}")
+    assert page.inner_text("#state") == "delayed"
+    page.fill("#cancel-reason-input", "no longer needed")
+    page.click("#cancel")
+    assert "cancelled: it will not run" in page.inner_text("div.flash")
+    assert page.inner_text("#state") == "cancelled" and "no longer needed" in page.inner_text("#cancel-reason")
+    assert stack.job(delayed.id).state == "cancelled"
+
+    # Bulk-retry the failed jobs of a filter: the dry run's count is confirmed first.
+    page.goto(f"{live_server}/admin/ui/jobs?queue=payment&owner={user}")
+    page.click('.tabs a:has-text("failed")')
+    assert page.locator("#job-list tr[data-job]").count() == 2
+    page.click("#bulk-retry")
+    dialog = page.locator("dialog#bulk-confirm")
+    assert dialog.get_attribute("data-matched") == "2"
+    assert "Retry 2 jobs" in dialog.inner_text()
+    assert all(stack.job(p["jobId"]).state == "failed" for p in others)  # nothing done yet
+    page.click("#bulk-confirm-yes")
+    assert f"2 of 2 jobs matching queue payment, state failed, owner {user} queued again" in page.inner_text(
+        "div.flash"
+    )
+    for payment in others:
+        assert stack.wait_for_job(payment["jobId"]).attempts == 2
+
+
+def test_a_viewer_sees_every_page_and_no_action_button(app, client, stack, auth_headers, live_server, page):
+    [payment] = declined_payments(client, stack, f"view-{secrets.token_hex(3)}", 1)
+    sign_in(page, live_server, token(auth_headers, "9", "viewer"))
+    assert page.is_visible("#read-only")
+    for path in ["/admin/", f"/admin/ui/jobs/{payment['jobId']}", "/admin/ui/jobs?queue=payment&state=failed"]:
+        page.goto(live_server + path)
+        assert page.locator("main form[method=post]").count() == 0, path
+        assert page.locator(ACTIONS).count() == 0, path
+    page.goto(f"{live_server}/admin/ui/health/payment?window=24h")
+    assert page.locator('svg[data-chart="throughput"]').get_attribute("data-bin-minutes") == "10"
+    assert page.get_attribute("body", "data-stream") == "/admin/ui/stream"
