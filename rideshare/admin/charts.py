@@ -212,7 +212,7 @@ def histogram_chart(
     return _svg(width, height, f"{label}: p50 {duration(p50)}, p95 {duration(p95)}", body, chart=kind, jobs=total)
 
 
-def age_gauge(age_ms: int | None, *, width: int = 220, height: int = 26) -> Markup:
+def age_gauge(age_ms: int | None, *, width: int = 240, height: int = 26) -> Markup:
     """How long the oldest waiting job has waited: a bar on a log scale from 1 s to 1 h,
     green under 10 s, amber under 5 min, red beyond."""
     if age_ms is None:
@@ -222,10 +222,11 @@ def age_gauge(age_ms: int | None, *, width: int = 220, height: int = 26) -> Mark
         fraction = min(max(math.log10(max(age_ms, 1) / GAUGE_LOW_MS) / span, 0.02), 1.0)
         colour = COMPLETED if age_ms < 10_000 else "#bf8700" if age_ms < 300_000 else FAILED
         text = duration(age_ms)
+    bar = width - 100
     body = [
-        f'<rect x="0" y="4" width="{width - 80}" height="{height - 8}" rx="4" fill="#eaeef2"/>',
-        f'<rect x="0" y="4" width="{(width - 80) * fraction:.1f}" height="{height - 8}" rx="4" fill="{colour}"/>',
-        f'<text x="{width - 74}" y="{height / 2 + 4:.0f}" font-size="12" fill="#1f2328">{escape(text)}</text>',
+        f'<rect x="0" y="4" width="{bar}" height="{height - 8}" rx="4" fill="#eaeef2"/>',
+        f'<rect x="0" y="4" width="{bar * fraction:.1f}" height="{height - 8}" rx="4" fill="{colour}"/>',
+        f'<text x="{bar + 6}" y="{height / 2 + 4:.0f}" font-size="12" fill="#1f2328">{escape(text)}</text>',
     ]
     return _svg(width, height, f"Oldest waiting job: {text}", body, chart="oldest", age_ms=age_ms or 0)
 

@@ -50,6 +50,13 @@ bp.add_app_template_filter(ms_to_iso, "ms_iso")
 bp.add_app_template_filter(charts.duration, "duration")
 
 
+@bp.app_template_filter("when")
+def when(ms: int | None) -> str:
+    """A time in ms as 'YYYY-MM-DD HH:MM:SS' UTC, for tables ('–' for none)."""
+    iso = ms_to_iso(ms)
+    return f"{iso[:10]} {iso[11:19]}" if iso else "–"
+
+
 @bp.app_template_filter("time_of_day")
 def time_of_day(ms: int | None) -> str:
     """A time in ms as 'HH:MM:SS.mmm' UTC (the timeline's column; its date is in the title)."""
@@ -62,6 +69,7 @@ NO_DASHBOARD_ROLE = "That token does not carry the admin role, nor the viewer ro
 # The history windows a queue's charts offer, in minutes.
 WINDOWS = {"1h": 60, "24h": 24 * 60, "72h": 72 * 60}
 PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
 # Filters of the jobs page (and of its bulk actions): query name -> search_jobs keyword.
 FILTERS = {
     "queue": "queue",
@@ -174,7 +182,7 @@ def queue_charts(queue: str, minutes: int) -> dict[str, Any]:
     wait, processing = health["waitMs"], health["processingMs"]
     return {
         **health,
-        "throughput": charts.throughput_chart(health["series"]),
+        "throughput": charts.throughput_chart(health["series"], width=1240, height=200),
         "sparkline": charts.throughput_chart(health["series"], width=300, height=48, compact=True),
         "wait_chart": charts.histogram_chart(
             charts.histogram_counts(buckets, "w"), p50=wait["p50"], p95=wait["p95"], label="Wait time", kind="wait"
@@ -259,16 +267,14 @@ class JobPage:
     error: str | None = None
 
 
-def browse(filters: Mapping[str, str], offset: int, cursor: str | None) -> JobPage:
+def browse(filters: Mapping[str, str], offset: int, cursor: str | None, limit: int = PAGE_SIZE) -> JobPage:
     """A page of jobs: a queue's state set read in order when only queue (and state) are given,
     else the store's indexed search (every queue, or one, by any filter)."""
     if filters.get("queue") and not any(name in filters for name in SEARCH_ONLY):
-        jobs, next_offset = control.find_jobs(
-            filters["queue"], state=filters.get("state"), offset=offset, limit=PAGE_SIZE
-        )
+        jobs, next_offset = control.find_jobs(filters["queue"], state=filters.get("state"), offset=offset, limit=limit)
         return JobPage(jobs, next_offset=next_offset)
     try:
-        jobs, next_cursor = control.search_jobs(**_search_kwargs(filters), cursor=cursor, limit=PAGE_SIZE)
+        jobs, next_cursor = control.search_jobs(**_search_kwargs(filters), cursor=cursor, limit=limit)
     except control.InvalidCursor as exc:
         return JobPage([], error=str(exc))
     return JobPage(jobs, next_cursor=next_cursor)
@@ -277,7 +283,9 @@ def browse(filters: Mapping[str, str], offset: int, cursor: str | None) -> JobPa
 def _jobs_page(filters: dict[str, str], confirm: dict[str, Any] | None = None) -> tuple[str, int]:
     offset = request.args.get("offset", "0")
     cursor = request.args.get("cursor") or None
-    page = browse(filters, int(offset) if offset.isdigit() else 0, cursor)
+    limit = request.args.get("limit", "")
+    size = min(int(limit), MAX_PAGE_SIZE) if limit.isdigit() and int(limit) > 0 else PAGE_SIZE
+    page = browse(filters, int(offset) if offset.isdigit() and len(offset) < 10 else 0, cursor, size)
     counts = get_queue(filters["queue"]).store.counts(filters["queue"]) if "queue" in filters else None
     return _page(
         "admin/jobs.html",
@@ -289,6 +297,7 @@ def _jobs_page(filters: dict[str, str], confirm: dict[str, Any] | None = None) -
         confirm=confirm,
         bulk_actions=control.BULK_ACTIONS,
         first_page=not cursor and offset in ("", "0"),
+        paging={"limit": size} if size != PAGE_SIZE else {},
     )
 
 

@@ -5,8 +5,9 @@ ride's jobs, retries a declined payment with edited data, cancels a delayed job 
 bulk-retries the failed jobs of a filter; a viewer sees the same pages without a
 single action button.
 
-DASHBOARD_SCREENSHOT=<path> and DASHBOARD_JOB_SCREENSHOT=<path> save the overview and
-a job's page as the README shows them.
+DASHBOARD_SCREENSHOTS=<folder> saves the pages on the way (dashboard.png, the overview;
+dashboard-job.png, dashboard-health.png, dashboard-search.png, dashboard-bulk.png) as the
+README shows them: `DASHBOARD_SCREENSHOTS=docs pytest tests/integration/test_dashboard_browser.py -k sqlite`.
 """
 
 import os
@@ -79,6 +80,15 @@ ACTIONS = ", ".join(
 )
 
 
+SHOTS = os.environ.get("DASHBOARD_SCREENSHOTS")
+
+
+def shot(page, name: str) -> None:
+    """Save the page as <DASHBOARD_SCREENSHOTS>/<name>.png, when that is set."""
+    if SHOTS:
+        page.screenshot(path=os.path.join(SHOTS, f"{name}.png"), full_page=True)
+
+
 def token(auth_headers, user_id: str, role: str = "user") -> str:
     return auth_headers(user_id, role)["Authorization"].removeprefix("Bearer ")
 
@@ -136,8 +146,6 @@ def test_an_admin_searches_retries_cancels_and_bulk_retries_while_counts_and_cha
     chart = page.locator('[data-chart-queue="email"] svg[data-chart="throughput"]')
     assert chart.get_attribute("data-bars") == "60"
     page.wait_for_selector('#live[data-live="on"]')
-    if os.environ.get("DASHBOARD_SCREENSHOT"):
-        page.screenshot(path=os.environ["DASHBOARD_SCREENSHOT"], full_page=True)
 
     # Live: a job added through the Python API changes the count and, once done, the chart.
     cell = count_cell("email", "completed")
@@ -160,6 +168,7 @@ def test_an_admin_searches_retries_cancels_and_bulk_retries_while_counts_and_cha
     page.fill("#search", ride_id)
     page.press("#search", "Enter")
     rows = page.locator("#job-list tr[data-job]")
+    shot(page, "dashboard-search")
     assert first["jobId"] in [rows.nth(i).get_attribute("data-job") for i in range(rows.count())]
 
     # A job's page: its timeline, then a retry with edited data (the masked method stays masked).
@@ -172,8 +181,7 @@ def test_an_admin_searches_retries_cancels_and_bulk_retries_while_counts_and_cha
     page.click("#retry-edited")
     assert "must be a Stripe PaymentMethod id" in page.inner_text("#error-paymentMethod")  # per field, nothing done
     assert page.inner_text("#state") == "failed"
-    if os.environ.get("DASHBOARD_JOB_SCREENSHOT"):
-        page.screenshot(path=os.environ["DASHBOARD_JOB_SCREENSHOT"], full_page=True)
+    shot(page, "dashboard-job")
     page.fill("#field-paymentMethod", "pm_card_visa")
     page.click("#retry-edited")
     assert "queued again with edited data" in page.inner_text("div.flash")
@@ -199,6 +207,7 @@ def test_an_admin_searches_retries_cancels_and_bulk_retries_while_counts_and_cha
     dialog = page.locator("dialog#bulk-confirm")
     assert dialog.get_attribute("data-matched") == "2"
     assert "Retry 2 jobs" in dialog.inner_text()
+    shot(page, "dashboard-bulk")
     assert all(stack.job(p["jobId"]).state == "failed" for p in others)  # nothing done yet
     page.click("#bulk-confirm-yes")
     assert f"2 of 2 jobs matching queue payment, state failed, owner {user} queued again" in page.inner_text(
@@ -206,6 +215,11 @@ def test_an_admin_searches_retries_cancels_and_bulk_retries_while_counts_and_cha
     )
     for payment in others:
         assert stack.wait_for_job(payment["jobId"]).attempts == 2
+    if SHOTS:
+        page.goto(f"{live_server}/admin/ui/health/payment")
+        shot(page, "dashboard-health")
+        page.goto(f"{live_server}/admin/")
+        shot(page, "dashboard")
 
 
 def test_a_viewer_sees_every_page_and_no_action_button(app, client, stack, auth_headers, live_server, page):

@@ -96,7 +96,7 @@ def test_gauges():
     green, red = parse(age_gauge(2_000)), parse(age_gauge(2 * 3_600_000))
     assert green.findall(f"{SVG}rect")[1].get("fill") == "#2da44e"
     assert red.findall(f"{SVG}rect")[1].get("fill") == "#cf222e"
-    assert float(red.findall(f"{SVG}rect")[1].get("width")) == 140.0  # full beyond an hour
+    assert float(red.findall(f"{SVG}rect")[1].get("width")) == 140.0  # full beyond an hour (240 wide, 100 for the text)
     assert "2 / 4" in "".join(parse(utilisation_gauge(2, 4)).itertext())
     assert "no slots" in "".join(parse(utilisation_gauge(0, 0)).itertext())
 
