@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Response, request
+from flask import Response
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 from flask_smorest.error_handler import ErrorSchema
@@ -14,14 +14,13 @@ from rideshare.auth import current_user, login_required
 from rideshare.jobs import get_job, get_queue
 from rideshare.jobs.events import (
     EVENT_STREAM_DOC,
-    STREAM_ID,
     TOO_MANY_STREAMS_DOC,
     TooManyStreams,
     job_stream,
     sse,
     stream_seconds,
 )
-from rideshare.jobs.schemas import EventStreamArgsSchema, JobStatusSchema, masked_logs
+from rideshare.jobs.schemas import EventStreamArgsSchema, JobStatusSchema, JobStreamHeadersSchema, masked_logs
 
 blp = Blueprint("jobs", __name__, description="Job state by id")
 
@@ -63,34 +62,19 @@ class JobResource(MethodView):
 class JobEvents(MethodView):
     decorators = [login_required]
 
-    @blp.doc(
-        security=[{"bearerAuth": []}],
-        parameters=[
-            {
-                "in": "header",
-                "name": "Last-Event-ID",
-                "required": False,
-                "schema": {"type": "string", "pattern": STREAM_ID.pattern},
-                "description": "Resume after this message (sent by EventSource when it reconnects)",
-            }
-        ],
-        responses={"200": EVENT_STREAM_DOC, "503": TOO_MANY_STREAMS_DOC},
-    )
+    @blp.doc(security=[{"bearerAuth": []}], responses={"200": EVENT_STREAM_DOC, "503": TOO_MANY_STREAMS_DOC})
     @blp.arguments(EventStreamArgsSchema, location="query", unknown=RAISE)
-    @blp.alt_response(400, schema=ErrorSchema, description="A Last-Event-ID this stream did not send")
+    @blp.arguments(JobStreamHeadersSchema, location="headers")
     @blp.alt_response(404, schema=ErrorSchema, description="No such job of the caller's")
-    def get(self, args: dict[str, Any], job_id: str) -> Response:
+    @blp.alt_response(422, schema=ErrorSchema, description="A bad timeout, or a Last-Event-ID this stream did not send")
+    def get(self, args: dict[str, Any], headers: dict[str, Any], job_id: str) -> Response:
         """The job's state changes, progress and log lines as they happen (Server-Sent Events).
 
         Closes when the job is completed, failed, cancelled or expired, or after timeout seconds.
         """
-        last_id = request.headers.get("Last-Event-ID")
-        if last_id is not None and not STREAM_ID.match(last_id):
-            message = "Last-Event-ID is not an id this stream sent"
-            abort(400, message=message, errors={"headers": {"Last-Event-ID": [message]}})
         job = own_job(job_id)
         store = get_queue(job.queue).store
         try:
-            return sse(job_stream(store, job, last_id, stream_seconds(args["timeout"])))
+            return sse(job_stream(store, job, headers.get("last_event_id"), stream_seconds(args["timeout"])))
         except TooManyStreams as exc:
             abort(503, message=str(exc), headers={"Retry-After": "5"})

@@ -21,17 +21,13 @@ from jobqueue import Job, JobStore
 from jobqueue.lifecycle import FINISHED
 from jobqueue.masking import mask
 from jobqueue.store import to_json
-from rideshare.jobs.schemas import MAX_STREAM_SECONDS, mask_text
+from rideshare.jobs.schemas import MAX_STREAM_SECONDS, QUEUE_POSITIONS, mask_text
 
 # One XREAD BLOCK at most this long (under the store client's 10 s socket timeout); a
 # comment line goes out after each idle one, so a closed connection is noticed.
 BLOCK_MS = 5_000
 ENDING_STATES = (*FINISHED, "removed")
-STREAM_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
-_POSITION = r"[a-z][a-z0-9_]{0,39}:[0-9]{1,20}-[0-9]{1,20}"
 QUEUE_POSITION = re.compile(r"^([a-z][a-z0-9_]{0,39}):([0-9]{1,20}-[0-9]{1,20})$")
-# Last-Event-ID of /admin/events, as the OpenAPI document gives it: queue:id,queue:id...
-QUEUE_POSITIONS = re.compile(rf"^{_POSITION}(,{_POSITION}){{0,15}}$")
 SSE_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 # The OpenAPI answers of a stream route.
 EVENT_STREAM_DOC = {

@@ -12,6 +12,11 @@ from jobqueue.masking import mask, mask_email
 EMAIL_IN_TEXT = re.compile(r"[^@\s<>()\[\]:;,\"']{1,64}@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 # The longest an event stream stays open (s); EVENT_STREAM_MAX_SECONDS may cap it lower.
 MAX_STREAM_SECONDS = 300
+# The ids event streams send, which EventSource sends back as Last-Event-ID: a Redis stream
+# id for one job's stream; 'queue:id,queue:id' for the queues' stream (/admin/events).
+STREAM_ID = re.compile(r"^[0-9]{1,20}-[0-9]{1,20}$")
+_POSITION = r"[a-z][a-z0-9_]{0,39}:[0-9]{1,20}-[0-9]{1,20}"
+QUEUE_POSITIONS = re.compile(rf"^{_POSITION}(,{_POSITION}){{0,15}}$")
 
 
 def ms_to_iso(value: int | None) -> str | None:
@@ -77,6 +82,22 @@ class JobStatusSchema(JobSchema):
 
     def _expires_at(self, job: Any) -> str | None:
         return ms_to_iso(job.expires_at)
+
+
+def last_event_id(pattern: re.Pattern[str]) -> fields.String:
+    return fields.String(
+        data_key="Last-Event-ID",
+        validate=validate.Regexp(pattern, error="not an id this stream sent"),
+        metadata={"description": "Resume after this message (EventSource sends it when it reconnects)"},
+    )
+
+
+class JobStreamHeadersSchema(Schema):
+    last_event_id = last_event_id(STREAM_ID)
+
+
+class QueueStreamHeadersSchema(Schema):
+    last_event_id = last_event_id(QUEUE_POSITIONS)
 
 
 class EventStreamArgsSchema(Schema):
