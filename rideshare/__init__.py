@@ -6,7 +6,7 @@ from typing import Any
 from dotenv import load_dotenv
 from flask import Flask
 
-from jobqueue import QueueUnavailable
+from jobqueue import InvalidJobData, QueueUnavailable
 from rideshare import redis_memory
 from rideshare.celery_app import celery_init_app
 from rideshare.config import settings_from_env
@@ -59,9 +59,11 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, worker: bool = F
     from rideshare.mail.api import blp as mail_blp
     from rideshare.payments.api import blp as payments_blp
     from rideshare.rides.api import blp as rides_blp
-    from rideshare.validation import Money
+    from rideshare.validation import IdField, Money
 
-    api.register_field(Money, None, None)  # a number or a string: its metadata states both forms (oneOf)
+    # A number or a string: each one's metadata states both forms (oneOf).
+    api.register_field(Money, None, None)
+    api.register_field(IdField, None, None)
     for blueprint in (rides_blp, payments_blp, mail_blp, jobs_blp, admin_blp):
         api.register_blueprint(blueprint)
     app.register_blueprint(health.bp)
@@ -79,5 +81,17 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, worker: bool = F
             "message": "The job queue is unavailable; nothing was queued. Try again shortly.",
         }
         return body, 503, {"Retry-After": "5"}
+
+    @app.errorhandler(InvalidJobData)
+    def invalid_job_data(exc: InvalidJobData) -> tuple[dict[str, Any], int]:
+        # A request its own schema took but whose job its queue's schema refuses: a 422 naming
+        # the job's fields, nothing queued (a route that knows better answers for itself).
+        body = {
+            "code": 422,
+            "status": "Unprocessable Entity",
+            "message": "The job this request makes is not valid; nothing was queued.",
+            "errors": {"json": exc.errors},
+        }
+        return body, 422
 
     return app

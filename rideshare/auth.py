@@ -12,7 +12,9 @@ from flask import current_app, g, request, session
 from flask_smorest import abort
 from werkzeug.exceptions import HTTPException
 
-ROLES = ("user", "admin")
+# viewer: the dashboard and the admin API's reads; every change needs admin.
+ROLES = ("user", "viewer", "admin")
+VIEW_ROLES = ("viewer", "admin")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -26,6 +28,11 @@ class Principal:
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def can_view(self) -> bool:
+        """May read the admin API and the dashboard (viewer or admin)."""
+        return self.role in VIEW_ROLES
 
 
 def issue_token(user_id: str, role: str = "user", ttl_seconds: int | None = None) -> str:
@@ -114,31 +121,39 @@ def csrf_token() -> str:
     return session["csrf"]
 
 
-def admin_required(view: F) -> F:
-    """401 without a valid token (header or dashboard session), 403 unless its role is admin.
+def _role_required(roles: tuple[str, ...], refusal: str) -> Callable[[F], F]:
+    """401 without a valid token (header or dashboard session), 403 unless its role is one of roles.
 
-    The role is checked on every request. A change made with the session
-    cookie must also carry the session's CSRF token.
+    The role is checked on every request. A request other than a read made with
+    the session cookie must also carry the session's CSRF token.
     """
 
-    @wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        user = principal_from_request()
-        by_cookie = user is None
-        if by_cookie:
-            user = principal_from_session()
-        if user is None:
-            _unauthorized("a bearer token is required")
-        if not user.is_admin:
-            abort(403, message="admin role required")
-        if by_cookie and request.method not in ("GET", "HEAD", "OPTIONS"):
-            sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token", "")
-            if not secrets.compare_digest(sent, session.get("csrf", "")) or not sent:
-                abort(403, message="missing or wrong CSRF token")
-        g.user = user
-        return view(*args, **kwargs)
+    def decorator(view: F) -> F:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            user = principal_from_request()
+            by_cookie = user is None
+            if by_cookie:
+                user = principal_from_session()
+            if user is None:
+                _unauthorized("a bearer token is required")
+            if user.role not in roles:
+                abort(403, message=refusal)
+            if by_cookie and request.method not in ("GET", "HEAD", "OPTIONS"):
+                sent = request.headers.get("X-CSRF-Token") or request.form.get("csrf_token", "")
+                if not secrets.compare_digest(sent, session.get("csrf", "")) or not sent:
+                    abort(403, message="missing or wrong CSRF token")
+            g.user = user
+            return view(*args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+        return wrapper  # type: ignore[return-value]
+
+    return decorator
+
+
+# Every change (retry, delete, clean, pause) needs admin; reads need viewer or admin.
+admin_required = _role_required(("admin",), "admin role required")
+viewer_required = _role_required(VIEW_ROLES, "viewer or admin role required")
 
 
 def current_user() -> Principal:

@@ -1,6 +1,7 @@
 """Field rules shared by the request schemas."""
 
 import re
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -10,6 +11,7 @@ MAX_AMOUNT = 100_000
 # Ids are 32-bit SQL integers: larger ones are simply not found, never a database error.
 MAX_ID = 2**31 - 1
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 # An amount as a string: digits with up to 2 decimals (so ^\d{1,6}(\.\d{1,2})?$ holds), no
 # leading zeros, and within (0, MAX_AMOUNT], so that the pattern alone, as the document
 # states it, says exactly which strings are taken: 0.01 to 99999.99, or 100000.
@@ -70,6 +72,27 @@ def single_line(value: str) -> None:
         raise ValidationError("must be one line without control characters")
 
 
+def unicode_text(value: str) -> None:
+    """Reject lone surrogates (a JSON "\\ud800"): no database, mail header or body can encode them."""
+    if LONE_SURROGATE.search(value):
+        raise ValidationError("must be valid Unicode text (no lone surrogates)")
+
+
+def ascii_address(value: str) -> None:
+    """Reject an address SMTP cannot take without SMTPUTF8, which is not assumed of the server."""
+    if not value.isascii():
+        raise ValidationError("must be an ASCII address (internationalised addresses cannot be sent)")
+
+
+def email_address(description: str, *, required: bool = True) -> fields.Email:
+    """An email address the mail worker can send to."""
+    return fields.Email(
+        required=required,
+        validate=[validate.Length(max=254), ascii_address],
+        metadata={"description": description, "pattern": "^[\\x21-\\x7e]+$"},
+    )
+
+
 def pattern(regex: str, error: str) -> validate.Regexp:
     """A regular expression the whole value must match (no trailing newline slips through)."""
     return validate.Regexp(rf"(?:{regex})\Z", error=error)
@@ -82,10 +105,73 @@ def identifier(description: str) -> fields.Integer:
     )
 
 
+MAX_ID_LENGTH = 64
+# A numeric id is any 64-bit one: ids of users and drivers come from other systems.
+MAX_NUMERIC_ID = 2**63 - 1
+ID_FORMS = [
+    {"type": "integer", "minimum": 0, "maximum": MAX_NUMERIC_ID},
+    {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH, "pattern": r"^[^\x00-\x1f\x7f]+$"},
+]
+
+
+class IdField(fields.Field):
+    """An id sent as a non-negative JSON integer or a non-empty one-line string, loaded as a string.
+
+    42 and "42" are the same id, so a rider sent as a number owns the ride a token for "42" asks about.
+    """
+
+    default_error_messages = {
+        "invalid": "must be a non-negative integer or a string",
+        "range": f"must be an integer from 0 to {MAX_NUMERIC_ID}",
+        "length": f"must be a string of 1 to {MAX_ID_LENGTH} characters",
+        "line": "must be one line without control characters",
+    }
+
+    def __init__(self, *, metadata: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        # OpenAPI 3.0 says "integer or string" only with oneOf; apispec is told to add no type.
+        super().__init__(metadata={"oneOf": ID_FORMS, "example": "42", **(metadata or {})}, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        if isinstance(value, str):
+            if not 0 < len(value) <= MAX_ID_LENGTH:
+                raise self.make_error("length")
+            if CONTROL_CHARS.search(value):
+                raise self.make_error("line")
+            unicode_text(value)
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.make_error("invalid")
+        if not 0 <= value <= MAX_NUMERIC_ID:
+            raise self.make_error("range")
+        return str(value)
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> str | None:
+        return None if value is None else str(value)
+
+
+def user_id(description: str, *, required: bool = True) -> IdField:
+    """A user's id (rider, driver): a JSON integer or string, kept as a string."""
+    return IdField(required=required, allow_none=not required, metadata={"description": description})
+
+
+def row_id(value: str) -> None:
+    """Reject an id that is not a SQL row's: an integer from 1 to MAX_ID, in digits."""
+    if not (value.isascii() and value.isdigit() and value[0] != "0" and int(value) <= MAX_ID):
+        raise ValidationError(f"must be an integer from 1 to {MAX_ID}")
+
+
+def iso_datetime(value: str) -> None:
+    """Reject a time that datetime.fromisoformat, which the worker reads it with, cannot read."""
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationError("must be an ISO 8601 date and time, like 2026-01-31T14:05:00+00:00") from None
+
+
 def text(description: str, max_length: int, required: bool = True) -> fields.String:
     """A non-empty one-line string of bounded length."""
     return fields.String(
         required=required,
-        validate=[validate.Length(min=1, max=max_length), single_line],
+        validate=[validate.Length(min=1, max=max_length), single_line, unicode_text],
         metadata={"description": description, "pattern": r"^[^\x00-\x1f\x7f]+$"},
     )

@@ -24,16 +24,20 @@ from rideshare.admin.schemas import (
     RetriedSchema,
     RetryBodySchema,
 )
-from rideshare.auth import admin_required, current_user
+from rideshare.auth import admin_required, current_user, viewer_required
 from rideshare.jobs import control, get_job, get_queue
 from rideshare.queues import QUEUES
 from rideshare.ratelimit import job_limits
 
-blp = Blueprint("admin", __name__, url_prefix="/admin", description="Queue and job control (role admin)")
+blp = Blueprint("admin", __name__, url_prefix="/admin", description="Queue and job control (role admin; reads: viewer)")
 F = TypeVar("F", bound=Callable[..., Any])
 ADMIN_DOC = {
     "security": [{"bearerAuth": []}],
     "responses": {"401": {"description": "No valid token"}, "403": {"description": "Not an admin"}},
+}
+VIEWER_DOC = {
+    "security": [{"bearerAuth": []}],
+    "responses": {"401": {"description": "No valid token"}, "403": {"description": "Neither a viewer nor an admin"}},
 }
 
 
@@ -70,9 +74,9 @@ def _actor() -> str:
 
 @blp.route("/queues")
 class Queues(MethodView):
-    decorators = [admin_required]
+    decorators = [viewer_required]
 
-    @blp.doc(**ADMIN_DOC)
+    @blp.doc(**VIEWER_DOC)
     @blp.response(200, QueuesSchema)
     def get(self) -> dict[str, Any]:
         """Counts, pause state, workers, throughput and processing times of every queue."""
@@ -81,9 +85,9 @@ class Queues(MethodView):
 
 @blp.route("/queues/<string:queue>")
 class QueueResource(MethodView):
-    decorators = [known_queue, admin_required]
+    decorators = [known_queue, viewer_required]
 
-    @blp.doc(**ADMIN_DOC)
+    @blp.doc(**VIEWER_DOC)
     @blp.response(200, QueueOverviewSchema)
     def get(self, queue: str) -> dict[str, Any]:
         """One queue's overview."""
@@ -92,9 +96,9 @@ class QueueResource(MethodView):
 
 @blp.route("/queues/<string:queue>/jobs")
 class QueueJobs(MethodView):
-    decorators = [known_queue, admin_required]
+    decorators = [known_queue, viewer_required]
 
-    @blp.doc(**ADMIN_DOC)
+    @blp.doc(**VIEWER_DOC)
     # unknown=RAISE: a misspelt filter (?stat=failed) is a 422, not a silently unfiltered list.
     @blp.arguments(JobListArgsSchema, location="query", unknown=RAISE)
     @blp.response(200, JobPageSchema)
@@ -166,9 +170,9 @@ blp.route("/queues/<string:queue>/resume", endpoint="resume")(_pause_view(False)
 
 @blp.route("/jobs/<string:job_id>")
 class AdminJob(MethodView):
-    decorators = [admin_required]
+    decorators = [viewer_required]  # reads; delete needs admin as well
 
-    @blp.doc(**ADMIN_DOC)
+    @blp.doc(**VIEWER_DOC)
     @blp.response(200, JobDetailSchema)
     def get(self, job_id: str) -> JobDetail:
         """Everything about one job: masked data, options, every attempt, result."""
@@ -181,6 +185,7 @@ class AdminJob(MethodView):
     @blp.response(204)
     @blp.alt_response(404, schema=ErrorSchema, description="No such job")
     @blp.alt_response(409, schema=ErrorSchema, description="The job is running")
+    @admin_required
     def delete(self, job_id: str) -> None:
         """Remove a job that is not running."""
         try:
@@ -217,9 +222,9 @@ class RetryJob(MethodView):
 
 @blp.route("/audit")
 class Audit(MethodView):
-    decorators = [admin_required]
+    decorators = [viewer_required]
 
-    @blp.doc(**ADMIN_DOC)
+    @blp.doc(**VIEWER_DOC)
     @blp.arguments(AuditArgsSchema, location="query", unknown=RAISE)
     @blp.response(200, AuditPageSchema)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:

@@ -2,20 +2,31 @@
 
 from marshmallow import Schema, fields, validate
 
-from rideshare.validation import text
+from rideshare.validation import MAX_AMOUNT, IdField, iso_datetime, row_id, text, two_decimals, user_id
+
+# Every field the worker reads (rideshare.analytics.service.record_event) is checked here as
+# the worker reads it, so bad data is refused when the job is added, never failed by a worker.
 
 
 class RideMetricsSchema(Schema):
-    fare = fields.Decimal(as_string=True, allow_nan=False, validate=validate.Range(min=0, max=100_000))
+    fare = fields.Decimal(
+        allow_nan=False,
+        validate=[validate.Range(min=0, max=MAX_AMOUNT), two_decimals],
+        metadata={"description": "In major units, at most 2 decimals (a number or a decimal string)"},
+    )
     distance = fields.Float(allow_nan=False, validate=validate.Range(min=0, max=10_000))
-    duration = fields.Integer(validate=validate.Range(min=0, max=7 * 24 * 3600))
+    duration = fields.Integer(strict=True, validate=validate.Range(min=0, max=7 * 24 * 3600))
 
 
 class AnalyticsJobSchema(Schema):
     event = text("Event name, e.g. ride_completed", 64)
     eventId = text("Unique per event: a replay with the same id is counted once", 128)
-    rideId = fields.Integer(allow_none=True)
-    userId = fields.String(allow_none=True, validate=validate.Length(max=64))
-    driverId = fields.String(allow_none=True, validate=validate.Length(max=64))
-    occurredAt = fields.String(allow_none=True)
+    rideId = IdField(allow_none=True, validate=row_id, metadata={"description": "The ride, as a number or its digits"})
+    userId = user_id("The rider", required=False)
+    driverId = user_id("The driver", required=False)
+    occurredAt = fields.String(
+        allow_none=True,
+        validate=[validate.Length(max=64), iso_datetime],
+        metadata={"description": "ISO 8601; without it, the time the worker records the event"},
+    )
     data = fields.Nested(RideMetricsSchema, load_default=dict)

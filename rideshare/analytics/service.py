@@ -25,6 +25,7 @@ def record_event(data: dict[str, Any]) -> dict[str, Any]:
     distance = float(body["distance"]) if body.get("distance") is not None else None
     duration = int(body["duration"]) if body.get("duration") is not None else None
     occurred_at = datetime.fromisoformat(data["occurredAt"]) if data.get("occurredAt") else utcnow()
+    driver_id = _id_text(data.get("driverId"))
     with get_db().session() as session:
         insert = dialect_insert(session)
         event_pk = session.scalar(
@@ -32,9 +33,9 @@ def record_event(data: dict[str, Any]) -> dict[str, Any]:
             .values(
                 event_id=data["eventId"],
                 event=data["event"],
-                ride_id=data.get("rideId"),
-                user_id=data.get("userId"),
-                driver_id=data.get("driverId"),
+                ride_id=int(data["rideId"]) if data.get("rideId") is not None else None,
+                user_id=_id_text(data.get("userId")),
+                driver_id=driver_id,
                 fare=fare,
                 distance_km=distance,
                 duration_s=duration,
@@ -48,8 +49,13 @@ def record_event(data: dict[str, Any]) -> dict[str, Any]:
         if event_pk is None:
             return {"eventId": data["eventId"], "recorded": False, "duplicate": True}
         if data["event"] == RIDE_COMPLETED:
-            _add_ride(session, data.get("driverId"), occurred_at, fare, distance, duration)
+            _add_ride(session, driver_id, occurred_at, fare, distance, duration)
     return {"eventId": data["eventId"], "recorded": True, "duplicate": False}
+
+
+def _id_text(value: Any) -> str | None:
+    """A user id as stored: the schema takes 42 and "42" as the same id."""
+    return None if value is None else str(value)
 
 
 def _add_ride(

@@ -3,7 +3,7 @@
 from marshmallow import Schema, fields, validate
 
 from rideshare.currencies import ISO_4217
-from rideshare.validation import identifier, money, pattern
+from rideshare.validation import email_address, identifier, money, pattern
 
 # The codes ISO 4217 lists today, in upper or lower case; a OneOf, so the document lists them too.
 CURRENCY_CODES = sorted(ISO_4217) + sorted(code.lower() for code in ISO_4217)
@@ -28,10 +28,7 @@ class PaymentCreateSchema(Schema):
         metadata={"description": "Stripe PaymentMethod id", "example": "pm_card_visa"},
     )
     rideId = identifier("The ride being paid for")
-    receiptEmail = fields.Email(
-        validate=validate.Length(max=254),
-        metadata={"description": "Where the receipt is emailed once the charge succeeds"},
-    )
+    receiptEmail = email_address("Where the receipt is emailed once the charge succeeds", required=False)
 
 
 class PaymentAcceptedSchema(Schema):

@@ -2,18 +2,18 @@
 
 from marshmallow import Schema, fields, validate
 
-from rideshare.validation import money, text
+from rideshare.validation import money, text, user_id
 
 
 class RideCreateSchema(Schema):
-    riderId = text("The rider's user id", 64)
-    driverId = text("The driver's user id", 64)
+    riderId = user_id("The rider's user id")
+    driverId = user_id("The driver's user id")
     pickup = text("Pickup address or place", 200)
     dropoff = text("Drop-off address or place", 200)
 
 
 class RideCompleteSchema(Schema):
-    driverId = text("Must be the ride's driver", 64)
+    driverId = user_id("Must be the ride's driver")
     fare = money("Fare charged for the ride")
     distance = fields.Float(
         required=True,

@@ -251,10 +251,16 @@ def test_ride_with_an_unknown_field_is_rejected(client, stack, headers):
         ("dropoff", "x" * 201),
         ("riderId", ""),
         ("pickup", ""),
-        ("driverId", 7),
+        ("driverId", 7.5),
+        ("driverId", 7.0),
+        ("driverId", -7),
+        ("driverId", True),
+        ("riderId", 2**63),
+        ("riderId", ["42"]),
         ("dropoff", None),
         ("pickup", "Main St\r\nX-Injected: 1"),
         ("riderId", "42\x00"),
+        ("riderId", "42\ud800"),
     ],
 )
 def test_ride_with_a_bad_field_names_it(client, stack, headers, field, value):

@@ -78,7 +78,7 @@ def test_replayed_event_is_not_counted_twice(app, stack):
     assert count == 1
 
 
-def test_bulk_add_runs_batches_of_jobs_each_with_its_own_state(app, stack):
+def test_bulk_add_runs_batches_of_jobs_each_with_its_own_state(app, stack, monkeypatch):
     driver_id = f"driver-{secrets.token_hex(3)}"
 
     def event(i: int, **extra) -> dict:
@@ -94,8 +94,12 @@ def test_bulk_add_runs_batches_of_jobs_each_with_its_own_state(app, stack):
     log_offset = len(stack.worker_log.read_bytes())
     items = [event(i) for i in range(43)]
     items.append(event(7))  # a replay of event 7: recorded once
-    items.append(event(99, occurredAt="not a date"))  # fails for good; the others go on
-    jobs = add_analytics_jobs(items)
+    # Fails for good; the others go on. Add refuses such a time now (tests/api/test_job_data.py),
+    # so the check is skipped here, as for a job queued before it was made.
+    items.append(event(99, occurredAt="not a date"))
+    with monkeypatch.context() as patch:
+        patch.setattr(get_queue("analytics"), "validate", lambda data: None)
+        jobs = add_analytics_jobs(items)
     assert len(jobs) == 45 and len({job.id for job in jobs}) == 45
 
     final = [stack.wait_for_job(job.id) for job in jobs]

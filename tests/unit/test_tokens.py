@@ -9,6 +9,7 @@ from flask import Flask
 from werkzeug.exceptions import HTTPException
 
 from rideshare.auth import Principal, issue_token, principal_from_request
+from rideshare.cli import token_create
 
 SECRET = "unit-test-secret-key-of-at-least-32-bytes"
 
@@ -59,7 +60,7 @@ def test_negative_ttl_is_already_expired(app):
 
 @pytest.mark.parametrize("role", ["root", "", "Admin", None])
 def test_unknown_role_raises_value_error(app, role):
-    with pytest.raises(ValueError, match="role must be one of user, admin"):
+    with pytest.raises(ValueError, match="role must be one of user, viewer, admin"):
         issue_token("42", role)
 
 
@@ -76,6 +77,22 @@ def test_principal_from_a_valid_header(app):
         principal = principal_from_request()
     assert principal == Principal("42", "admin")
     assert principal.is_admin
+
+
+def test_a_viewer_token_reads_but_is_not_an_admin(app):
+    with app.test_request_context(headers={"Authorization": f"Bearer {issue_token('9', 'viewer')}"}):
+        principal = principal_from_request()
+    assert principal == Principal("9", "viewer")
+    assert principal.can_view and not principal.is_admin
+    assert Principal("1", "admin").can_view and not Principal("42", "user").can_view
+
+
+def test_the_cli_issues_a_viewer_token(app):
+    result = app.test_cli_runner().invoke(token_create, ["--user", "9", "--role", "viewer"])
+    assert result.exit_code == 0, result.output
+    assert decode(result.output.strip())["role"] == "viewer"
+    refused = app.test_cli_runner().invoke(token_create, ["--user", "9", "--role", "root"])
+    assert refused.exit_code != 0 and "viewer" in refused.output
 
 
 def test_no_header_is_no_principal(app):
