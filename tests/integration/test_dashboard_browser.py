@@ -215,10 +215,19 @@ def test_an_admin_searches_retries_cancels_and_bulk_retries_while_counts_and_cha
     )
     for payment in others:
         assert stack.wait_for_job(payment["jobId"]).attempts == 2
-    if SHOTS:
-        page.goto(f"{live_server}/admin/ui/health/payment")
+    if SHOTS:  # some traffic, so the charts have something to draw
+        refused = [f"nobody-{i}@example.com" for i in range(4)]
+        for to in refused:
+            stack.services.smtp.handler.plan(to, "550 5.1.1 no such user")
+        sent = [
+            add_email_job({"to": to, "subject": "Hi", "text": "hello"}) for to in [*refused, *["a@example.com"] * 20]
+        ]
+        for job in sent:
+            stack.wait_for_job(job.id)
+        page.goto(f"{live_server}/admin/ui/health/email")
         shot(page, "dashboard-health")
         page.goto(f"{live_server}/admin/")
+        page.wait_for_selector('#live[data-live="on"]')
         shot(page, "dashboard")
 
 
