@@ -10,6 +10,7 @@ nothing of the application that uses it.
 """
 
 from jobqueue.errors import (
+    CancelRefused,
     InvalidJobData,
     JobCancelled,
     JobTimeout,
@@ -25,6 +26,7 @@ from jobqueue.store import JobRecord, JobStore, Retention, StaleDelivery
 
 __all__ = [
     "Backoff",
+    "CancelRefused",
     "EngineSettings",
     "InvalidJobData",
     "InvalidJobOptions",

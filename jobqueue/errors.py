@@ -27,6 +27,10 @@ class InvalidJobData(ValueError):
         self.errors = errors
 
 
+class CancelRefused(Exception):
+    """A queue's on_cancel hook refuses a cancel (the job's work can no longer be undone)."""
+
+
 class JobCancelled(Exception):
     """The job was cancelled while it ran (job.raise_if_cancelled): it ends cancelled, never retried."""
 

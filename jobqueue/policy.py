@@ -56,6 +56,14 @@ class QueuePolicy:
     # How often one job may snooze (raise Snooze) before it fails instead.
     max_snoozes: int = 100
     on_final_failure: Hook = None  # (job, reason): once, when a job has failed for good
+    # (job, reason): before a job that has not finished is cancelled, so the domain can undo
+    # or stop what the job would do (cancel a PaymentIntent); raising CancelRefused refuses
+    # the cancel, and the job is left as it is.
+    on_cancel: Hook = None
+    # Whether a running job cancelled that does not stop at a check point is terminated by its
+    # pool after a grace. A queue whose work must not be cut mid-call says False and stops
+    # only at its check points (and on its on_cancel's terms).
+    terminate_on_cancel: bool = True
     on_manual_retry: Hook = None  # (job, data): before an operator's retry requeues a failed job
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -64,7 +72,7 @@ class QueuePolicy:
             parts = entry if isinstance(entry, tuple) else (entry,)
             if not all(_is_error_class(part) or (callable(part) and not isinstance(part, type)) for part in parts):
                 raise TypeError(f"{self.name}: retry_on takes exception classes and predicates, not {entry!r}")
-        for name in ("on_final_failure", "on_manual_retry"):
+        for name in ("on_final_failure", "on_manual_retry", "on_cancel"):
             hook = getattr(self, name)
             if hook is not None and not callable(hook):
                 raise TypeError(f"{self.name}: {name} must be a callable, not {hook!r}")
@@ -99,5 +107,5 @@ class QueuePolicy:
         return isinstance(exc, classes) or any(predicate(exc) for predicate in predicates)
 
     def hook(self, name: str) -> Callable[..., Any] | None:
-        """The on_final_failure or on_manual_retry hook."""
+        """The on_final_failure, on_manual_retry or on_cancel hook."""
         return getattr(self, name)

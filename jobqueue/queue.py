@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 
 from jobqueue import tracing
 from jobqueue.errors import InvalidJobData, QueueUnavailable
+from jobqueue.lifecycle import FINISHED
 from jobqueue.options import InvalidJobOptions, JobOptions, resolve_options
 from jobqueue.policy import QueuePolicy
 from jobqueue.store import JobRecord, JobStore, Retention, now_ms, to_json
@@ -262,10 +263,20 @@ class JobQueue:
         (its check points raise JobCancelled, its worker's cancel watch cuts its deadline) and
         ends cancelled, never retried. Survives any restart: it is in the store.
 
+        The policy's on_cancel hook runs first, for a job that has not finished: raising
+        CancelRefused there refuses the cancel (propagated; nothing changes).
+
         Returns 'cancelled', 'cancelling' (running: asked), the finished state it is in
         (left alone), or None for an unknown job.
         """
         reason = (str(reason) or "cancelled")[:500]
+        hook = self.policy.hook("on_cancel")
+        if hook is not None:
+            job = self.get_job(job_id)
+            if job is None:
+                return None
+            if job.state not in FINISHED:
+                hook(job, reason)
         return self.store.cancel(job_id, self.name, reason, self.keep_failed)
 
     def snooze(self, job_id: str, delay_ms: int) -> str | None:

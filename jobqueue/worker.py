@@ -328,10 +328,11 @@ class Housekeeping(bootsteps.StartStopStep):
         """Terminate the running jobs of this worker that were cancelled and did not stop
         by themselves within CANCEL_GRACE_MS (one read per running job, once a second).
         The terminated delivery then ends its job cancelled (jobqueue.task.end_terminated)."""
+        terminable = {q.task_name for q in jobs.queues.values() if q.policy.terminate_on_cancel}
         running = [
             r
             for r in celery_seams.running_requests()
-            if r.task_name in jobs.tasks and r.id not in self.terminated and isinstance(_job_fields(r), dict)
+            if r.task_name in terminable and r.id not in self.terminated and isinstance(_job_fields(r), dict)
         ]
         if not running:
             self.terminated.clear()

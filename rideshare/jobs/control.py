@@ -15,7 +15,7 @@ from typing import Any
 from flask import current_app
 from redis.exceptions import RedisError
 
-from jobqueue import InvalidJobOptions, Job, JobService, QueueUnavailable
+from jobqueue import CancelRefused, InvalidJobOptions, Job, JobService, QueueUnavailable
 from jobqueue.lifecycle import PENDING
 from jobqueue.store import STATES, percentiles
 from rideshare.audit import audit, audit_entries  # noqa: F401 - audit_entries is part of this module's face
@@ -190,6 +190,11 @@ def cancel_job(job_id: str, *, actor: str, reason: str) -> str:
         outcome = get_queue(job.queue).cancel(job_id, reason)
     except RedisError as exc:
         raise QueueUnavailable(f"job store unreachable: {exc}") from exc
+    except CancelRefused as exc:
+        # The queue's domain refused (a payment already charged): nothing was changed.
+        conflict = JobStateConflict(job_id, job.state, "cancel")
+        conflict.args = (f"job {job_id} cannot be cancelled: {exc}",)
+        raise conflict from exc
     if outcome is None:
         raise JobNotFound(job_id)
     # A job that already was cancelled reads 'cancelled' again: a conflict, not a second cancel.

@@ -23,6 +23,22 @@ def payment_failed_for_good(job: Job, reason: str) -> Any:
     return run(job, reason)
 
 
+def cancel_before_job(job: Job, reason: str) -> None:
+    """Before a payment job is cancelled (by an operator, the API or a ride's cancel): cancel
+    the payment itself, its PaymentIntent at Stripe first, so that no run of the job can
+    charge it (rideshare.payments.service.cancel_payment). A payment already charged (or
+    processing at the gateway) refuses: the job is left to finish."""
+    from jobqueue import CancelRefused
+    from rideshare.payments.service import PaymentCharged, cancel_payment
+
+    try:
+        cancel_payment(int(job.data["paymentId"]), reason)
+    except PaymentCharged as exc:
+        raise CancelRefused(str(exc)) from exc
+    except LookupError:
+        pass  # no payment row (a job added by hand): nothing to stop but the job
+
+
 def reopen_for_retry(job: Job, data: dict[str, Any]) -> Any:
     """Reopen a failed payment for an operator's retry, with a new PaymentMethod if given."""
     from rideshare.payments.charge import reopen_for_retry as run

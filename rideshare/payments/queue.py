@@ -4,7 +4,12 @@ when they run: only payment workers load it."""
 from sqlalchemy.exc import OperationalError
 
 from jobqueue import Backoff, QueuePolicy
-from rideshare.payments.hooks import is_transient_gateway_error, payment_failed_for_good, reopen_for_retry
+from rideshare.payments.hooks import (
+    cancel_before_job,
+    is_transient_gateway_error,
+    payment_failed_for_good,
+    reopen_for_retry,
+)
 from rideshare.payments.schemas import PaymentJobSchema
 
 PAYMENT_QUEUE = QueuePolicy(
@@ -24,6 +29,11 @@ PAYMENT_QUEUE = QueuePolicy(
     # at most this often: about 11 hours with this backoff (5 s doubling, 15 min at most).
     max_snoozes=50,
     on_final_failure=payment_failed_for_good,
+    # A cancel (an operator's, or a ride's) cancels the payment at Stripe first, or is refused
+    # once it is charged; a running charge is then stopped only at its check points, never
+    # cut mid-call (Stripe refuses to confirm a cancelled intent).
+    on_cancel=cancel_before_job,
+    terminate_on_cancel=False,
     # An operator's retry reopens the failed payment, with a new PaymentMethod if given.
     on_manual_retry=reopen_for_retry,
 )

@@ -211,3 +211,19 @@ def test_only_the_rider_or_an_admin_cancels_a_ride_and_an_admin_is_audited(app, 
     with get_db().session() as session:
         entry = session.scalars(select(AuditEntry).where(AuditEntry.target == f"ride:{ride_id}")).one()
     assert (entry.actor, entry.action, entry.details) == ("1", "ride.cancel", {"reason": "duplicate", "payments": []})
+
+
+def test_an_admin_cancelling_a_payment_job_cancels_the_payment_first(app, client, stack, auth_headers):
+    """The payment queue's on_cancel hook: the payment row (and any intent at Stripe) is
+    cancelled before the job, so no run of it can charge, and nothing is left pending."""
+    ride_id = create_ride(client, auth_headers("42"))
+    payment_id, job_id = new_payment(ride_id, delay=60_000)
+
+    response = client.post(
+        f"/admin/jobs/{job_id}/cancel", json={"reason": "support: duplicate"}, headers=auth_headers(role="admin")
+    )
+
+    assert response.status_code == 200, response.json
+    assert stack.job(job_id).state == "cancelled"
+    assert payment_row(payment_id).status == "cancelled"
+    assert intents_for(stack, payment_id) == []
