@@ -7,7 +7,7 @@ from dotenv import load_dotenv
 from flask import Flask
 
 from jobqueue import InvalidJobData, QueueUnavailable
-from rideshare import redis_memory
+from rideshare import redis_memory, telemetry
 from rideshare.celery_app import celery_init_app
 from rideshare.config import settings_from_env
 from rideshare.db import Database, load_models
@@ -41,6 +41,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, worker: bool = F
     load_models()
     celery_init_app(app)
     redis_memory.init_app(app)
+    telemetry.init_app(app, worker=worker)
     if worker:
         return app
 

@@ -14,6 +14,8 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.types import TypeDecorator
 
+from rideshare import telemetry
+
 log = logging.getLogger("rideshare.db")
 
 
@@ -83,6 +85,7 @@ class Database:
     def bind(self, engine: Engine) -> None:
         self.engine = engine
         self.sessionmaker = sessionmaker(engine, expire_on_commit=False)
+        telemetry.trace_engine(engine)  # a rebuilt engine is traced as the first was; nothing while off
 
     def grow_pool(self, pool_size: int) -> None:
         """Rebuild the engine with at least pool_size connections (before any job runs).

@@ -23,6 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from jobqueue import Job, PermanentJobError, StaleDelivery, TransientJobError
 from jobqueue.deadline import job_time_left
+from rideshare import telemetry
 from rideshare.db import get_db, utcnow
 from rideshare.jobs.progress import log_line, report_step, stop_if_cancelled
 from rideshare.mail.models import FAILED, RETRYING, SENDING, SENT, EmailDelivery
@@ -278,9 +279,11 @@ def send_email(job: Job) -> dict[str, Any]:
     sent = _begin_attempt(job)
     if sent is not None:
         return {"messageId": sent.message_id, "reply": sent.last_reply, "duplicate": True}
-    msg = build_message(data, current_app.config["MAIL_FROM"])
+    cfg = current_app.config
+    msg = build_message(data, cfg["MAIL_FROM"])
     try:
-        reply = _deliver(msg)
+        with telemetry.client_span("smtp send", {"server.address": cfg["SMTP_HOST"], "server.port": cfg["SMTP_PORT"]}):
+            reply = _deliver(msg)
     except SmtpReplyError as exc:
         log_line(job, f"SMTP {exc}"[:500])
         if 400 <= exc.code < 500:
