@@ -1,10 +1,11 @@
 """The admin JSON API under /admin: queues, jobs, retries, cleaning, pause, audit."""
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, TypeVar
 
+from flask import Response
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 from flask_smorest.error_handler import ErrorSchema
@@ -14,18 +15,39 @@ from jobqueue import InvalidJobData, Job
 from rideshare.admin.schemas import (
     AuditArgsSchema,
     AuditPageSchema,
+    BulkBodySchema,
+    BulkResultSchema,
+    CancelBodySchema,
     CleanBodySchema,
     CleanedSchema,
+    EditDataBodySchema,
+    HistoryArgsSchema,
     JobDetailSchema,
     JobListArgsSchema,
     JobPageSchema,
+    JobSearchArgsSchema,
+    JobSearchPageSchema,
+    QueueEventsArgsSchema,
+    QueueHealthSchema,
     QueueOverviewSchema,
     QueuesSchema,
     RetriedSchema,
     RetryBodySchema,
+    SnoozeBodySchema,
 )
 from rideshare.auth import admin_required, current_user, viewer_required
 from rideshare.jobs import control, get_job, get_queue
+from rideshare.jobs.events import (
+    EVENT_STREAM_DOC,
+    TOO_MANY_STREAMS_DOC,
+    TooManyStreams,
+    parse_positions,
+    payload,
+    queue_stream,
+    sse,
+    stream_seconds,
+)
+from rideshare.jobs.schemas import QueueStreamHeadersSchema, masked_logs
 from rideshare.queues import QUEUES
 from rideshare.ratelimit import job_limits
 
@@ -55,17 +77,24 @@ def known_queue(view: F) -> F:
 
 @dataclass
 class JobDetail:
-    """A job with its attempt log, as GET /admin/jobs/<id> shows it."""
+    """A job with its attempt log, log lines and recent events, as GET /admin/jobs/<id> shows it."""
 
     job: Job
     attempt_log: list[dict[str, Any]]
+    logs: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.job, name)
 
 
 def job_detail(job: Job) -> JobDetail:
-    return JobDetail(job, get_queue(job.queue).store.attempts(job.id, job.queue))
+    store = get_queue(job.queue).store
+    events = []
+    for raw in control.job_events(job):
+        _, shown = payload(job.queue, raw["eventId"], raw)
+        events.append({"eventId": raw["eventId"], **{k: v for k, v in shown.items() if k not in ("jobId", "queue")}})
+    return JobDetail(job, store.attempts(job.id, job.queue), masked_logs(store.logs(job.id, job.queue)), events)
 
 
 def _actor() -> str:
@@ -230,3 +259,164 @@ class Audit(MethodView):
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """Admin actions, newest first."""
         return {"entries": control.audit_entries(args["limit"], args.get("before"))}
+
+
+# -- search, cancel, snooze, edit, bulk, history, events (issue 14) ---------------------
+
+
+def search_filters(args: dict[str, Any]) -> dict[str, Any]:
+    """The query's filters as control.search_jobs and control.bulk_action take them (times in ms)."""
+    names = {"rideId": "ride_id", "paymentId": "payment_id"}
+    filters = {names.get(k, k): v for k, v in args.items() if k in SEARCH_FILTERS}
+    for bound in ("since", "until"):
+        if bound in filters:
+            filters[bound] = int(filters[bound].timestamp() * 1000)
+    return filters
+
+
+SEARCH_FILTERS = ("queue", "state", "name", "owner", "rideId", "paymentId", "q", "since", "until")
+
+
+@blp.route("/jobs")
+class JobSearch(MethodView):
+    decorators = [viewer_required]
+
+    @blp.doc(**VIEWER_DOC)
+    @blp.arguments(JobSearchArgsSchema, location="query", unknown=RAISE)
+    @blp.response(200, JobSearchPageSchema)
+    @blp.alt_response(422, schema=ErrorSchema, description="An unknown parameter, or a cursor of another search")
+    def get(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Jobs of every queue matching every filter given, newest first, from the search indexes.
+
+        A page may hold fewer than limit jobs while nextCursor is not null: follow it.
+        """
+        try:
+            jobs, next_cursor = control.search_jobs(
+                **search_filters(args), cursor=args.get("cursor"), limit=args["limit"]
+            )
+        except control.InvalidCursor as exc:
+            abort(422, errors={"query": {"cursor": [str(exc)]}})
+        return {"jobs": jobs, "nextCursor": next_cursor}
+
+
+@blp.route("/jobs/<string:job_id>/cancel")
+class CancelJob(MethodView):
+    decorators = [admin_required]
+
+    @blp.doc(**ADMIN_DOC)
+    @blp.arguments(CancelBodySchema, required=False)
+    @blp.response(200, JobDetailSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such job")
+    @blp.alt_response(409, schema=ErrorSchema, description="The job is finished already")
+    def post(self, body: dict[str, Any] | None, job_id: str) -> JobDetail:
+        """Cancel a job: waiting or delayed, it never runs; running, it is stopped within seconds."""
+        reason = (body or {}).get("reason") or "cancelled by an operator"
+        try:
+            control.cancel_job(job_id, actor=_actor(), reason=reason)
+        except control.JobNotFound:
+            abort(404, message=f"job {job_id} not found")
+        except control.JobStateConflict as exc:
+            abort(409, message=str(exc))
+        job = get_job(job_id)
+        if job is None:  # removed at once by the queue's retention
+            abort(404, message=f"job {job_id} was cancelled and removed")
+        return job_detail(job)
+
+
+@blp.route("/jobs/<string:job_id>/snooze")
+class SnoozeJob(MethodView):
+    decorators = [admin_required]
+
+    @blp.doc(**ADMIN_DOC)
+    @blp.arguments(SnoozeBodySchema)
+    @blp.response(200, JobDetailSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such job")
+    @blp.alt_response(409, schema=ErrorSchema, description="The job is running or finished")
+    def post(self, body: dict[str, Any], job_id: str) -> JobDetail:
+        """Run a waiting or delayed job delayMs from now instead."""
+        try:
+            job = control.snooze_job(job_id, actor=_actor(), delay_ms=body["delayMs"])
+        except control.JobNotFound:
+            abort(404, message=f"job {job_id} not found")
+        except control.JobStateConflict as exc:
+            abort(409, message=str(exc))
+        return job_detail(job)
+
+
+@blp.route("/jobs/<string:job_id>/data")
+class JobData(MethodView):
+    decorators = [admin_required]
+
+    @blp.doc(**ADMIN_DOC)
+    @blp.arguments(EditDataBodySchema)
+    @blp.response(200, JobDetailSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such job")
+    @blp.alt_response(409, schema=ErrorSchema, description="The job is running")
+    @blp.alt_response(422, schema=ErrorSchema, description="The data is not valid for the job's queue")
+    def put(self, body: dict[str, Any], job_id: str) -> JobDetail:
+        """Replace the data of a job that is not running; checked by its queue's schema."""
+        try:
+            job = control.edit_job_data(job_id, actor=_actor(), data=body["data"])
+        except control.JobNotFound:
+            abort(404, message=f"job {job_id} not found")
+        except control.JobStateConflict as exc:
+            abort(409, message=str(exc))
+        except InvalidJobData as exc:
+            abort(422, errors={"json": {"data": exc.errors}})
+        return job_detail(job)
+
+
+@blp.route("/jobs/bulk")
+class BulkJobs(MethodView):
+    decorators = [admin_required]
+
+    @blp.doc(**ADMIN_DOC)
+    @blp.arguments(BulkBodySchema)
+    @blp.response(200, BulkResultSchema)
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Retry, cancel or delete every job matching filter (at most 10,000); dryRun only counts them.
+
+        retry takes failed, cancelled and expired jobs; cancel waiting, delayed and running
+        ones; delete any that is not running. Others matching the filter are left alone.
+        """
+        result = control.bulk_action(
+            body["action"], actor=_actor(), dry_run=body["dryRun"], **search_filters(body["filter"])
+        )
+        return {"action": body["action"], "dryRun": body["dryRun"], **result}
+
+
+@blp.route("/queues/<string:queue>/history")
+class QueueHistory(MethodView):
+    decorators = [known_queue, viewer_required]
+
+    @blp.doc(**VIEWER_DOC)
+    @blp.arguments(HistoryArgsSchema, location="query", unknown=RAISE)
+    @blp.response(200, QueueHealthSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such queue")
+    def get(self, args: dict[str, Any], queue: str) -> dict[str, Any]:
+        """A queue's health: per-minute finishes over the last minutes (up to 72 h), wait and
+        processing p50/p95, the oldest waiting job, live workers, and a no-worker warning."""
+        return control.queue_health(queue, args["minutes"])
+
+
+@blp.route("/events")
+class QueueEvents(MethodView):
+    decorators = [viewer_required]
+
+    @blp.doc(**VIEWER_DOC)
+    @blp.doc(responses={"200": EVENT_STREAM_DOC, "503": TOO_MANY_STREAMS_DOC})
+    @blp.arguments(QueueEventsArgsSchema, location="query", unknown=RAISE)
+    @blp.arguments(QueueStreamHeadersSchema, location="headers")
+    @blp.alt_response(
+        422, schema=ErrorSchema, description="A bad parameter, or a Last-Event-ID this stream did not send"
+    )
+    def get(self, args: dict[str, Any], headers: dict[str, Any]) -> Response:
+        """Every job event of a queue (or of all queues) as it happens (Server-Sent Events):
+        first the counts, then each move, progress and log line; closes after timeout seconds."""
+        queues = [args["queue"]] if args.get("queue") else list(QUEUES)
+        positions = parse_positions(headers.get("last_event_id"), queues)
+        store = get_queue(queues[0]).store
+        try:
+            return sse(queue_stream(store, queues, positions, stream_seconds(args["timeout"])))
+        except TooManyStreams as exc:
+            abort(503, message=str(exc), headers={"Retry-After": "5"})

@@ -148,3 +148,35 @@ def test_currencies_are_taken_exactly_as_the_document_lists_them(client, stack, 
     ride_id = create_ride(client, headers)
     response = client.post("/payments", json={**PAYMENT, "currency": currency, "rideId": ride_id}, headers=headers)
     assert response.status_code == status, response.get_data(as_text=True)
+
+
+def test_the_job_control_routes_and_their_answers_are_in_the_document(spec):
+    paths = spec["paths"]
+    assert {"404", "409"} <= set(paths["/admin/jobs/{job_id}/cancel"]["post"]["responses"])
+    assert {"404", "409", "422"} <= set(paths["/admin/jobs/{job_id}/snooze"]["post"]["responses"])
+    assert {"404", "409", "422"} <= set(paths["/admin/jobs/{job_id}/data"]["put"]["responses"])
+    assert {"200", "422"} <= set(paths["/admin/jobs/bulk"]["post"]["responses"])
+    assert {"200", "404", "422"} <= set(paths["/admin/queues/{queue}/history"]["get"]["responses"])
+    search = {p["name"] for p in paths["/admin/jobs"]["get"]["parameters"]}
+    assert search == {
+        "queue",
+        "state",
+        "name",
+        "owner",
+        "rideId",
+        "paymentId",
+        "q",
+        "since",
+        "until",
+        "cursor",
+        "limit",
+    }
+    for path in ("/jobs/{job_id}/events", "/admin/events"):
+        operation = paths[path]["get"]
+        assert "text/event-stream" in operation["responses"]["200"]["content"]
+        assert "503" in operation["responses"]
+        timeout = next(p for p in operation["parameters"] if p["name"] == "timeout")["schema"]
+        assert timeout["minimum"] == 1 and timeout["maximum"] <= 300
+        assert any(p["name"] == "Last-Event-ID" and p["in"] == "header" for p in operation["parameters"])
+    states = paths["/admin/jobs"]["get"]["parameters"]
+    assert {"cancelled", "expired"} <= set(next(p for p in states if p["name"] == "state")["schema"]["enum"])

@@ -128,7 +128,16 @@ def test_queue_overview_lists_workers_throughput_and_timing(app, client, stack, 
     assert email["workers"] and email["workers"][0]["name"].startswith("test-")
     assert email["completedLastMinute"] >= 1 and email["completedLastHour"] >= email["completedLastMinute"]
     assert email["meanProcessingMs"] > 0 and email["p95ProcessingMs"] >= email["meanProcessingMs"] * 0.5
-    assert set(email["counts"]) == {"waiting", "delayed", "active", "completed", "failed", "paused"}
+    assert set(email["counts"]) == {
+        "waiting",
+        "delayed",
+        "active",
+        "completed",
+        "failed",
+        "cancelled",
+        "expired",
+        "paused",
+    }
 
 
 def test_list_search_delete_clean_and_audit(app, client, stack, auth_headers):
