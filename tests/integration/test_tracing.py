@@ -213,10 +213,12 @@ def test_a_job_relayed_from_the_outbox_keeps_the_trace_it_was_staged_in(
     ]
 
 
-def test_a_prefork_worker_traces_each_job_in_its_pool_process(
-    stack: Stack, own_queues_env: dict[str, str], spans: InMemorySpanExporter, tmp_path: Any
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_a_worker_traces_its_jobs_where_they_run(
+    stack: Stack, own_queues_env: dict[str, str], spans: InMemorySpanExporter, tmp_path: Any, pool: str
 ) -> None:
-    """The shipped set-up, in a `celery worker` of its own: tracing starts in each pool process."""
+    """The shipped set-up, in a `celery worker` of its own: tracing starts in each pool process
+    (prefork) or in the worker's own process (threads), where the sampler drops its heartbeats."""
     if not stack.env["DATABASE_URL"].startswith("sqlite"):
         pytest.skip("the worker's set-up does not depend on the database: run once, on SQLite")
     env = {
@@ -228,8 +230,8 @@ def test_a_prefork_worker_traces_each_job_in_its_pool_process(
     log = tmp_path / "worker.log"
     with own_app(env) as app:
         with trace.get_tracer("test").start_as_current_span("signup", kind=SpanKind.SERVER) as parent:
-            job = add_email_job({"to": f"prefork-{secrets.token_hex(4)}@example.com", "subject": "Hi", "text": "hello"})
-        worker = start_worker_process(env, log, queues="email", concurrency=1, pool="prefork")
+            job = add_email_job({"to": f"{pool}-{secrets.token_hex(4)}@example.com", "subject": "Hi", "text": "hello"})
+        worker = start_worker_process(env, log, queues="email", concurrency=1, pool=pool)
         try:
             [done] = wait_for_jobs(app.extensions["jobs"].store, [job.id], timeout=20, logs=[log])
             assert done.state == "completed", done.failed_reason
@@ -240,10 +242,11 @@ def test_a_prefork_worker_traces_each_job_in_its_pool_process(
         finally:
             stop(worker)
     assert text, log.read_text()[-3000:]
-    # Each span a JSON block, its first line after the worker's log prefix ("[...: WARNING/ForkPoolWorker-1] {").
-    printed = [json.loads(block) for block in re.findall(r"\] (\{\n.*?\n\})$", text, re.M | re.S)]
+    # Each span a JSON block, its first line after the log prefix where Celery logs a pool process's
+    # stdout ("[...: WARNING/ForkPoolWorker-1] {").
+    printed = [json.loads(block) for block in re.findall(r"^(?:\[[^\n]*\] )?(\{\n.*?\n\})$", text, re.M | re.S)]
     ours = {span["name"] for span in printed if span["context"]["trace_id"] == trace_id}
     assert {"job email", "smtp send"} <= ours, ours
-    # Nothing else: the main process (heartbeats, fetches, relays) traces nothing.
+    # Nothing else: the worker's heartbeats, fetches and relays start no trace.
     assert {span["context"]["trace_id"] for span in printed} == {trace_id}
     assert {span["resource"]["attributes"]["service.name"] for span in printed} == {"rideshare-worker"}
