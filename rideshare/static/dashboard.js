@@ -1,12 +1,13 @@
 // The dashboard's live updates, from its Server-Sent Events route (no polling, no build step).
 // 'counts' messages update every [data-queue=Q] [data-count=STATE] in place and, when a queue's
-// counts changed, re-fetch its chart fragments at most every CHART_EVERY_MS; on a job's page its
-// own 'state', 'progress' and 'log' messages extend the timeline.
+// counts changed, re-fetch its chart fragments (SETTLE_MS after the change, at most every
+// CHART_EVERY_MS); on a job's page its own 'state', 'progress' and 'log' messages extend the timeline.
 (function () {
   "use strict";
   const body = document.body;
   const streamUrl = body.dataset.stream;
-  const CHART_EVERY_MS = 5000;
+  const CHART_EVERY_MS = 3000;
+  const SETTLE_MS = 750;
   const known = new Map(); // queue -> JSON of its last counts
   const chartTimers = new Map();
   const chartFetched = new Map();
@@ -34,7 +35,7 @@
   function refreshCharts(queue) {
     const frames = document.querySelectorAll(`[data-chart-queue="${queue}"]`);
     if (!frames.length || chartTimers.has(queue)) return;
-    const wait = Math.max(0, (chartFetched.get(queue) || 0) + CHART_EVERY_MS - Date.now());
+    const wait = Math.max(SETTLE_MS, (chartFetched.get(queue) || 0) + CHART_EVERY_MS - Date.now());
     chartTimers.set(queue, setTimeout(async () => {
       chartTimers.delete(queue);
       chartFetched.set(queue, Date.now());

@@ -44,7 +44,7 @@ def live_server(stack):
         thread.join(5)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser():
     if CHROMIUM is None:
         pytest.skip("Debian's chromium is not installed (scripts/run-tests.sh installs it)")
@@ -232,10 +232,13 @@ def test_an_admin_searches_retries_cancels_and_bulk_retries_while_counts_and_cha
 
 
 def test_a_viewer_sees_every_page_and_no_action_button(app, client, stack, auth_headers, live_server, page):
-    [payment] = declined_payments(client, stack, f"view-{secrets.token_hex(3)}", 1)
+    to = f"refused-{secrets.token_hex(3)}@example.com"
+    stack.services.smtp.handler.plan(to, "550 5.1.1 no such user")
+    failed = stack.wait_for_job(add_email_job({"to": to, "subject": "Hi", "text": "hello"}).id)
+    assert failed.state == "failed"
     sign_in(page, live_server, token(auth_headers, "9", "viewer"))
     assert page.is_visible("#read-only")
-    for path in ["/admin/", f"/admin/ui/jobs/{payment['jobId']}", "/admin/ui/jobs?queue=payment&state=failed"]:
+    for path in ["/admin/", f"/admin/ui/jobs/{failed.id}", "/admin/ui/jobs?queue=email&state=failed"]:
         page.goto(live_server + path)
         assert page.locator("main form[method=post]").count() == 0, path
         assert page.locator(ACTIONS).count() == 0, path
