@@ -35,7 +35,7 @@ from rideshare.auth import (
 )
 from rideshare.jobs import control, get_job, get_queue
 from rideshare.jobs.events import TooManyStreams, frame, payload, snapshot, sse
-from rideshare.jobs.schemas import JobSchema, masked_logs, ms_to_iso
+from rideshare.jobs.schemas import JobSchema, ms_to_iso
 from rideshare.queues import QUEUES
 
 bp = Blueprint(
@@ -407,11 +407,12 @@ def submitted_data(job: Job, form: Mapping[str, str]) -> tuple[dict[str, Any], d
     return unmask_edits(job.data, edited), errors, raw
 
 
-def timeline(job: Job, attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def timeline(job: Job, detail: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The job's life, oldest first: its creation, each attempt's start and end, its events
-    (from its queue's recent stream entries) and its log lines."""
+    (its queue's recent stream entries) and its log lines, from its detail (JobDetailSchema,
+    masked)."""
     items: list[dict[str, Any]] = [{"at": job.created_at, "kind": "created", "text": f"added to {job.queue}"}]
-    for a in attempts:
+    for a in detail["attemptLog"]:
         if a.get("startedAt"):
             items.append(
                 {
@@ -429,15 +430,14 @@ def timeline(job: Job, attempts: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "text": f"attempt {a['attempt']} {outcome} after {charts.duration(a.get('durationMs'))}",
             }
         )
-    for event in control.job_events(job):
+    for event in detail.get("events", []):
         if event.get("event") == "log":
             continue  # the log lines below are kept longer than the stream's entries
-        kind, data = payload(job.queue, event["eventId"], event)
-        text = f"{data['event']} → {data['state']}"
-        if kind == "progress":
-            text = f"progress {json.dumps(data['progress'])}"
-        items.append({"at": data["at"], "kind": kind, "text": text})
-    for line in masked_logs(control.job_logs(job)):
+        if event.get("event") == "progress":
+            items.append({"at": event["at"], "kind": "progress", "text": f"progress {json.dumps(event['progress'])}"})
+        else:
+            items.append({"at": event["at"], "kind": "state", "text": f"{event['event']} → {event['state']}"})
+    for line in detail.get("logs", []):
         items.append(
             {"at": line.get("at") or 0, "kind": "log", "text": f"[attempt {line.get('attempt')}] {line['line']}"}
         )
@@ -464,7 +464,7 @@ def _job_page(
         progress_json=json.dumps(mask(job.progress)) if job.progress is not None else None,
         rows=rows if rows is not None else data_fields(job),
         form_error=form_error,
-        timeline=timeline(job, detail["attemptLog"]),
+        timeline=timeline(job, detail),
         retryable=job.state in control.RETRYABLE_STATES,
         tag_links=[(tag, tag_link(tag)) for tag in job.tags],
         stream_url=url_for("dashboard.stream", job=job.id),
