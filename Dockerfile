@@ -30,5 +30,5 @@ ENV RIDESHARE_VAR_DIR=/app/var
 
 EXPOSE 8000 5555
 CMD ["gunicorn", "-c", "python:rideshare.gunicorn_conf", "rideshare:create_app()", \
-     "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "4", \
+     "--bind", "0.0.0.0:8000", "--workers", "2", "--threads", "8", \
      "--access-logfile", "-", "--no-control-socket"]

@@ -75,7 +75,7 @@ def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 64 * 1024),
         # Server-Sent Events (GET /jobs/<id>/events, /admin/events) each hold a server thread
         # while open: at most this many per process (one more gets 503), each at most this long.
-        "EVENT_STREAMS_MAX": max(1, _int(env, "EVENT_STREAMS_MAX", 2)),
+        "EVENT_STREAMS_MAX": max(1, _int(env, "EVENT_STREAMS_MAX", 4)),
         "EVENT_STREAM_MAX_SECONDS": _int(env, "EVENT_STREAM_MAX_SECONDS", 300),
         "VAR_DIR": str(var_dir),
     }

@@ -218,6 +218,9 @@ def stack_env(database_url: str, redis_url: str, services: Services, tmp: Path) 
         "CELERY_TASK_LOG": "true",
         # The suite sends bursts from one address; tests/api/test_rate_limit.py turns it on.
         "RATELIMIT_ENABLED": "false",
+        # Two event streams per process (the default is 4): tests/integration/test_job_events.py
+        # opens a third to see it refused.
+        "EVENT_STREAMS_MAX": "2",
     }
 
 

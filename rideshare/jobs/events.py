@@ -47,7 +47,7 @@ def _slots(app: Flask) -> threading.BoundedSemaphore:
     slots = app.extensions.get("event_stream_slots")
     if slots is None:
         slots = app.extensions.setdefault(
-            "event_stream_slots", threading.BoundedSemaphore(int(app.config.get("EVENT_STREAMS_MAX", 2)))
+            "event_stream_slots", threading.BoundedSemaphore(int(app.config.get("EVENT_STREAMS_MAX", 4)))
         )
     return slots
 

@@ -159,7 +159,7 @@ def test_admin_events_stream_a_queue_and_streams_are_bounded_in_number(app, stac
     email = open_stream(server, "/admin/events?queue=email&timeout=2", admin)
     every = open_stream(server, "/admin/events?timeout=1", auth_headers("9", "viewer"))
     assert (email.status, every.status) == (200, 200)
-    third = open_stream(server, "/admin/events?timeout=1", admin)  # EVENT_STREAMS_MAX is 2
+    third = open_stream(server, "/admin/events?timeout=1", admin)  # EVENT_STREAMS_MAX is 2 in the tests' stack
     assert third.status == 503 and third.getheader("Retry-After") == "5"
     third.read()
 
