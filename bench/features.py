@@ -14,7 +14,11 @@ Run it alone on the machine (it reports the load average). On a Redis of its own
 2. **Tracing.** The same cycle through JobTask's span (jobqueue.tracing.job_span) with
    no SDK configured (off: the shipped default) and with the OpenTelemetry SDK and a
    span processor that drops spans (on), as a ratio of client CPU per job to no span.
-3. **Search latency.** 100,000 jobs over 10,000 rides (tags rideId, owner) in the
+3. **A worker's drain** (``--drain``): no-op jobs drained by one prefork worker (-c 2),
+   as bench/run.py's (b), with the store's features off (JOB_EVENTS_MAXLEN=0,
+   JOB_METRIC_BUCKETS=false, JOB_SEARCH_INDEX=false) and as shipped, alternating: the
+   worker's CPU and the Redis server's CPU per job, and the drain rate, as ratios.
+4. **Search latency.** 100,000 jobs over 10,000 rides (tags rideId, owner) in the
    payment queue, then JobStore.search for one ride, for one ride and state, for a
    state alone, and for an owner: p50 and p95 of 200 searches each, in ms.
 """
@@ -171,12 +175,67 @@ def search_latency(client: redis.Redis, jobs: int) -> dict[str, Any]:
     }
 
 
+DRAIN_MODES = {
+    "all off": {"JOB_EVENTS_MAXLEN": "0", "JOB_METRIC_BUCKETS": "false", "JOB_SEARCH_INDEX": "false"},
+    "shipped": {},
+}
+
+
+def drain_costs(jobs: int, rounds: int) -> dict[str, Any]:
+    """The worker-level cost of the store's features: see the module's docstring (3)."""
+    from bench.run import Bench
+
+    bench = Bench(quick=True)  # first: it sets the environment bench.full's app is built from
+    from bench.full import QUEUE, flask_app, noop_queue
+    from rideshare.cli import upgrade_database
+
+    found: dict[str, dict[str, list[float]]] = {m: {"worker": [], "redis": [], "rate": []} for m in DRAIN_MODES}
+    try:
+        bench.client_logs_to_file()
+        with flask_app.app_context():
+            upgrade_database()
+            queue = noop_queue()
+
+            def done() -> int:
+                return queue.store.metrics().get(f"{QUEUE}:completed", 0)
+
+            for index in range(rounds):
+                for mode in list(DRAIN_MODES) if index % 2 == 0 else list(DRAIN_MODES)[::-1]:
+                    bench.redis.flushdb()
+                    queue.pause()
+                    for _ in range(jobs):
+                        queue.add({})
+                    before = redis_cpu(bench.redis)
+                    drained = bench.timed_drain("bench.full", done, jobs, env=DRAIN_MODES[mode])
+                    found[mode]["redis"].append((redis_cpu(bench.redis) - before) * 1000 / jobs)
+                    found[mode]["worker"].append(drained["cpu_ms"])
+                    found[mode]["rate"].append(drained["rate"])
+                    for proc in drained["procs"]:
+                        bench.retire(proc)
+                    print(f"[bench] drain round {index + 1} {mode}: {drained['cpu_ms']:.3f} ms", flush=True)
+    finally:
+        bench.close()
+    med = {m: {k: statistics.median(v) for k, v in parts.items()} for m, parts in found.items()}
+    off, on = med["all off"], med["shipped"]
+    return {
+        "jobs": jobs,
+        "pool": "prefork -c 2",
+        "worker_cpu_ms_per_job": {m: round(v["worker"], 3) for m, v in med.items()},
+        "redis_cpu_ms_per_job": {m: round(v["redis"], 4) for m, v in med.items()},
+        "rate_jobs_per_s": {m: round(v["rate"], 1) for m, v in med.items()},
+        "worker_cpu_ratio_shipped_over_off": round(on["worker"] / off["worker"], 3),
+        "redis_cpu_ratio_shipped_over_off": round(on["redis"] / off["redis"], 3),
+        "rate_ratio_shipped_over_off": round(on["rate"] / off["rate"], 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--search-jobs", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default="docs/features-bench.json")
+    parser.add_argument("--drain", type=int, default=0, help="no-op jobs per worker drain (0: skip it)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="features-bench-"))
     port = free_port()
@@ -191,6 +250,7 @@ def main() -> None:
             "store": store_costs(client, args.jobs, args.rounds),
             "tracing": tracing_costs(client, args.jobs // 2, args.rounds),
             "search": search_latency(client, args.search_jobs),
+            "drain": drain_costs(args.drain, args.rounds) if args.drain else None,
             "load_average_end": [round(x, 2) for x in os.getloadavg()],
         }
     finally:

@@ -10,6 +10,7 @@ from flask import Flask, has_app_context
 
 from jobqueue import EngineSettings, JobService, JobStore, QueuePolicy
 from jobqueue.outbox import Outbox
+from jobqueue.scripts import Features
 from jobqueue.sealing import Sealer
 from jobqueue.worker import THREADED_POOLS, configure_worker
 from rideshare import redis_memory
@@ -32,6 +33,11 @@ def celery_init_app(app: Flask) -> Celery:
         config["REDIS_URL"],
         prefix=config["JOB_KEY_PREFIX"],
         sealer=Sealer.from_keys(config["JOB_DATA_KEYS"], secret=config["SECRET_KEY"], salt=b"rideshare-job-data:"),
+        features=Features(
+            events=max(0, config["JOB_EVENTS_MAXLEN"]),
+            buckets=config["JOB_METRIC_BUCKETS"],
+            indexes=config["JOB_SEARCH_INDEX"],
+        ),
     )
     celery.jobs = JobService.from_policies(
         POLICIES,

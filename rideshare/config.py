@@ -38,6 +38,12 @@ def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         # A job whose worker died is delivered again once its lease (timeout + 7 s) runs
         # out; after this many such stalls it fails as a poison job.
         "JOB_MAX_STALLS": _int(env, "JOB_MAX_STALLS", 2),
+        # What the store keeps besides each job (jobqueue.scripts.Features; bench/features.py
+        # measures each): the events stream's length (0: no events, so no live streams), the
+        # per-minute metric buckets (the dashboard's history) and the search indexes.
+        "JOB_EVENTS_MAXLEN": _int(env, "JOB_EVENTS_MAXLEN", 10_000),
+        "JOB_METRIC_BUCKETS": env.get("JOB_METRIC_BUCKETS", "true").lower() not in ("0", "false", "no"),
+        "JOB_SEARCH_INDEX": env.get("JOB_SEARCH_INDEX", "true").lower() not in ("0", "false", "no"),
         # A job staged in the outbox with its SQL row is published by its request right
         # after the commit; one still there this long after (its process died) is
         # published by a worker's relay, which runs every 2 s.
