@@ -2,8 +2,8 @@
 
 Driven through Hypothesis directly (schemathesis's pytest plugin does not run
 on this pytest): for each operation, FUZZ_EXAMPLES cases (25 unless set) of
-schema-valid data and as many of schema-breaking data, as a user and as an
-admin. Every check schemathesis registers runs on each response, the same set
+schema-valid data and as many of schema-breaking data, as a user, a viewer and
+an admin. Every check schemathesis registers runs on each response, the same set
 as `schemathesis run --checks all` (README, "Fuzzing"); the expected statuses
 come from schemathesis.toml at the repo root, which the CLI reads too.
 """
@@ -38,7 +38,7 @@ def test_every_check_is_run():
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=str)
-@pytest.mark.parametrize("role", ["user", "admin"])
+@pytest.mark.parametrize("role", ["user", "viewer", "admin"])
 def test_api_never_answers_5xx_nor_breaks_its_schema(stack, auth_headers, role, mode, monkeypatch):
     # Event streams (GET /jobs/{job_id}/events, /admin/events) end after their timeout: capped
     # here so each fuzzed stream ends at once, as a client that hangs up would end it.
