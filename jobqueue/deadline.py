@@ -21,7 +21,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -43,14 +43,38 @@ RECYCLE_DEADLINE_S = 30.0
 class Deadline:
     """A running job's deadline (time.monotonic()), which another thread may cut short (cancel)."""
 
-    __slots__ = ("at",)
+    __slots__ = ("at", "interrupts")
 
     def __init__(self, at: float) -> None:
         self.at = at
+        # Callables that unblock what the job waits on now (interruptible()): run by cut().
+        self.interrupts: list[Callable[[], None]] = []
 
     def cut(self) -> None:
-        """End it now: the job's next check point or socket wait raises JobTimeout."""
+        """End it now: the job's next check point or socket wait raises JobTimeout, and a wait
+        under interruptible() is broken off at once."""
         self.at = min(self.at, time.monotonic())
+        for interrupt in list(self.interrupts):
+            try:
+                interrupt()
+            except Exception as exc:  # noqa: BLE001 - the deadline stands; the wait ends by its timeout
+                log.warning("job.interrupt_failed", extra={"error": str(exc)})
+
+
+@contextmanager
+def interruptible(interrupt: Callable[[], None]) -> Iterator[None]:
+    """While inside, a cut of the running job's deadline (its cancel) also calls interrupt,
+    which should break off a blocking wait: shut a socket down, say. The wait then raises
+    (OSError), and the job, past its deadline, ends as cancelled. Nothing outside a job."""
+    deadline = getattr(_local, "deadline", None)
+    if deadline is None:
+        yield
+        return
+    deadline.interrupts.append(interrupt)
+    try:
+        yield
+    finally:
+        deadline.interrupts.remove(interrupt)
 
 
 def job_time_left() -> float | None:

@@ -1,6 +1,7 @@
 """The admin JSON API under /admin: queues, jobs, retries, cleaning, pause, audit."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, TypeVar
@@ -95,6 +96,20 @@ def job_detail(job: Job) -> JobDetail:
         _, shown = payload(job.queue, raw["eventId"], raw)
         events.append({"eventId": raw["eventId"], **{k: v for k, v in shown.items() if k not in ("jobId", "queue")}})
     return JobDetail(job, store.attempts(job.id, job.queue), masked_logs(store.logs(job.id, job.queue)), events)
+
+
+@contextmanager
+def job_answers(job_id: str) -> Iterator[None]:
+    """A job action's refusals as the admin API answers them: 404 no such job, 409 its state
+    does not allow it, 422 its new data is not valid for its queue."""
+    try:
+        yield
+    except control.JobNotFound:
+        abort(404, message=f"job {job_id} not found")
+    except control.JobStateConflict as exc:
+        abort(409, message=str(exc))
+    except InvalidJobData as exc:
+        abort(422, errors={"json": {"data": exc.errors}})
 
 
 def _actor() -> str:
@@ -217,12 +232,8 @@ class AdminJob(MethodView):
     @admin_required
     def delete(self, job_id: str) -> None:
         """Remove a job that is not running."""
-        try:
+        with job_answers(job_id):
             control.delete_job(job_id, actor=_actor())
-        except control.JobNotFound:
-            abort(404, message=f"job {job_id} not found")
-        except control.JobStateConflict as exc:
-            abort(409, message=str(exc))
 
 
 @blp.route("/jobs/<string:job_id>/retry")
@@ -238,14 +249,8 @@ class RetryJob(MethodView):
     def post(self, body: dict[str, Any] | None, job_id: str) -> JobDetail:
         """Run a failed job again; {"data": {...}} retries it with corrected data."""
         data = (body or {}).get("data")
-        try:
+        with job_answers(job_id):
             job = control.retry_job(job_id, actor=_actor(), data=data)
-        except control.JobNotFound:
-            abort(404, message=f"job {job_id} not found")
-        except control.JobStateConflict as exc:
-            abort(409, message=str(exc))
-        except InvalidJobData as exc:
-            abort(422, errors={"json": {"data": exc.errors}})
         return job_detail(job)
 
 
@@ -311,12 +316,8 @@ class CancelJob(MethodView):
     def post(self, body: dict[str, Any] | None, job_id: str) -> JobDetail:
         """Cancel a job: waiting or delayed, it never runs; running, it is stopped within seconds."""
         reason = (body or {}).get("reason") or "cancelled by an operator"
-        try:
+        with job_answers(job_id):
             control.cancel_job(job_id, actor=_actor(), reason=reason)
-        except control.JobNotFound:
-            abort(404, message=f"job {job_id} not found")
-        except control.JobStateConflict as exc:
-            abort(409, message=str(exc))
         job = get_job(job_id)
         if job is None:  # removed at once by the queue's retention
             abort(404, message=f"job {job_id} was cancelled and removed")
@@ -334,12 +335,8 @@ class SnoozeJob(MethodView):
     @blp.alt_response(409, schema=ErrorSchema, description="The job is running or finished")
     def post(self, body: dict[str, Any], job_id: str) -> JobDetail:
         """Run a waiting or delayed job delayMs from now instead."""
-        try:
+        with job_answers(job_id):
             job = control.snooze_job(job_id, actor=_actor(), delay_ms=body["delayMs"])
-        except control.JobNotFound:
-            abort(404, message=f"job {job_id} not found")
-        except control.JobStateConflict as exc:
-            abort(409, message=str(exc))
         return job_detail(job)
 
 
@@ -355,14 +352,8 @@ class JobData(MethodView):
     @blp.alt_response(422, schema=ErrorSchema, description="The data is not valid for the job's queue")
     def put(self, body: dict[str, Any], job_id: str) -> JobDetail:
         """Replace the data of a job that is not running; checked by its queue's schema."""
-        try:
+        with job_answers(job_id):
             job = control.edit_job_data(job_id, actor=_actor(), data=body["data"])
-        except control.JobNotFound:
-            abort(404, message=f"job {job_id} not found")
-        except control.JobStateConflict as exc:
-            abort(409, message=str(exc))
-        except InvalidJobData as exc:
-            abort(422, errors={"json": {"data": exc.errors}})
         return job_detail(job)
 
 

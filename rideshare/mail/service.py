@@ -6,6 +6,7 @@ names that token, so a worker frozen past its lease cannot mark a message that a
 newer delivery is sending, or has sent, as retrying or failed.
 """
 
+import contextlib
 import email.headerregistry
 import email.policy
 import functools
@@ -22,7 +23,7 @@ from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from jobqueue import Job, PermanentJobError, StaleDelivery, TransientJobError
-from jobqueue.deadline import job_time_left
+from jobqueue.deadline import interruptible, job_time_left
 from rideshare import telemetry
 from rideshare.db import get_db, utcnow
 from rideshare.jobs.progress import log_line, report_step, stop_if_cancelled
@@ -118,6 +119,14 @@ def _quit(smtp: smtplib.SMTP) -> None:
         smtp.close()  # a rude goodbye changes nothing
 
 
+def _shutdown(smtp: smtplib.SMTP) -> None:
+    """Break off whatever the connection waits on, from another thread (a cancel)."""
+    sock = smtp.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 def _connect(cfg: Any, timeout: float) -> smtplib.SMTP:
     smtp = smtplib.SMTP(cfg["SMTP_HOST"], cfg["SMTP_PORT"], local_hostname=_local_hostname(), timeout=timeout)
     try:
@@ -155,24 +164,29 @@ def _deliver(msg: EmailMessage) -> str:
     reused = smtp is not None
     if smtp is None:
         smtp = _connect(cfg, timeout)
-    try:
-        smtp.sock.settimeout(timeout)
+    # A cancel of this job breaks off a wait on the server (jobqueue.deadline.interruptible):
+    # the socket is shut down, the wait raises, and the job ends cancelled.
+    current = [smtp]
+    with interruptible(lambda: _shutdown(current[0])):
         try:
-            _expect(smtp.mail(sender), (250,))
-        except (smtplib.SMTPServerDisconnected, OSError, SmtpReplyError) as exc:
-            if not reused or (isinstance(exc, SmtpReplyError) and exc.code != 421):
-                raise
-            # The kept connection was closed by the server; nothing was sent on it.
+            smtp.sock.settimeout(timeout)
+            try:
+                _expect(smtp.mail(sender), (250,))
+            except (smtplib.SMTPServerDisconnected, OSError, SmtpReplyError) as exc:
+                if not reused or (isinstance(exc, SmtpReplyError) and exc.code != 421):
+                    raise
+                # The kept connection was closed by the server; nothing was sent on it.
+                smtp.close()
+                smtp, reused = _connect(cfg, timeout), False
+                current[0] = smtp
+                _expect(smtp.mail(sender), (250,))
+            _expect(smtp.rcpt(recipient), (250, 251))
+            reply = _expect(smtp.data(msg.as_bytes(policy=SMTP_POLICY)), (250,))
+        except BaseException:
+            # No QUIT after a failure: it would wait on a server that may be stalled,
+            # and its reply would hide the real error (a time limit, say).
             smtp.close()
-            smtp, reused = _connect(cfg, timeout), False
-            _expect(smtp.mail(sender), (250,))
-        _expect(smtp.rcpt(recipient), (250, 251))
-        reply = _expect(smtp.data(msg.as_bytes(policy=SMTP_POLICY)), (250,))
-    except BaseException:
-        # No QUIT after a failure: it would wait on a server that may be stalled,
-        # and its reply would hide the real error (a time limit, say).
-        smtp.close()
-        raise
+            raise
     _connection.keep(smtp, key, reused)
     return reply
 

@@ -201,3 +201,26 @@ def test_per_minute_buckets_count_finishes_and_time_them(app, stack):
     p = percentiles(buckets, "p", [0.5, 0.95])
     w = percentiles(buckets, "w", [0.5])
     assert p[0.5] is not None and p[0.95] >= p[0.5] and w[0.5] is not None
+
+
+def test_on_a_threads_pool_a_cancel_breaks_off_a_job_blocked_on_its_server(stack, own_queues_env, tmp_path):
+    """The shipped email worker is a threads pool, where nothing can be terminated: the cancel
+    watch cuts the job's deadline, which shuts the SMTP socket it waits on (interruptible)."""
+    env = {**own_queues_env, "JOB_KEY_PREFIX": f"thr{secrets.token_hex(3)}"}
+    with own_app(env) as app, app.app_context():
+        store = app.extensions["jobs"].store
+        worker = start_worker(env, tmp_path / "worker.log", queues="email", pool="threads", concurrency=4)
+        try:
+            data = mail()
+            stack.services.smtp.handler.plan(data["to"], ("stall", 20))
+            job = add_email_job(data, attempts=3, timeout=25_000)
+            wait_for_jobs(store, [job.id], ("active",), timeout=15)
+            time.sleep(0.5)
+            asked = time.monotonic()
+            assert get_queue("email").cancel(job.id, "admin: stuck") == "cancelling"
+            [job] = wait_for_jobs(store, [job.id], ("cancelled", "completed", "failed"), timeout=10)
+            took = time.monotonic() - asked
+        finally:
+            stop(worker)
+        assert job.state == "cancelled" and took < 5, (job.state, took)
+        assert job.attempts == 1
