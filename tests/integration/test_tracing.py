@@ -41,9 +41,14 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def spans() -> Iterator[InMemorySpanExporter]:
-    """Tracing on in this process, every span kept in memory; the instrumentations undone afterwards."""
+    """Tracing on in this process, every span kept in memory; the instrumentations undone afterwards.
+
+    Once per session: OpenTelemetry sets a process's tracer provider once, and pytest runs
+    this module's SQLite tests and its PostgreSQL tests apart (the database is a session
+    parameter), so a module's fixture set up again would find its new provider refused.
+    """
     exporter = InMemorySpanExporter()
     telemetry.start_tracing("rideshare-test", [SimpleSpanProcessor(exporter)])
     try:
