@@ -46,7 +46,7 @@ if [ "$rabbit_pass" != 0 ] && ! rabbitmq_up && command -v rabbitmq-server >/dev/
 fi
 
 ruff check --quiet .
-python -m pytest "$@"  # a failure ends the script here, with pytest's status
+python -m pytest --durations=25 "$@"  # a failure ends the script here, with pytest's status
 
 # The oldest-release pass: the integration tests that go through Celery's, kombu's and
 # redis-py's seams again, on the oldest releases pyproject.toml's ranges allow (the run above

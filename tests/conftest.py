@@ -319,6 +319,13 @@ def stack(
 
 
 @pytest.fixture
+def sqlite_only(database_url: str) -> None:
+    """For tests of the engine's own moves, which never touch SQL: run once, on SQLite."""
+    if not database_url.startswith("sqlite"):
+        pytest.skip("the job store's moves do not depend on the database: run once, on SQLite")
+
+
+@pytest.fixture
 def own_broker_url() -> Iterator[str]:
     """BROKER_URL for workers a test starts itself: see fresh_broker."""
     with fresh_broker() as url:

@@ -15,7 +15,8 @@ from rideshare.jobs import add_email_job, get_job, get_job_counts, get_queue
 from rideshare.mail.queue import EMAIL_QUEUE
 from tests.conftest import own_app, start_worker, wait_for_jobs
 
-pytestmark = pytest.mark.integration
+# The job store's moves, through real workers: they never touch SQL, so once, on SQLite.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("sqlite_only")]
 
 
 def mail(**extra) -> dict:
