@@ -205,3 +205,28 @@ def test_retention_parse(value, expected):
 def test_retention_parse_rejects(value):
     with pytest.raises(ValueError, match="true, false, a count"):
         Retention.parse(value, KEEP_100)
+
+
+def test_jitter_spreads_a_wait_below_its_backoff_as_bullmq_does():
+    backoff = Backoff.parse({"type": "exponential", "delay": 1000, "jitter": 0.5})
+    waits = {backoff.wait_ms(3) for _ in range(200)}
+    assert all(2000 <= wait <= 4000 for wait in waits)
+    assert len(waits) > 50, "the waits are spread, not one value"
+    assert Backoff.parse({"type": "fixed", "delay": 1000, "jitter": 0}).wait_ms(2) == 1000
+    assert Backoff.parse(backoff.to_dict()) == backoff
+
+
+@pytest.mark.parametrize("jitter", [-0.1, 1.5, "0.5", True, None])
+def test_jitter_outside_0_to_1_is_refused(jitter):
+    with pytest.raises(ValueError, match="jitter"):
+        Backoff.parse({"type": "fixed", "delay": 1000, "jitter": jitter})
+
+
+def test_expires_takes_ms_from_now_or_an_iso_time_and_refuses_the_rest():
+    now = 1_700_000_000_000  # 2023-11-14
+    assert resolve_options(JobOptions(), {"expires": 5000}, now=now).expires == now + 5000
+    assert resolve_options(JobOptions(), {"expires": "2027-01-15T08:00:00+00:00"}, now=now).expires == 1_800_000_000_000
+    for bad in (0, -5, "soon", "2027-01-15T08:00:00", "2020-01-01T00:00:00+00:00"):
+        with pytest.raises(InvalidJobOptions) as error:
+            resolve_options(JobOptions(), {"expires": bad}, now=now)
+        assert "expires" in error.value.errors
