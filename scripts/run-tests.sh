@@ -59,7 +59,12 @@ if [ "$#" -eq 0 ] && [ "${OLDEST_PASS:-auto}" != 0 ]; then
     pins=$(python scripts/oldest_pins.py)
     echo "oldest-release pass: the integration tests that cross Celery, kombu and redis-py, on $pins" >&2
     [ -x .venv-oldest/bin/python ] || python -m venv .venv-oldest
-    .venv-oldest/bin/python -m pip install --quiet -e ".[test]" $pins
+    # Everything else as the run above had it (its pip freeze as constraints): only the ranged
+    # libraries differ, and pip need not solve the rest again (it can fail to, as it did on
+    # OpenTelemetry's instrumentations, whose releases must all match).
+    python -m pip freeze --exclude-editable | grep -viE '^(celery|kombu|redis|hiredis)==' | grep -v '^-e' \
+      > .venv-oldest/constraints.txt
+    .venv-oldest/bin/python -m pip install --quiet -c .venv-oldest/constraints.txt -e ".[test]" $pins
     PATH="$PWD/.venv-oldest/bin:$PATH" VIRTUAL_ENV="$PWD/.venv-oldest" \
       .venv-oldest/bin/python -m pytest -m "not postgres" tests/integration/test_celery_faces.py \
         tests/integration/test_job_lifecycle.py tests/integration/test_store_retries.py \
