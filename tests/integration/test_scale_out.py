@@ -29,7 +29,7 @@ def test_workers_share_a_queue_join_mid_run_and_hand_back_on_sigterm(stack, own_
             jobs = []
             for i in range(240):
                 data = {"to": f"{tag}-{i}@example.com", "subject": "s", "text": "t"}
-                stack.services.smtp.handler.plan(data["to"], ("stall", 0.05))
+                stack.services.smtp.handler.plan(data["to"], ("stall", 0.1))
                 jobs.append(add_email_job(data))
             time.sleep(1.0)
             # Two more workers join mid-run; then the first leaves with SIGTERM.
