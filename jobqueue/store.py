@@ -11,7 +11,7 @@ its hash tag ``{P:Q}``, so one queue lives in one Redis Cluster slot:
 - ``{P:Q}:metrics``: the queue's counters ('<Q>:added', completed, failed, retried, ...);
 - ``{P:Q}:hist``: processing-time histogram buckets, with sum and count;
 - ``{P:Q}:durations``: the last 1,000 processing times (ms);
-- ``{P:Q}:tp:<completed|failed>:<10 s bucket>``: finishes per 10 s, kept 2 h;
+- ``{P:Q}:m:<minute>``: the per-minute buckets (counts, wait and processing times), kept 73 h;
 - ``{P:Q}:leases``: active job ids, scored by when their lease runs out;
 - ``{P:Q}:wake``: a marker list idle workers block on (BLPOP);
 - ``P:workers``: a heartbeat per worker with the queues it consumes.
@@ -43,7 +43,6 @@ from jobqueue.sealing import Sealer
 
 # Upper bounds (seconds) of the processing-time histogram, as Prometheus expects.
 HISTOGRAM_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-THROUGHPUT_BUCKET_MS = 10_000
 MAX_PROGRESS_CHARS = 2_000
 WORKER_TTL_MS = 30_000
 
@@ -724,20 +723,17 @@ class JobStore:
         return found
 
     def activity(self, queue: str) -> QueueActivity:
-        """Completed and failed jobs in the last minute and hour; mean and p95 of recent jobs."""
-        bucket = now_ms() // THROUGHPUT_BUCKET_MS
-        per_hour = 3600_000 // THROUGHPUT_BUCKET_MS
-        per_minute = 60_000 // THROUGHPUT_BUCKET_MS
+        """Completed and failed jobs in the last minute and hour, from the per-minute buckets
+        (the oldest bucket of each window counted for the share of it inside the window);
+        mean and p95 of recent jobs."""
+        now = now_ms()
+        buckets = self.history(queue, 61, end_ms=now)
+        inside = 1 - (now % 60_000) / 60_000  # the share of the oldest bucket within the window
+        durations = self.redis.lrange(self.keys.queue(queue, "durations"), 0, -1)
         sums: dict[str, tuple[int, int]] = {}
-        with self.redis.pipeline(transaction=False) as pipe:
-            for state in FINISHED:
-                keys = [self.keys.queue(queue, f"tp:{state}:{b}") for b in range(bucket - per_hour + 1, bucket + 1)]
-                pipe.mget(keys)
-            pipe.lrange(self.keys.queue(queue, "durations"), 0, -1)
-            *buckets, durations = pipe.execute()
-        for state, values in zip(FINISHED, buckets, strict=True):
-            counts = [int(v or 0) for v in values]
-            sums[state] = (sum(counts[-per_minute:]), sum(counts))
+        for state in ("completed", "failed"):
+            counts = [b.get(state, 0.0) for b in buckets]
+            sums[state] = (round(counts[-1] + counts[-2] * inside), round(sum(counts[1:]) + counts[0] * inside))
         times = sorted(float(d) for d in durations)
         mean = sum(times) / len(times) if times else None
         p95 = times[max(math.ceil(0.95 * len(times)) - 1, 0)] if times else None

@@ -48,10 +48,5 @@ if target == 'delayed' then
   wake()  -- an idle worker recomputes how long it may block
   return state
 end
-if target == 'completed' or target == 'failed' then
-  local tp = K.tag .. ':tp:' .. target .. ':' .. math.floor(now / 10000)
-  redis.call('INCR', tp)
-  redis.call('EXPIRE', tp, 7300)
-end
 retain(target, id, now, keep_count, keep_age)
 return state

@@ -20,14 +20,14 @@ def test_every_script_touches_one_slot(script, queue):
 
 
 def test_keys_a_script_builds_itself_keep_the_queues_tag():
-    """fetch/clean/finish build job keys from K.job (the queue's job prefix); finish its
-    throughput keys from the tag it is given: all in the queue's slot."""
+    """fetch/clean/finish build job keys from K.job (the queue's job prefix); the scripts build
+    search indexes and per-minute buckets on K.tag: all in the queue's slot."""
     keys = Keys("rideshare")
     slot = key_slot(keys.tag("payment").encode())
     named = dict(zip(KEY_NAMES, keys.for_script("", "payment"), strict=True))
     built = [named["job"] + "abc", keys.job("abc", "payment") + ":added", named["tag"] + ":idx:rideId:12",
              named["tag"] + ":m:29999999",
-             keys.tag("payment") + ":tp:completed:17965", keys.queue("payment", "metrics")]  # fmt: skip
+             keys.queue("payment", "metrics")]  # fmt: skip
     assert {key_slot(key.encode()) for key in built} == {slot}
 
 
