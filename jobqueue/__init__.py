@@ -16,9 +16,11 @@ from jobqueue.errors import (
     JobTimeout,
     PermanentJobError,
     QueueUnavailable,
+    RateLimited,
     Snooze,
     TransientJobError,
 )
+from jobqueue.limits import FlowControl, GroupLimits, InvalidLimits, Limits, Rate
 from jobqueue.options import Backoff, InvalidJobOptions, JobOptions
 from jobqueue.policy import QueuePolicy
 from jobqueue.queue import EngineSettings, Job, JobQueue, JobService, PreparedJob
@@ -28,8 +30,11 @@ __all__ = [
     "Backoff",
     "CancelRefused",
     "EngineSettings",
+    "FlowControl",
+    "GroupLimits",
     "InvalidJobData",
     "InvalidJobOptions",
+    "InvalidLimits",
     "Job",
     "JobCancelled",
     "JobOptions",
@@ -38,10 +43,13 @@ __all__ = [
     "JobService",
     "JobStore",
     "JobTimeout",
+    "Limits",
     "PreparedJob",
     "PermanentJobError",
     "QueuePolicy",
     "QueueUnavailable",
+    "Rate",
+    "RateLimited",
     "Retention",
     "Snooze",
     "StaleDelivery",

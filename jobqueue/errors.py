@@ -45,3 +45,13 @@ class Snooze(Exception):  # noqa: N818 - named as oban's and River's: the task a
     def __init__(self, seconds: float, reason: str = "") -> None:
         super().__init__(reason or f"snoozed for {seconds:g} s")
         self.seconds = seconds
+
+
+class RateLimited(Exception):  # noqa: N818 - as BullMQ's Worker.RateLimitError: a signal, not a failure
+    """Raised by a task (or mapped from a gateway error by the policy's back_pressure): the
+    gateway asked to slow down. The whole queue takes no job for ms (BullMQ's
+    worker.rateLimit(ms)), and this job goes back to waiting without spending an attempt."""
+
+    def __init__(self, ms: int, reason: str = "") -> None:
+        super().__init__(reason or f"rate limited for {ms} ms")
+        self.ms = max(int(ms), 1)

@@ -31,6 +31,16 @@ KEY_NAMES = (
     "expiring",  # sorted set: pending job ids with an expiry, by when it falls
     "events",  # stream: the queue's job events (every move, progress, log), bounded
     "created",  # sorted set: every stored job id by creation time (search walks it)
+    # Flow control (jobqueue.limits), decided by fetch.lua and the moves of common.lua:
+    "limits",  # hash: the queue's limits (rateMax, rateMs, concurrency, groupConcurrency, ...)
+    "rate",  # sorted set: job ids holding a rate slot, by when the slot was last used
+    "throttle",  # string with a TTL: the gateway asked the queue to slow down (rate_limit)
+    "groups",  # sorted set: group -> jobs it holds back (grouped), the backlog per group
+    "gdue",  # sorted set: group -> when its rate lets its next job go
+    "glimits",  # hash: group -> its own limits (JSON), over the queue's group defaults
+    # Per group, built on the tag: '<tag>:g:<group>' (sorted set, its grouped jobs in order),
+    # '<tag>:g:<group>:run' (set, the jobs holding its slots), '<tag>:g:<group>:rate'.
+    # Deduplication keys: '<tag>:dd:<id>' (the id of the job holding it).
 )
 
 
@@ -54,7 +64,8 @@ class Keys:
 
     def queue(self, queue: str, name: str) -> str:
         """A per-queue key: a state set, 'paused', 'leases', 'wake', 'hist', 'durations', 'metrics',
-        'events', 'expiring', 'created', 'm:<minute>', 'idx:<field>:<value>'."""
+        'events', 'expiring', 'created', 'limits', 'rate', 'throttle', 'groups', 'gdue', 'glimits',
+        'm:<minute>', 'idx:<field>:<value>', 'g:<group>', 'dd:<id>'."""
         return f"{self.tag(queue)}:{name}"
 
     def for_script(self, job_id: str, queue: str) -> list[str]:

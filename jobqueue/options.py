@@ -70,6 +70,12 @@ class JobOptions:
     remove_on_complete: Any = None
     remove_on_fail: Any = None
     expires: int | None = None  # ms since the epoch: not started by then, the job ends expired
+    # Jobs of one group run one at a time (or the group's concurrency), in the order added;
+    # groups take turns (jobqueue.limits).
+    group: str | None = None
+    # {"id": key, "ttl": ms, "mode": simple|throttle|debounce|keep_last_if_active}: while a job
+    # of the key holds it, adding another returns that job instead (as BullMQ's deduplication).
+    deduplicate: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +87,8 @@ class JobOptions:
             "removeOnComplete": self.remove_on_complete,
             "removeOnFail": self.remove_on_fail,
             "expires": self.expires,
+            "group": self.group,
+            "deduplicate": self.deduplicate,
         }
 
     @classmethod
@@ -94,6 +102,8 @@ class JobOptions:
             remove_on_complete=raw.get("removeOnComplete"),
             remove_on_fail=raw.get("removeOnFail"),
             expires=raw.get("expires"),
+            group=raw.get("group"),
+            deduplicate=raw.get("deduplicate"),
         )
 
 
@@ -121,6 +131,48 @@ def parse_expires(value: Any, now: int) -> int:
             raise ValueError("is in the past")
         return at
     raise ValueError("must be ms from now, or an ISO 8601 time with its offset")
+
+
+MAX_GROUP_LENGTH = 100
+
+
+def check_group(value: Any) -> str:
+    """A group option's value: 1 to 100 printable characters (a number is taken as text). Raises ValueError."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not (isinstance(value, str) and 0 < len(value) <= MAX_GROUP_LENGTH and value.isprintable()):
+        raise ValueError(f"must be a name of 1 to {MAX_GROUP_LENGTH} printable characters, like ride:123")
+    return value
+
+
+DEDUP_MODES = ("simple", "throttle", "debounce", "keep_last_if_active")
+MAX_DEDUP_ID_LENGTH = 200
+
+
+def parse_deduplicate(value: Any, delay: int) -> dict[str, Any]:
+    """A deduplicate option checked: {"id", "ttl" (ms, 0 = none), "mode"}. Raises ValueError.
+
+    simple (the default; the key is held until its job is final, or ttl), throttle (held
+    ttl ms: needs ttl), debounce (a still-delayed job takes the newest data and its delay
+    starts again: needs delay), keep_last_if_active (while its job runs, one follow-up is
+    kept, with the newest data, and runs after it).
+    """
+    if not isinstance(value, Mapping) or not set(value) <= {"id", "ttl", "mode"} or "id" not in value:
+        raise ValueError('must be {"id": key, "ttl": ms, "mode": ' + "|".join(DEDUP_MODES) + "}")
+    key, ttl, mode = value["id"], value.get("ttl", 0), value.get("mode", "simple")
+    if isinstance(key, int) and not isinstance(key, bool):
+        key = str(key)
+    if not (isinstance(key, str) and 0 < len(key) <= MAX_DEDUP_ID_LENGTH and key.isprintable()):
+        raise ValueError(f"id must be 1 to {MAX_DEDUP_ID_LENGTH} printable characters")
+    if not _non_negative_int(ttl):
+        raise ValueError("ttl must be a whole number of milliseconds, 0 or more")
+    if mode not in DEDUP_MODES:
+        raise ValueError("mode must be one of " + ", ".join(DEDUP_MODES))
+    if mode == "throttle" and not ttl:
+        raise ValueError("mode throttle needs a ttl (ms): the window in which later jobs are ignored")
+    if mode == "debounce" and not delay:
+        raise ValueError("mode debounce needs a delay: the job runs once no add came for that long")
+    return {"id": key, "ttl": ttl, "mode": mode}
 
 
 def resolve_options(
@@ -163,6 +215,19 @@ def resolve_options(
             values["backoff"] = Backoff.parse(given["backoff"])
         except ValueError as exc:
             errors["backoff"] = str(exc)
+    if given.get("group") is not None:
+        try:
+            values["group"] = check_group(given["group"])
+        except ValueError as exc:
+            errors["group"] = str(exc)
+    if given.get("deduplicate") is not None:
+        try:
+            dedup = parse_deduplicate(given["deduplicate"], values.get("delay", defaults.delay))
+            values["deduplicate"] = dedup
+            if dedup["mode"] == "keep_last_if_active" and given.get("group") is not None:
+                errors["group"] = "keep_last_if_active runs a key's jobs in a group of their own: leave group out"
+        except ValueError as exc:
+            errors["deduplicate"] = str(exc)
     for name in ("remove_on_complete", "remove_on_fail"):
         if given.get(name) is not None:
             try:
@@ -179,6 +244,8 @@ def resolve_options(
         "remove_on_complete",
         "remove_on_fail",
         "expires",
+        "group",
+        "deduplicate",
     }
     for name in sorted(unknown):
         errors[name] = "unknown job option"

@@ -24,7 +24,7 @@ from typing import Any
 
 from marshmallow import Schema
 
-from jobqueue.errors import JobTimeout, PermanentJobError, TransientJobError
+from jobqueue.errors import JobTimeout, PermanentJobError, RateLimited, TransientJobError
 from jobqueue.options import Backoff, JobOptions
 
 Hook = Callable[..., Any] | None
@@ -65,6 +65,11 @@ class QueuePolicy:
     # only at its check points (and on its on_cancel's terms).
     terminate_on_cancel: bool = True
     on_manual_retry: Hook = None  # (job, data): before an operator's retry requeues a failed job
+    # (exc) -> ms | None: an error that says the gateway wants the whole queue to slow down
+    # (Stripe's RateLimitError with Retry-After, SMTP 421): the queue takes no job for ms and
+    # the job goes back to waiting without spending an attempt (a task can also raise
+    # RateLimited(ms) itself).
+    back_pressure: Hook = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -72,7 +77,7 @@ class QueuePolicy:
             parts = entry if isinstance(entry, tuple) else (entry,)
             if not all(_is_error_class(part) or (callable(part) and not isinstance(part, type)) for part in parts):
                 raise TypeError(f"{self.name}: retry_on takes exception classes and predicates, not {entry!r}")
-        for name in ("on_final_failure", "on_manual_retry", "on_cancel"):
+        for name in ("on_final_failure", "on_manual_retry", "on_cancel", "back_pressure"):
             hook = getattr(self, name)
             if hook is not None and not callable(hook):
                 raise TypeError(f"{self.name}: {name} must be a callable, not {hook!r}")
@@ -109,3 +114,12 @@ class QueuePolicy:
     def hook(self, name: str) -> Callable[..., Any] | None:
         """The on_final_failure, on_manual_retry or on_cancel hook."""
         return getattr(self, name)
+
+    def pause_for(self, exc: BaseException) -> int | None:
+        """How long (ms) the whole queue must take no job after exc, or None (not back-pressure)."""
+        if isinstance(exc, RateLimited):
+            return exc.ms
+        if self.back_pressure is None:
+            return None
+        ms = self.back_pressure(exc)
+        return None if ms is None else max(int(ms), 1)

@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from jobqueue import tracing
 from jobqueue.errors import InvalidJobData, QueueUnavailable
 from jobqueue.lifecycle import FINISHED
+from jobqueue.limits import FlowControl
 from jobqueue.options import InvalidJobOptions, JobOptions, resolve_options
 from jobqueue.policy import QueuePolicy
 from jobqueue.store import JobRecord, JobStore, Retention, now_ms, to_json
@@ -54,6 +55,13 @@ class PreparedJob:
     @property
     def id(self) -> str:
         return self.record.id
+
+
+def _dedup_group(deduplicate: Mapping[str, Any] | None) -> str | None:
+    """keep_last_if_active keeps its follow-up behind the running job in a group of the key's own."""
+    if deduplicate and deduplicate["mode"] == "keep_last_if_active":
+        return f"dedup:{deduplicate['id']}"
+    return None
 
 
 def lease_ms(opts: JobOptions) -> int:
@@ -137,19 +145,29 @@ class JobQueue:
         return self.add_prepared(self.prepare(data, job_id=job_id, owner=owner, **options), remember_ms)
 
     def add_prepared(self, job: PreparedJob, remember_ms: int = 0) -> Job:
-        """Store a job prepare() made (the outbox's way in): admission, then one script."""
+        """Store a job prepare() made (the outbox's way in): admission, then one script.
+
+        A job whose deduplicate key is held returns the job that holds it (no new job).
+        """
         self._admit()
         try:
-            created = self._create(job, remember_ms)
+            status, holder, *state = self._create(job, remember_ms)
         except RedisError as exc:
             raise QueueUnavailable(f"job store unreachable: {exc}") from exc
-        if not created:
-            existing = self.store.get(job.id, self.name)
+        if status != "created":
+            existing = self.store.get(holder or job.id, self.name)
             if existing is not None:
+                if status == "deduplicated":
+                    log.info("job.deduplicated", extra={"job_id": existing.id, "queue": self.name})
                 return existing
+            if status == "deduplicated":
+                # Mode throttle: the key's job is gone already, but its window still holds.
+                return JobRecord(holder, self.name, self.task_name, "removed", {}, {}, store=self.store)
             raise QueueUnavailable(f"job {job.id} vanished while it was being added")
         self._log_created(job)
         job.record.store = self.store
+        if state:
+            job.record.state = state[0]  # waiting, delayed, or grouped (behind its group)
         return job.record
 
     def add_bulk(self, items: Sequence[Mapping[str, Any]], *, owner: str | None = None, **options: Any) -> list[Job]:
@@ -173,18 +191,24 @@ class JobQueue:
             with self.store.redis.pipeline(transaction=False) as pipe:
                 for job in prepared:
                     self._create(job, 0, client=pipe)
-                pipe.execute()
+                answers = pipe.execute()
         except RedisError as exc:
             raise QueueUnavailable(f"job store unreachable: {exc}") from exc
-        for job in prepared:
-            self._log_created(job)
-        return [job.record for job in prepared]
+        out: list[Job] = []
+        for job, (status, holder, *state) in zip(prepared, answers, strict=True):
+            if status == "created":
+                job.record.state = state[0]
+                self._log_created(job)
+                out.append(job.record)
+            else:  # an id stored already, or a deduplicate key held: the job that stands for it
+                out.append(self.store.get(holder or job.id, self.name) or job.record)
+        return out
 
     def _admit(self) -> None:
         if self.admission is not None:
             self.admission()
 
-    def _create(self, job: PreparedJob, remember_ms: int, client: Any = None) -> bool:
+    def _create(self, job: PreparedJob, remember_ms: int, client: Any = None) -> Any:
         opts = job.options
         record = job.record
         priority = opts.priority or PRIORITY_NONE
@@ -200,6 +224,8 @@ class JobQueue:
             sealed=job.sealed,
             remember_ms=remember_ms,
             expires_at=opts.expires,
+            group=opts.group or _dedup_group(opts.deduplicate),
+            deduplicate=opts.deduplicate,
             client=client,
         )
 
@@ -291,6 +317,11 @@ class JobQueue:
         the job's state ('active': refused, unchanged), or None for an unknown job."""
         self.validate(data)
         return self.store.update_data(job_id, self.name, data)
+
+    @property
+    def flow(self) -> FlowControl:
+        """This queue's limits in the store: get, set, set_group, throttle, status (jobqueue.limits)."""
+        return FlowControl(self.store, self.name)
 
     def wait_until_finished(self, job_id: str, timeout: float) -> Job:
         """Block until the job is completed, failed, cancelled or expired (TimeoutError after timeout s)."""

@@ -326,9 +326,16 @@ class JobStore:
         sealed: str | None = None,
         remember_ms: int = 0,
         expires_at: int | None = None,
+        group: str | None = None,
+        deduplicate: Mapping[str, Any] | None = None,
         client: Any = None,
-    ) -> bool:
-        """Store a new job (add, or add_delayed) and wake a worker; False if that id already exists.
+    ) -> tuple[str, ...]:
+        """Store a new job (add, add_delayed, or hold: behind its group) and wake a worker.
+
+        Returns ('created', id, state), ('exists', '') when that id is stored already, or
+        ('deduplicated', holder) when a job of the same deduplicate key stands for it
+        (JobOptions.deduplicate; holder: that job's id). With a pipeline as client, the
+        answer comes from the pipeline's execute().
 
         sealed: the data as the store keeps it, when the caller sealed it already. With
         remember_ms, was_added() says the id was added for that long, even once the job
@@ -357,8 +364,10 @@ class JobStore:
             fields["trace"] = record.trace
         flat = [v for kv in fields.items() for v in kv]
         event = "add" if record.state == "waiting" else "add_delayed"
-        args = [event, score, record.queue, remember_ms, expires_at or 0, tags, record.created_at, *flat]
-        return bool(self._run("add", record.id, record.queue, args, client=client))
+        dedup = to_json(dict(deduplicate)) if deduplicate else ""
+        args = [event, score, record.queue, remember_ms, expires_at or 0, tags, record.created_at, group or "", dedup]
+        answer = self._run("add", record.id, record.queue, [*args, *flat], client=client)
+        return answer if client is not None else tuple(answer)
 
     def was_added(self, job_ids: list[str], queue: str) -> list[bool]:
         """For each id: whether its job exists, or was added with remember_ms that has not run out."""
@@ -441,6 +450,7 @@ class JobStore:
         attempt: Mapping[str, Any] | None = None,
         duration_ms: float | None = None,
         fields: Mapping[str, Any] | None = None,
+        throttle_ms: int = 0,
     ) -> str | None:
         """End an active job's attempt by event (complete, fail, or retry) and trim the state it reaches.
 
@@ -453,7 +463,7 @@ class JobStore:
             record.id,
             record.queue,
             [
-                self.keys.tag(record.queue),
+                throttle_ms,
                 event,
                 score,
                 now_ms(),

@@ -21,6 +21,7 @@ from celery.worker.request import Request
 from jobqueue import tracing
 from jobqueue.deadline import CancelWatch, Overseer, job_deadline, past_deadline
 from jobqueue.errors import JobCancelled, JobTimeout, PermanentJobError, Snooze, TransientJobError
+from jobqueue.lifecycle import FINISHED
 from jobqueue.masking import mask
 from jobqueue.options import JobOptions
 from jobqueue.policy import QueuePolicy
@@ -157,6 +158,13 @@ class JobTask(Task):
         if isinstance(exc, Snooze):
             self._snooze(queue, job, exc, duration_ms)
             return
+        pause_ms = self.policy.pause_for(exc)
+        if pause_ms is not None and not job.cancel_requested:
+            # The gateway asked the queue to slow down: no job of it is taken for pause_ms,
+            # and this one waits again without spending its attempt.
+            if self._end(queue, job, "rate_limited", duration_ms, error=describe(exc), wait_ms=pause_ms):
+                raise Retry(describe(exc), exc, when=pause_ms / 1000) from exc
+            return
         if isinstance(exc, JobCancelled) or job.cancel_requested or self._cancel_asked(job):
             # Cancelled while it ran: it ends cancelled, whatever it raised, and is not retried.
             self._end(queue, job, "cancelled", duration_ms, error=job.cancel_requested or describe(exc))
@@ -234,13 +242,14 @@ class JobTask(Task):
             "failed": "fail",
             "delayed": "retry",
             "snoozed": "snooze",
+            "rate_limited": "rate_limit",
             "cancelled": "cancel",
         }[state]
         if state == "completed":
             fields = {"result": to_json(result), "finishedAt": finished_at, "failedReason": ""}
         elif state in ("failed", "cancelled"):
             fields = {"failedReason": error if state == "failed" else "", "finishedAt": finished_at}
-        elif state == "snoozed":
+        elif state in ("snoozed", "rate_limited"):
             fields = {}
         else:
             fields = {"failedReason": error}
@@ -248,8 +257,11 @@ class JobTask(Task):
             queue.store.finish(
                 job,
                 event,
-                score=finished_at + wait_ms,
-                retention=queue.retention_for(job, state) if state not in ("delayed", "snoozed") else Retention(),
+                score=job.priority * queue.store.priority_step + finished_at
+                if state == "rate_limited"
+                else finished_at + wait_ms,
+                throttle_ms=wait_ms if state == "rate_limited" else 0,
+                retention=queue.retention_for(job, state) if state in FINISHED else Retention(),
                 attempt=self._attempt(job, finished_at, duration_ms, error, tb),
                 duration_ms=duration_ms,
                 fields=fields,
@@ -264,6 +276,8 @@ class JobTask(Task):
             log.warning("job.retry", extra={**line, "error": error, "retry_in_ms": wait_ms, "data": mask(job.data)})
         elif state == "snoozed":
             log.info("job.snoozed", extra={**line, "reason": error, "snooze_ms": wait_ms})
+        elif state == "rate_limited":
+            log.warning("job.rate_limited", extra={**line, "reason": error, "queue_paused_ms": wait_ms})
         elif state == "cancelled":
             log.warning("job.cancelled", extra={**line, "reason": error})
         else:

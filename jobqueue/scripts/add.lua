@@ -1,25 +1,87 @@
--- Stores a new job: new -> waiting (add) or new -> delayed (add_delayed), indexes it for
--- search, and wakes a worker. With remember_ms, a marker that the id was added outlives
--- the job by that long (the outbox's relay reads it, so a job already run and trimmed is
--- not added again).
+-- Stores a new job: new -> waiting (add), new -> delayed (add_delayed), or new -> grouped
+-- (hold: its group has no free slot), indexes it for search, and wakes a worker. With
+-- remember_ms, a marker that the id was added outlives the job by that long (the outbox's
+-- relay reads it, so a job already run and trimmed is not added again).
+-- With a deduplication key, a job of the same key may already stand for this one: then
+-- nothing is stored, and the answer names that job (its data replaced by this one's in
+-- modes debounce, a still-delayed job, whose delay starts again; and keep_last, a job
+-- that has not started). Modes: simple (the key is held until its job is final),
+-- throttle (held ttl ms), debounce (held ttl ms; see above), keep_last (held until final;
+-- while its job runs, one follow-up is kept, behind it in the key's own group).
 -- ARGV: event, score, queue, remember_ms (0 = no marker), expires_at (0 = never),
---       tags (JSON list of 'field:value', '' = none), created_at, field/value pairs...
--- Returns 1 when created, 0 when a job with this id already exists.
-if redis.call('EXISTS', K.job) == 1 then return 0 end
-local fields = {}
-for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+--       tags (JSON list of 'field:value', '' = none), created_at, group ('' = none),
+--       dedup (JSON {id, mode, ttl}, '' = none), field/value pairs...
+-- Returns {'created', id, state}, {'exists', ''} (a job with this id is stored already), or
+-- {'deduplicated', id of the job that holds the key}.
+if redis.call('EXISTS', K.job) == 1 then return {'exists', ''} end
+local fields, data = {}, nil
+for i = 10, #ARGV, 2 do
+  fields[#fields + 1] = ARGV[i]
+  fields[#fields + 1] = ARGV[i + 1]
+  if ARGV[i] == 'data' then data = ARGV[i + 1] end
+end
+local queue, created = ARGV[3], tonumber(ARGV[7])
+local dd, dkey = nil, nil
+if ARGV[9] ~= '' then
+  dd = cjson.decode(ARGV[9])
+  dkey = K.tag .. ':dd:' .. dd.id
+  local holder = redis.call('GET', dkey)
+  local hjob = holder and queue_job(holder)
+  local hstate = hjob and redis.call('HGET', hjob, 'state')
+  local kept = dd.mode == 'throttle' and holder ~= false and holder ~= nil
+  if hstate then
+    if dd.mode == 'simple' or dd.mode == 'throttle' then
+      kept = true
+    elseif dd.mode == 'debounce' then
+      if hstate == 'delayed' then
+        redis.call('HSET', hjob, 'data', data)
+        move(hjob, holder, 'delayed', 'defer', ARGV[2])
+        if dd.ttl > 0 then redis.call('PEXPIRE', dkey, dd.ttl) end
+        kept = true
+      end
+    elseif dd.mode == 'keep_last' then
+      if hstate == 'waiting' or hstate == 'grouped' or hstate == 'delayed' then
+        redis.call('HSET', hjob, 'data', data)
+        emit(holder, 'updated', hstate)
+        kept = true
+      end
+    end
+  end
+  if kept then
+    redis.call('HINCRBY', K.metrics, queue .. ':deduplicated', 1)
+    count_minute(created, 'deduplicated')
+    emit(holder, 'deduplicated', hstate or 'removed')
+    return {'deduplicated', holder}
+  end
+end
 redis.call('HSET', K.job, unpack(fields))
 local id = redis.call('HGET', K.job, 'id')
-move(K.job, id, 'new', ARGV[1], ARGV[2])
-redis.call('HINCRBY', K.metrics, ARGV[3] .. ':added', 1)
+if ARGV[8] ~= '' then
+  redis.call('HSET', K.job, 'group', ARGV[8], 'gseq', redis.call('INCR', K.tag .. ':gseq'))
+end
+if dd then
+  redis.call('HSET', K.job, 'dedupKey', dkey, 'dedupMode', dd.mode)
+  if dd.ttl > 0 then
+    redis.call('SET', dkey, id, 'PX', dd.ttl)
+  else
+    redis.call('SET', dkey, id)
+  end
+end
+local state
+if ARGV[1] == 'add' then
+  state = make_ready(K.job, id, 'new', 'add', ARGV[2])
+else
+  state = move(K.job, id, 'new', ARGV[1], ARGV[2])
+end
+redis.call('HINCRBY', K.metrics, queue .. ':added', 1)
 if tonumber(ARGV[4]) > 0 then redis.call('SET', K.job .. ':added', 1, 'PX', ARGV[4]) end
 if tonumber(ARGV[5]) > 0 then redis.call('ZADD', K.expiring, ARGV[5], id) end
 if INDEXES then
-  redis.call('ZADD', K.created, ARGV[7], id)
+  redis.call('ZADD', K.created, created, id)
   if ARGV[6] ~= '' then
-    for _, tag in ipairs(cjson.decode(ARGV[6])) do redis.call('ZADD', K.tag .. ':idx:' .. tag, ARGV[7], id) end
+    for _, tag in ipairs(cjson.decode(ARGV[6])) do redis.call('ZADD', K.tag .. ':idx:' .. tag, created, id) end
   end
 end
-count_minute(tonumber(ARGV[7]), 'added')
+count_minute(created, 'added')
 wake()
-return 1
+return {'created', id, state}

@@ -3,9 +3,13 @@
 --      fail past max_stalls (a poison job), or end cancelled if a cancel was asked;
 --   2. pending jobs past their expiry end expired (they never run);
 --   3. due delayed jobs (delays, retry backoffs, snoozes) are promoted to waiting;
---   4. unless the queue is paused, up to count waiting jobs, first by priority and then
---      in the order they became waiting, move to active, each under a lease and a new
---      fencing token, and come back whole.
+--   4. groups whose rate window has room again let their next jobs go (turn);
+--   5. unless the queue is paused or throttled (the gateway asked it to slow down), up to
+--      count waiting jobs, but no more than its concurrency and rate limits leave room for
+--      (K.limits), first by priority and then in the order they became waiting, move to
+--      active, each under a lease and a new fencing token, and come back whole.
+-- A job over a limit stays waiting: it spends no attempt, and the answer's wait_ms says
+-- when the next slot frees, so the worker blocks that long rather than asking again.
 -- K.job is the queue's job-key prefix ('{<prefix>:<queue>}:job:').
 -- A fetch is idempotent by its fetch id: a client that lost the reply to a timeout and
 -- sends the same fetch again gets the same jobs, not more (the worker's last fetch is
@@ -65,10 +69,34 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', K.expiring, '-inf', now, 'LIMIT'
 end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', K.delayed, '-inf', now, 'LIMIT', 0, 1000)) do
   local job = job_key(id)
-  move(job, id, 'delayed', 'promote', waiting_score(job, now))
+  make_ready(job, id, 'delayed', 'promote', waiting_score(job, now))
+end
+local snow = server_ms()
+for _, group in ipairs(redis.call('ZRANGEBYSCORE', K.gdue, '-inf', snow, 'LIMIT', 0, 100)) do
+  redis.call('ZREM', K.gdue, group)
+  group_next(group, now)
+end
+-- The limits: how many of count this fetch may take, and if none, for how long.
+local limit_wait = nil
+local throttled = redis.call('PTTL', K.throttle)
+if throttled > 0 then count, limit_wait = 0, throttled end
+if count > 0 and redis.call('HLEN', K.limits) > 0 then
+  local l = redis.call('HMGET', K.limits, 'concurrency', 'rateMax', 'rateMs')
+  local conc, rmax, rms = tonumber(l[1]), tonumber(l[2]), tonumber(l[3])
+  if conc then
+    count = math.min(count, conc - redis.call('ZCARD', K.active))
+    -- A slot frees when a running job ends: that move wakes a worker.
+    if count <= 0 then count, limit_wait = 0, wait end
+  end
+  if rmax and count > 0 then
+    local free, rate_wait = rate_free(K.rate, rmax, rms, snow)
+    count = math.min(count, free)
+    if count <= 0 then count, limit_wait = 0, rate_wait end
+  end
 end
 local out = {0}
 local paused = redis.call('EXISTS', K.paused) == 1
+local rated = redis.call('HEXISTS', K.limits, 'rateMax') == 1
 if not paused and count > 0 then
   local taken = redis.call('ZRANGE', K.waiting, 0, count - 1, 'WITHSCORES')
   if #taken > 0 then
@@ -82,6 +110,7 @@ if not paused and count > 0 then
     move(job, id, 'waiting', 'fetch', now)
     local lease = now + tonumber(redis.call('HGET', job, 'leaseMs') or 60000)
     redis.call('ZADD', K.leases, lease, id)
+    if rated then redis.call('ZADD', K.rate, IN_FLIGHT, id) end
     redis.call('HINCRBY', job, 'attempts', 1)
     redis.call('HINCRBY', job, 'token', 1)
     redis.call('HSET', job, 'processedOn', now, 'worker', worker, 'leaseUntil', lease)
@@ -93,9 +122,12 @@ if not paused and count > 0 then
   if redis.call('ZCARD', K.waiting) > 0 then wake() end
 end
 if paused then wait = math.min(wait, 1000) end
+if limit_wait then wait = math.min(wait, limit_wait) end
 for _, zset in ipairs({K.delayed, K.leases, K.expiring}) do
   local first = redis.call('ZRANGE', zset, 0, 0, 'WITHSCORES')
   if first[2] then wait = math.min(wait, tonumber(first[2]) - now) end
 end
+local due = redis.call('ZRANGE', K.gdue, 0, 0, 'WITHSCORES')
+if due[2] then wait = math.min(wait, tonumber(due[2]) - snow) end
 out[1] = math.max(wait, 0)
 return out

@@ -1,9 +1,10 @@
 -- Ends an attempt: records it and its metrics, moves the job on (complete, fail, cancel;
--- retry or snooze: back to delayed until score), then trims the state it reached to the
--- job's retention (trim). A snooze gives back the attempt it started (attempts - 1).
+-- retry or snooze: back to delayed until score; rate_limit: back to waiting, and the whole
+-- queue takes no job for throttle_ms), then trims the state it reached to the job's
+-- retention (trim). A snooze or a rate_limit gives back the attempt it started.
 -- Fenced: only the delivery holding the job's current token may end it. A late
 -- call from a delivery whose lease was taken over is refused and counted.
--- ARGV: (unused), event, score, now, keep_count (-1 = all), keep_age_ms (-1 = any),
+-- ARGV: throttle_ms (rate_limit), event, score, now, keep_count (-1 = all), keep_age_ms (-1 = any),
 --       attempt_json, queue, duration_ms, histogram field, token, field/value pairs...
 -- Returns the state the job left, 'repeat' when this same delivery's finish ran already
 -- (a client that lost the reply to a timeout sends it again), or 'stale' when refused
@@ -31,6 +32,12 @@ if event == 'snooze' then
   redis.call('HINCRBY', K.job, 'attempts', -1)
   redis.call('HINCRBY', K.job, 'snoozes', 1)
 end
+if event == 'rate_limit' then
+  counter = 'rate_limited'
+  redis.call('HINCRBY', K.job, 'attempts', -1)
+  local ms = tonumber(ARGV[1]) or 0
+  if ms > 0 and redis.call('PTTL', K.throttle) < ms then redis.call('SET', K.throttle, id, 'PX', ms) end
+end
 if event == 'cancel' then
   redis.call('HSET', K.job, 'cancelReason', redis.call('HGET', K.job, 'cancelRequested') or 'cancelled')
 end
@@ -44,7 +51,7 @@ if duration ~= '' then
   redis.call('LTRIM', K.durations, 0, 999)
   time_minute(now, 'p', tonumber(duration))
 end
-if target == 'delayed' then
+if target == 'delayed' or target == 'waiting' then
   wake()  -- an idle worker recomputes how long it may block
   return state
 end

@@ -66,26 +66,155 @@ local function unindex(job, id)
   redis.call('ZREM', K.created, id)
 end
 
+-- Redis's own clock (ms): every worker and host reads the rate windows on one clock.
+local function server_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- A rate window's free slots: max less the slots used within ms before now, and when none
+-- is free, the ms until the oldest frees (at most ms). A slot's score is when it was last
+-- used: a job holds its slot from when it is taken until it ends (scored IN_FLIGHT until
+-- then), so no window at the gateway sees more than max jobs' calls however long they run.
+local IN_FLIGHT = 1e15
+local function rate_free(key, max, ms, now)
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - ms)
+  local used = redis.call('ZCARD', key)
+  if used < max then return max - used, 0 end
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return 0, math.min(math.max(tonumber(first[2]) + ms - now, 1), ms)
+end
+
+local function group_key(group)
+  return K.tag .. ':g:' .. group
+end
+
+-- A group's limits: its own (K.glimits) over the queue's group defaults (K.limits).
+-- Returns concurrency (1 by default), rate max and rate ms (nil: no group rate).
+local function group_limits(group)
+  local q = redis.call('HMGET', K.limits, 'groupConcurrency', 'groupRateMax', 'groupRateMs')
+  local conc, rmax, rms = tonumber(q[1]) or 1, tonumber(q[2]), tonumber(q[3])
+  local own = redis.call('HGET', K.glimits, group)
+  if own then
+    own = cjson.decode(own)
+    if type(own.concurrency) == 'number' then conc = own.concurrency end
+    if type(own.rateMax) == 'number' then rmax, rms = own.rateMax, own.rateMs end
+  end
+  return conc, rmax, rms
+end
+
+-- Whether a group may let one more job go now; when only its rate stops it, the ms until
+-- it may. The third answer: whether the group has a rate (its slots are then counted).
+-- (Rate windows and K.gdue are on the server's clock.)
+local function group_room(gkey, group)
+  local conc, rmax, rms = group_limits(group)
+  if redis.call('SCARD', gkey .. ':run') >= conc then return false, nil, rmax end
+  if rmax then
+    local free, wait = rate_free(gkey .. ':rate', rmax, rms, server_ms())
+    if free < 1 then return false, wait, rmax end
+  end
+  return true, nil, rmax
+end
+
+-- A job takes one of its group's slots: it holds it until it is final.
+local function group_take(gkey, id, rated)
+  redis.call('SADD', gkey .. ':run', id)
+  if rated then redis.call('ZADD', gkey .. ':rate', IN_FLIGHT, id) end
+end
+
+local move
+
+-- Let a group's next jobs go (grouped -> waiting, event turn) while it has room.
+local function group_next(group, now)
+  local gkey = group_key(group)
+  local released = 0
+  while true do
+    local head = redis.call('ZRANGE', gkey, 0, 0)[1]
+    if not head then break end
+    local room, wait, rated = group_room(gkey, group)
+    if not room then
+      if wait then redis.call('ZADD', K.gdue, server_ms() + wait, group) end
+      break
+    end
+    local job = queue_job(head)
+    group_take(gkey, head, rated)
+    move(job, head, 'grouped', 'turn', waiting_score(job, now))
+    released = released + 1
+  end
+  if released > 0 then wake() end
+  return released
+end
+
+-- Where a job that may run now goes (event add, promote or admin_retry): waiting, unless
+-- its group (option group) has no free slot or older jobs of it wait: then grouped (hold),
+-- in the order its jobs were added. Returns the new state, or nil (no such move).
+local function make_ready(job, id, from, event, score)
+  local group = redis.call('HGET', job, 'group')
+  if group and redis.call('SISMEMBER', group_key(group) .. ':run', id) == 0 then
+    local gkey = group_key(group)
+    local room, wait, rated = false, nil, nil
+    if redis.call('ZCARD', gkey) == 0 then room, wait, rated = group_room(gkey, group) end
+    if not room then
+      local to = move(job, id, from, 'hold', redis.call('HGET', job, 'gseq'))
+      if to then
+        redis.call('ZADD', gkey, redis.call('ZSCORE', K.grouped, id), id)
+        redis.call('ZINCRBY', K.groups, 1, group)
+        if wait then redis.call('ZADD', K.gdue, 'LT', server_ms() + wait, group) end
+      end
+      return to
+    end
+    group_take(gkey, id, rated)
+  end
+  return move(job, id, from, event, score)
+end
+
+local FINAL = {completed = true, failed = true, cancelled = true, expired = true, removed = true}
+local PENDING_STATE = {waiting = true, grouped = true, delayed = true}
+
 -- The one way a job changes state: the move must be a row of the table. Returns the
 -- new state, or nil (and changes nothing) when the table has no such move.
-local function move(job, id, from, event, score)
+-- On the way it keeps what flow control holds for the job: a grouped job leaves its
+-- group's line; a job that ends (or is removed) gives back its group slot (the group's
+-- next job goes) and its deduplication key (modes simple and keep_last); a job leaving
+-- active marks its rate slot used now and, on a limited queue, wakes a worker.
+move = function(job, id, from, event, score)
   local row = ALLOWED[from]
   local to = row and row[event]
   if not to then return nil end
   if from ~= 'new' then redis.call('ZREM', K[from], id) end
-  if (from == 'waiting' or from == 'delayed') and to ~= 'waiting' and to ~= 'delayed' then
-    redis.call('ZREM', K.expiring, id)
+  if PENDING_STATE[from] and not PENDING_STATE[to] then redis.call('ZREM', K.expiring, id) end
+  local group, dedup, mode
+  if from == 'grouped' or (FINAL[to] and not FINAL[from]) then
+    local f = redis.call('HMGET', job, 'group', 'dedupKey', 'dedupMode')
+    group, dedup, mode = f[1], f[2], f[3]
+    if group and from == 'grouped' then
+      redis.call('ZREM', group_key(group), id)
+      if tonumber(redis.call('ZINCRBY', K.groups, -1, group)) <= 0 then redis.call('ZREM', K.groups, group) end
+    end
+  end
+  if from == 'active' then
+    redis.call('ZREM', K.leases, id)
+    redis.call('ZADD', K.rate, 'XX', server_ms(), id)
+    if redis.call('HLEN', K.limits) > 0 and redis.call('ZCARD', K.waiting) > 0 then wake() end
   end
   if to == 'removed' then
     unindex(job, id)
     redis.call('DEL', job, job .. ':attempts', job .. ':logs')
     if event ~= 'trim' then emit(id, event, to) end
-    return to
+  else
+    redis.call('ZADD', K[to], score, id)
+    redis.call('HSET', job, 'state', to)
+    emit(id, event, to)
   end
-  redis.call('ZADD', K[to], score, id)
-  redis.call('HSET', job, 'state', to)
-  if from == 'active' then redis.call('ZREM', K.leases, id) end
-  emit(id, event, to)
+  if FINAL[to] and not FINAL[from] then
+    if group and redis.call('SREM', group_key(group) .. ':run', id) == 1 then
+      redis.call('ZADD', group_key(group) .. ':rate', 'XX', server_ms(), id)
+      group_next(group, server_ms())
+    end
+    if dedup and mode ~= 'throttle' and mode ~= 'debounce' and redis.call('GET', dedup) == id then
+      redis.call('DEL', dedup)
+    end
+  end
   return to
 end
 
