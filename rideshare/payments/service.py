@@ -203,8 +203,9 @@ def _store_payment(
                     "created_at": now,
                 },
             )
-        # Tagged with its ride (the payment id is the data's), so a ride's jobs are found together.
-        job_options = {"tags": {"rideId": ride_id}, **job_options}
+        # Tagged with its ride (the payment id is the data's), so a ride's jobs are found together,
+        # and in its ride's group: a ride's payment jobs run one at a time, in the order added.
+        job_options = {"tags": {"rideId": ride_id}, "group": f"ride:{ride_id}", **job_options}
         staged = stage_job(
             conn, "payment", {"paymentId": payment_id}, job_id=values["job_id"], owner=user_id, **job_options
         )

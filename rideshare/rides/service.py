@@ -101,7 +101,15 @@ def complete_ride(
             "data": {"fare": str(fare), "distance": distance, "duration": duration},
         }
         # Unique beyond this database's ids; the event id is what analytics dedupes on.
-        staged = stage_job(session, "analytics", event, job_id=f"{event_id}-{secrets.token_hex(4)}", owner=user_id)
+        # In the ride's group: a ride's analytics jobs run one at a time, in the order added.
+        staged = stage_job(
+            session,
+            "analytics",
+            event,
+            job_id=f"{event_id}-{secrets.token_hex(4)}",
+            owner=user_id,
+            group=f"ride:{ride_id}",
+        )
 
     def undo(session: Session) -> None:
         session.execute(
