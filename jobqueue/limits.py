@@ -190,7 +190,9 @@ class Limits:
         try:
             limits = cls().changed(body)
         except InvalidLimits as exc:
-            errors |= {f"{name}_{k.upper().replace('.', '_')}": v for k, v in exc.errors.items()}
+            # Named by the variable that set the field (rate: <QUEUE>_RATE_LIMIT, not <QUEUE>_RATE).
+            variables = {("group." if into is group else "") + field: key for key, (into, field, _) in keys.items()}
+            errors |= {variables.get(k, k): v.removesuffix(", or null for none") for k, v in exc.errors.items()}
         if errors:
             raise InvalidLimits(errors)
         return limits
