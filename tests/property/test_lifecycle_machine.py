@@ -1,7 +1,8 @@
 """A stateful property test of the job store against a real Redis (Hypothesis RuleBasedStateMachine).
 
-Random interleavings of add, fetch (which promotes and recovers), finish (complete, fail,
-retry), release, lease expiry, delete, clean and an operator's retry, from several workers
+Random interleavings of add (in groups or not, with a deduplication key or not), fetch
+(which promotes and recovers), finish (complete, fail, retry, snooze, rate_limit), release,
+lease expiry, delete, clean, cancel, snooze and an operator's retry, from several workers
 holding current and stale tokens. After every step:
 
 - every job is in exactly one state set, the one its hash names;
@@ -9,7 +10,11 @@ holding current and stale tokens. After every step:
 - a job moved only along a row of the transition table, and a finished job only by an
   operator's retry (or removal);
 - a stale token changed nothing;
-- no job was lost.
+- no job was lost;
+- a group (concurrency 1) has at most one job holding its slot, only a job of the group
+  that is not final and not held back; a group with jobs held back has its slot taken (or
+  a turn due); its backlog count is its held-back jobs;
+- a deduplication key (mode simple) names a job that is not final.
 """
 
 import uuid
@@ -45,7 +50,12 @@ SPONTANEOUS = {
     ("active", "cancel"),  # its lease ran out with a cancel asked
     ("waiting", "expire"),
     ("delayed", "expire"),
+    ("grouped", "turn"),  # its group's slot freed (any move that ends a job of the group)
+    ("grouped", "expire"),
+    ("delayed", "hold"),  # promoted while its group's slot is taken
 }
+GROUPS = (None, "g1", "g2")
+DEDUP_KEYS = (None, "k1")
 
 REDIS_URL: list[str] = []
 
@@ -66,6 +76,7 @@ class JobStoreMachine(RuleBasedStateMachine):
         self.held: dict[str, tuple[str, object]] = {}  # job id -> (worker, record) of the current delivery
         self.stale: list[object] = []  # records of deliveries that no longer hold their job
         self.expired: dict[str, object] = {}  # job id -> record whose lease ran out, not yet taken over
+        self.groups: dict[str, str | None] = {}  # job id -> its group
 
     def teardown(self) -> None:
         keys = list(self.client.scan_iter(f"{{{self.store.prefix}:*", count=1000))
@@ -75,15 +86,36 @@ class JobStoreMachine(RuleBasedStateMachine):
 
     # -- moves -----------------------------------------------------------------------
 
-    @rule(priority=st.integers(0, 2), delayed=st.booleans(), expiring=st.booleans())
-    def add(self, priority: int, delayed: bool, expiring: bool) -> None:
+    @rule(
+        priority=st.integers(0, 2),
+        delayed=st.booleans(),
+        expiring=st.booleans(),
+        group=st.sampled_from(GROUPS),
+        dedup=st.sampled_from(DEDUP_KEYS),
+    )
+    def add(self, priority: int, delayed: bool, expiring: bool, group: str | None, dedup: str | None) -> None:
         # Time is the machine's: a delayed job falls due, and an expiry falls, only when time_passes.
         job_id = f"j{len(self.model):04d}"
         expires = 2 * HOUR_MS if expiring else None
+        options = {"group": group} if group else {}
+        if dedup:
+            options["deduplicate"] = {"id": dedup, "mode": "simple"}
+        holder = self.client.get(f"{self.store.keys.tag(QUEUE)}:dd:{dedup}") if dedup else None
         job = self.queue.add(
-            {"n": 1}, job_id=job_id, priority=priority, delay=HOUR_MS if delayed else 0, expires=expires
+            {"n": 1}, job_id=job_id, priority=priority, delay=HOUR_MS if delayed else 0, expires=expires, **options
         )
-        self.model[job.id] = "delayed" if delayed else "waiting"
+        if holder:  # the key's job stands for this one: nothing new is stored
+            assert job.id == holder and self.store.get(job_id) is None
+            return
+        assert job.id == job_id
+        if delayed:
+            assert job.state == "delayed"
+        elif group:
+            assert job.state in ("waiting", "grouped")
+        else:
+            assert job.state == "waiting"
+        self.model[job.id] = job.state
+        self.groups[job.id] = group
 
     @rule(worker=st.sampled_from(WORKERS), count=st.integers(1, 4))
     def fetch(self, worker: str, count: int) -> None:
@@ -109,14 +141,16 @@ class JobStoreMachine(RuleBasedStateMachine):
         self._sync()
 
     @precondition(lambda self: self.held)
-    @rule(data=st.data(), event=st.sampled_from(["complete", "fail", "retry", "snooze", "cancel"]))
+    @rule(data=st.data(), event=st.sampled_from(["complete", "fail", "retry", "snooze", "cancel", "rate_limit"]))
     def finish(self, data: st.DataObject, event: str) -> None:
         job_id = pick(data, list(self.held))
         _, record = self.held.pop(job_id)
         attempts = int(self.client.hget(self.store.keys.job(job_id, QUEUE), "attempts"))
-        self.store.finish(record, event, score=now_ms() + (HOUR_MS if event in ("retry", "snooze") else 0))
+        score = now_ms() + (HOUR_MS if event in ("retry", "snooze") else 0)
+        # A rate_limit throttles the queue for 1 ms only: the machine's fetches must still take jobs.
+        self.store.finish(record, event, score=score, throttle_ms=1 if event == "rate_limit" else 0)
         self.model[job_id] = next_state("active", event)
-        if event == "snooze":  # the attempt it started is given back
+        if event in ("snooze", "rate_limit"):  # the attempt it started is given back
             assert int(self.client.hget(self.store.keys.job(job_id, QUEUE), "attempts")) == attempts - 1
 
     @precondition(lambda self: self.model)
@@ -125,7 +159,7 @@ class JobStoreMachine(RuleBasedStateMachine):
         job_id = pick(data, list(self.model))
         outcome = self.queue.cancel(job_id, "asked")
         state = self.model[job_id]
-        if state in ("waiting", "delayed"):
+        if state in ("waiting", "grouped", "delayed"):
             assert outcome == "cancelled"
             self.model[job_id] = "cancelled"
         elif state == "active":
@@ -139,7 +173,7 @@ class JobStoreMachine(RuleBasedStateMachine):
         job_id = pick(data, list(self.model))
         outcome = self.queue.snooze(job_id, HOUR_MS)
         state = self.model[job_id]
-        if state in ("waiting", "delayed"):
+        if state in ("waiting", "grouped", "delayed"):
             assert outcome == "delayed"
             self.model[job_id] = "delayed"
         else:
@@ -207,12 +241,12 @@ class JobStoreMachine(RuleBasedStateMachine):
         outcome = self.queue.retry(job_id, {"n": 2} if new_data else None)
         state = self.model[job_id]
         if state in ("failed", "cancelled", "expired"):
-            assert outcome == "waiting"
-            self.model[job_id] = "waiting"
+            assert outcome in (("waiting", "grouped") if self.groups.get(job_id) else ("waiting",))
+            self.model[job_id] = outcome
         else:
             assert outcome == (None if state == REMOVED else state)
 
-    @rule(state=st.sampled_from(["completed", "failed", "cancelled", "expired", "waiting", "delayed"]))
+    @rule(state=st.sampled_from(["completed", "failed", "cancelled", "expired", "waiting", "grouped", "delayed"]))
     def clean(self, state: str) -> None:
         for job_id in self.queue.clean(state, grace_ms=0, limit=1000):
             assert self.model[job_id] == state
@@ -242,9 +276,11 @@ class JobStoreMachine(RuleBasedStateMachine):
             assert job is not None, f"job {job_id} lost (was {before})"
             if job.state != before:
                 allowed = {next_state(before, e) for s, e in SPONTANEOUS if s == before}
-                # promote then fetch may both happen in one call
+                # promote then fetch may both happen in one call; a turn then a fetch too
                 if before == "delayed":
-                    allowed |= {"active", "expired"}
+                    allowed |= {"active", "expired", "grouped"}
+                if before == "grouped":
+                    allowed.add("active")
                 if before == "active":
                     allowed.add("active")  # stalled and fetched again at once
                 assert job.state in allowed, f"{job_id}: {before} -> {job.state} is not a move of the table"
@@ -258,6 +294,7 @@ class JobStoreMachine(RuleBasedStateMachine):
     def each_job_in_exactly_one_set_and_counts_match(self) -> None:
         if not hasattr(self, "store"):
             return
+        self._sync()  # a group's turn happens in whatever move ended its running job
         sets = self._sets()
         everywhere = [job_id for members in sets.values() for job_id in members]
         assert len(everywhere) == len(set(everywhere)), "a job is in two state sets"
@@ -281,13 +318,44 @@ class JobStoreMachine(RuleBasedStateMachine):
             if state in FINISHED:
                 assert actual == state, f"finished job {job_id} moved {state} -> {actual} by itself"
 
+    @invariant()
+    def groups_hold_one_slot_and_never_stall(self) -> None:
+        if not hasattr(self, "store"):
+            return
+        tag = self.store.keys.tag(QUEUE)
+        backlog = dict(self.client.zrange(self.store.keys.queue(QUEUE, "groups"), 0, -1, withscores=True))
+        due = set(self.client.zrange(self.store.keys.queue(QUEUE, "gdue"), 0, -1))
+        for group in GROUPS[1:]:
+            running = self.client.smembers(f"{tag}:g:{group}:run")
+            held = set(self.client.zrange(f"{tag}:g:{group}", 0, -1))
+            assert len(running) <= 1, f"group {group}: {running} hold its one slot"
+            for job_id in running:
+                assert self.groups.get(job_id) == group
+                state = self.client.hget(self.store.keys.job(job_id, QUEUE), "state")
+                assert state in ("waiting", "active", "delayed"), f"{job_id} holds {group}'s slot in {state}"
+            for job_id in held:
+                assert self.client.hget(self.store.keys.job(job_id, QUEUE), "state") == "grouped"
+            assert int(backlog.get(group, 0)) == len(held)
+            if held:
+                assert running or group in due, f"group {group} holds back {held} with its slot free"
+
+    @invariant()
+    def a_simple_dedup_key_names_an_unfinished_job(self) -> None:
+        if not hasattr(self, "store"):
+            return
+        for key in DEDUP_KEYS[1:]:
+            holder = self.client.get(f"{self.store.keys.tag(QUEUE)}:dd:{key}")
+            if holder:
+                state = self.client.hget(self.store.keys.job(holder, QUEUE), "state")
+                assert state is not None and state not in FINISHED, f"key {key} held by {holder} in {state}"
+
 
 def test_job_store_state_machine(redis_url: str) -> None:
     REDIS_URL[:] = [redis_url]
     run_state_machine_as_test(
         JobStoreMachine,
         settings=settings(
-            max_examples=40,
+            max_examples=int(__import__("os").environ.get("MACHINE_EXAMPLES", 40)),
             stateful_step_count=40,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],

@@ -149,6 +149,8 @@ end
 -- its group (option group) has no free slot or older jobs of it wait: then grouped (hold),
 -- in the order its jobs were added. Returns the new state, or nil (no such move).
 local function make_ready(job, id, from, event, score)
+  local row = ALLOWED[from]
+  if not (row and row[event]) then return nil end  -- before a group slot is taken for it
   local group = redis.call('HGET', job, 'group')
   if group and redis.call('SISMEMBER', group_key(group) .. ':run', id) == 0 then
     local gkey = group_key(group)
