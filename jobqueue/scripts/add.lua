@@ -4,10 +4,10 @@
 -- relay reads it, so a job already run and trimmed is not added again).
 -- With a deduplication key, a job of the same key may already stand for this one: then
 -- nothing is stored, and the answer names that job (its data replaced by this one's in
--- modes debounce, a still-delayed job, whose delay starts again; and keep_last, a job
--- that has not started). Modes: simple (the key is held until its job is final),
--- throttle (held ttl ms), debounce (held ttl ms; see above), keep_last (held until final;
--- while its job runs, one follow-up is kept, behind it in the key's own group).
+-- modes debounce, a still-delayed job, whose delay starts again; and keep_last_if_active,
+-- a job that has not started). Modes: simple (the key is held until its job is final),
+-- throttle (held ttl ms), debounce (held ttl ms; see above), keep_last_if_active (held until
+-- final; while its job runs, one follow-up is kept, behind it in the key's own group).
 -- ARGV: event, score, queue, remember_ms (0 = no marker), expires_at (0 = never),
 --       tags (JSON list of 'field:value', '' = none), created_at, group ('' = none),
 --       dedup (JSON {id, mode, ttl}, '' = none), field/value pairs...
@@ -39,7 +39,7 @@ if ARGV[9] ~= '' then
         if dd.ttl > 0 then redis.call('PEXPIRE', dkey, dd.ttl) end
         kept = true
       end
-    elseif dd.mode == 'keep_last' then
+    elseif dd.mode == 'keep_last_if_active' then
       if hstate == 'waiting' or hstate == 'grouped' or hstate == 'delayed' then
         redis.call('HSET', hjob, 'data', data)
         emit(holder, 'updated', hstate)
