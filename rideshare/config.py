@@ -64,6 +64,8 @@ def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "SMTP_PASSWORD": env.get("SMTP_PASSWORD", ""),
         "SMTP_STARTTLS": env.get("SMTP_STARTTLS", "false").lower() in ("1", "true", "yes"),
         "SMTP_TIMEOUT": _int(env, "SMTP_TIMEOUT", 10),
+        # After a 421 or a 4xx rate-limit reply, the email queue takes no job for this long (ms).
+        "SMTP_BACK_PRESSURE_MS": max(1, _int(env, "SMTP_BACK_PRESSURE_MS", 30_000)),
         # Messages sent over one SMTP connection before it is closed; 1: a connection per message.
         "SMTP_MAX_MESSAGES_PER_CONNECTION": max(1, _int(env, "SMTP_MAX_MESSAGES_PER_CONNECTION", 100)),
         "MAIL_FROM": env.get("MAIL_FROM", "Rideshare <no-reply@rideshare.local>"),

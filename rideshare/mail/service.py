@@ -10,6 +10,7 @@ import contextlib
 import email.headerregistry
 import email.policy
 import functools
+import re
 import smtplib
 import socket
 import threading
@@ -18,7 +19,7 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 from typing import Any
 
-from flask import current_app
+from flask import current_app, has_app_context
 from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -36,6 +37,43 @@ class SmtpReplyError(Exception):
     def __init__(self, code: int, text: str) -> None:
         super().__init__(f"{code} {text}")
         self.code = code
+        self.text = text
+
+
+# An SMTP reply that asks the sender, not this message, to wait: 421 (the server is
+# closing the channel: busy, shutting down, too many connections), or any 4xx whose text
+# says it is a rate limit. Every message goes through the same server, so the whole
+# email queue waits (EMAIL_QUEUE.back_pressure) and the message keeps its attempt.
+# Another 4xx (greylisting's 451, a busy mailbox's 450) is this message's: it is retried
+# after its own backoff, and the queue goes on.
+SLOW_DOWN_TEXT = re.compile(r"too many|\brate\b|\brate.?limit|throttl", re.IGNORECASE)
+SMTP_BACK_PRESSURE_MS = 30_000
+
+
+def asks_to_slow_down(code: int, text: str) -> bool:
+    """Whether an SMTP reply asks the client to send nothing for a while (421, or a 4xx rate limit)."""
+    return code == 421 or (400 <= code < 500 and SLOW_DOWN_TEXT.search(text) is not None)
+
+
+def _smtp_reply(exc: BaseException) -> tuple[int, str] | None:
+    """The SMTP reply behind exc (or behind the job error send_email raised from it), if any."""
+    for error in (exc, exc.__cause__):
+        if isinstance(error, SmtpReplyError):
+            return error.code, error.text
+        if isinstance(error, smtplib.SMTPResponseException):
+            text = error.smtp_error
+            return error.smtp_code, text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+    return None
+
+
+def smtp_back_pressure(exc: BaseException) -> int | None:
+    """How long (ms) the email queue takes no job after exc: SMTP_BACK_PRESSURE_MS if its reply asks to slow down."""
+    reply = _smtp_reply(exc)
+    if reply is None or not asks_to_slow_down(*reply):
+        return None
+    if not has_app_context():
+        return SMTP_BACK_PRESSURE_MS
+    return int(current_app.config.get("SMTP_BACK_PRESSURE_MS") or SMTP_BACK_PRESSURE_MS)
 
 
 # What goes over SMTP: CRLF line endings (bare LF is refused by strict servers, and is
@@ -300,6 +338,8 @@ def send_email(job: Job) -> dict[str, Any]:
             reply = _deliver(msg)
     except SmtpReplyError as exc:
         log_line(job, f"SMTP {exc}"[:500])
+        # 4xx: worth another try; one that asks to slow down (asks_to_slow_down) pauses the
+        # whole queue instead of spending the attempt (EMAIL_QUEUE.back_pressure).
         if 400 <= exc.code < 500:
             _record(job, OWNED, status=RETRYING, last_reply=str(exc)[:500])
             raise TransientJobError(f"SMTP {exc}") from exc

@@ -157,6 +157,10 @@ def charge_payment(payment_id: int, *, token: int, job: Job | None = None) -> di
         stop_if_cancelled(job)
         _require_open(payment_id, token)
         report_step(job, "confirming", paymentIntentId=intent_id)
+        # A 429 here (stripe.RateLimitError) pauses the queue and requeues the job
+        # (PAYMENT_QUEUE.back_pressure): Stripe ran nothing, so the rerun reads this intent
+        # still requires_confirmation and confirms it with the same key; had a gateway run
+        # it anyway, the rerun reads it succeeded and confirms nothing.
         try:
             intent = gateway.confirm_intent(intent_id, idempotency_key=f"{key}-confirm")
         except stripe.CardError as exc:

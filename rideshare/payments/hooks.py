@@ -2,9 +2,17 @@
 policy, and each imports the Stripe SDK (through rideshare.payments.charge or gateway)
 only when it runs, in a payment worker."""
 
+import math
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from jobqueue import Job
+
+# How long the payment queue takes no job after Stripe's 429: its Retry-After, else a
+# second; never longer than a minute, whatever a proxy or a bad header says.
+GATEWAY_PAUSE_MS = 1_000
+MAX_GATEWAY_PAUSE_MS = 60_000
 
 
 def is_transient_gateway_error(exc: BaseException) -> bool:
@@ -14,6 +22,36 @@ def is_transient_gateway_error(exc: BaseException) -> bool:
     from rideshare.payments.gateway import TRANSIENT_ERRORS
 
     return isinstance(exc, TRANSIENT_ERRORS)
+
+
+def gateway_back_pressure(exc: BaseException) -> int | None:
+    """Stripe's rate limit (HTTP 429): pause the payment queue for its Retry-After (ms), else None.
+
+    The job goes back to waiting without spending an attempt; its rerun finds the stored
+    PaymentIntent and confirms it with the same idempotency key (rideshare.payments.charge).
+    """
+    if type(exc).__module__.split(".")[0] != "stripe":
+        return None  # not from the SDK: no need to import it to know
+    import stripe
+
+    if not isinstance(exc, stripe.RateLimitError):
+        return None
+    return retry_after_ms(exc.headers or {}, GATEWAY_PAUSE_MS, MAX_GATEWAY_PAUSE_MS)
+
+
+def retry_after_ms(headers: Any, default_ms: int, max_ms: int, now: datetime | None = None) -> int:
+    """A Retry-After header (seconds, or an HTTP date) in ms, from 1 to max_ms; default_ms without a usable one."""
+    raw = next((str(value).strip() for key, value in headers.items() if key.lower() == "retry-after"), "")
+    try:
+        ms = float(raw) * 1000
+    except ValueError:
+        try:
+            ms = (parsedate_to_datetime(raw) - (now or datetime.now(UTC))).total_seconds() * 1000
+        except (TypeError, ValueError):
+            ms = default_ms
+    if not math.isfinite(ms):
+        ms = default_ms
+    return int(min(max(ms, 1), max_ms))
 
 
 def payment_failed_for_good(job: Job, reason: str) -> Any:

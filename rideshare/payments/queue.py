@@ -6,6 +6,7 @@ from sqlalchemy.exc import OperationalError
 from jobqueue import Backoff, QueuePolicy
 from rideshare.payments.hooks import (
     cancel_before_job,
+    gateway_back_pressure,
     is_transient_gateway_error,
     payment_failed_for_good,
     reopen_for_retry,
@@ -18,10 +19,14 @@ PAYMENT_QUEUE = QueuePolicy(
     schema=PaymentJobSchema,
     attempts=5,
     backoff=Backoff("exponential", 5000),
-    # Gateway 5xx, rate limits, timeouts and lost connections; a decline is permanent.
+    # Gateway 5xx, timeouts and lost connections; a decline is permanent.
     # (The receipt email is staged in the outbox with the payment's last write, so a store
     # that cannot take it after the charge leaves it to the relay, not to a retry.)
     retry_on=(is_transient_gateway_error, OperationalError),
+    # Stripe's 429 is not this job's failure: the whole queue takes no job for its Retry-After
+    # (1 s without one, 60 s at most) and the job waits again, its attempt given back. A 429
+    # on the confirm charged nothing; the rerun confirms the stored intent with the same key.
+    back_pressure=gateway_back_pressure,
     priorities=10,
     # Found by payment id (GET /admin/jobs?paymentId=); the ride id is tagged where it is staged.
     tags=("paymentId",),

@@ -115,7 +115,7 @@ def test_smtp_4xx_then_acceptance_retries_and_5xx_fails_at_once(rig):
     with rig.app.app_context():
         rig.worker("email", concurrency=2)
         later = {"to": f"busy-{prefix}@example.com", "subject": "s", "text": "t"}
-        rig.services.smtp.handler.plan(later["to"], "421 4.7.0 try later", "451 4.3.0 busy")
+        rig.services.smtp.handler.plan(later["to"], "450 4.7.0 try later", "451 4.3.0 busy")
         never = {"to": f"gone-{prefix}@example.com", "subject": "s", "text": "t"}
         rig.services.smtp.handler.plan(never["to"], "550 5.1.1 no such user")
         jobs = [add_email_job(d, backoff={"type": "fixed", "delay": 200}) for d in (later, never)]

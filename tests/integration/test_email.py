@@ -82,13 +82,14 @@ def test_permanent_smtp_reply_fails_at_once(app, stack):
 
 def test_transient_failures_stop_after_the_last_attempt(app, stack):
     to = address()
-    stack.services.smtp.handler.plan(to, "421 busy", "421 busy", "421 busy")
+    # A 450 is this message's trouble (a 421 would pause the whole queue: test_back_pressure).
+    stack.services.smtp.handler.plan(to, "450 busy", "450 busy", "450 busy")
     job = add_email_job(
         {"to": to, "subject": "Hi", "text": "hello"}, attempts=2, backoff={"type": "fixed", "delay": 100}
     )
     job = stack.wait_for_job(job.id)
 
     assert (job.state, job.attempts) == ("failed", 2)
-    assert job.failed_reason.startswith("SMTP 421")
+    assert job.failed_reason.startswith("SMTP 450")
     # The final-failure hook marks the row just after the job is stored as failed.
     assert eventually(lambda: delivery(job.id).status == "failed"), delivery(job.id).status
