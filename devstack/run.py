@@ -345,6 +345,10 @@ def run() -> int:
     var_dir = Path(env.get("RIDESHARE_VAR_DIR") or "var").resolve()
     env["RIDESHARE_VAR_DIR"] = str(var_dir)
     env.setdefault("FLOWER_BASIC_AUTH", "admin:admin")
+    # The gateways' limits (README, "Configuration"): every process seeds them into the job
+    # store at start, unless an operator has set the queue's limits at run time.
+    env.setdefault("PAYMENT_RATE_LIMIT", "25/s")
+    env.setdefault("EMAIL_RATE_LIMIT", "10/s")
     env["PYTHONUNBUFFERED"] = "1"  # logs reach the terminal as they happen
     api_port = int(env.get("PORT") or 8000)
     flower_port = int(env.get("FLOWER_PORT") or 5555)

@@ -1,5 +1,6 @@
 """The Celery app and the job engine, bound to the Flask app in one place (Flask's Celery pattern)."""
 
+import logging
 import os
 import weakref
 from contextlib import nullcontext
@@ -7,20 +8,26 @@ from typing import Any
 
 from celery import Celery
 from flask import Flask, has_app_context
+from redis.exceptions import RedisError
 
 from jobqueue import EngineSettings, JobService, JobStore, QueuePolicy
+from jobqueue.limits import SET_BY_ADMIN, Limits
 from jobqueue.outbox import Outbox
 from jobqueue.scripts import Features
 from jobqueue.sealing import Sealer
 from jobqueue.worker import THREADED_POOLS, configure_worker
 from rideshare import redis_memory
+from rideshare.config import flow_limits
 from rideshare.jobs.outbox import JOB_OUTBOX
 from rideshare.queues import POLICIES
+
+log = logging.getLogger(__name__)
 
 
 def celery_init_app(app: Flask) -> Celery:
     """Build the Celery app from celeryconfig and the job engine from the policies."""
     config = app.config
+    limits = flow_limits(config, [policy.name for policy in POLICIES])  # a bad value stops the start here
     celery = Celery(app.name, config_source="celeryconfig")
     celery.set_default()
     # The broker carries Celery's own traffic (events, remote control): by default the
@@ -54,6 +61,7 @@ def celery_init_app(app: Flask) -> Celery:
         # A job run from inside a request or another job reuses that app context.
         context=lambda: nullcontext() if has_app_context() else app.app_context(),
     )
+    seed_flow_limits(celery.jobs, limits)
     configure_worker(celery, on_init=lambda pool, most: _size_sql_pool(app, pool, most))
     # The transactional outbox: a job written in a SQL row's transaction, added after the commit;
     # every worker's housekeeping relays what a request that died after its commit left behind.
@@ -64,6 +72,22 @@ def celery_init_app(app: Flask) -> Celery:
     app.extensions.update(celery=celery, jobs=celery.jobs, outbox=outbox)
     _fork_safe_sql(app)
     return celery
+
+
+def seed_flow_limits(jobs: JobService, limits: dict[str, Limits]) -> None:
+    """Write the environment's limits into the job store, but not over an operator's (admin API, CLI,
+    dashboard): those stay until an operator changes them again."""
+    for name, queue_limits in limits.items():
+        flow = jobs.queues[name].flow
+        try:
+            if flow.seed(queue_limits):
+                log.info("flow.seeded", extra={"queue": name, "limits": queue_limits.to_dict()})
+            elif flow.set_by() == SET_BY_ADMIN:
+                log.info("flow.kept", extra={"queue": name, "limits": flow.get().to_dict(), "setBy": SET_BY_ADMIN})
+        except RedisError as exc:
+            # As the eviction check: an unreachable Redis is found out on first use, and what the
+            # store holds from before still applies; the next start seeds again.
+            log.warning("flow.not_seeded", extra={"queue": name, "error": str(exc)})
 
 
 def task_queues_and_routes(policies: tuple[QueuePolicy, ...], broker_url: str) -> dict[str, Any]:

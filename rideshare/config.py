@@ -1,10 +1,24 @@
 """Application settings: defaults, then the environment."""
 
 import os
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from celeryconfig import redis_url_from_env
+from jobqueue.limits import InvalidLimits, Limits
+
+# A queue's flow-control variables (jobqueue.limits.Limits.from_env reads them per queue).
+FLOW_LIMIT_VARIABLE = re.compile(r"[A-Z][A-Z0-9]*_(RATE_LIMIT|CONCURRENCY|GROUP_CONCURRENCY|GROUP_RATE_LIMIT)")
+
+
+class SettingsError(ValueError):
+    """Settings a process cannot start with; the message names each variable and what is wrong."""
+
+    def __init__(self, errors: Mapping[str, str]) -> None:
+        super().__init__("invalid settings: " + "; ".join(f"{name}: {message}" for name, message in errors.items()))
+        self.errors = dict(errors)
 
 
 def _int(environ: dict[str, str], name: str, default: int) -> int:
@@ -86,4 +100,24 @@ def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "EVENT_STREAMS_MAX": max(1, _int(env, "EVENT_STREAMS_MAX", 4)),
         "EVENT_STREAM_MAX_SECONDS": _int(env, "EVENT_STREAM_MAX_SECONDS", 300),
         "VAR_DIR": str(var_dir),
+        # Flow control per queue: PAYMENT_RATE_LIMIT=25/s, PAYMENT_CONCURRENCY=20,
+        # PAYMENT_GROUP_CONCURRENCY, PAYMENT_GROUP_RATE_LIMIT (none unless set). Each process
+        # seeds them into the job store at start, unless an operator set the queue's limits
+        # at run time (rideshare.celery_app; flow_limits checks them).
+        "FLOW_LIMITS_ENV": {name: value for name, value in env.items() if FLOW_LIMIT_VARIABLE.fullmatch(name)},
     }
+
+
+def flow_limits(config: Mapping[str, Any], queues: Iterable[str]) -> dict[str, Limits]:
+    """Each queue's limits from FLOW_LIMITS_ENV; SettingsError naming every bad variable."""
+    environ = config.get("FLOW_LIMITS_ENV") or {}
+    found: dict[str, Limits] = {}
+    errors: dict[str, str] = {}
+    for queue in queues:
+        try:
+            found[queue] = Limits.from_env(queue, environ)
+        except InvalidLimits as exc:
+            errors |= {name: f"{message} (got {environ.get(name)!r})" for name, message in exc.errors.items()}
+    if errors:
+        raise SettingsError(errors)
+    return found

@@ -40,6 +40,7 @@ from rideshare import create_app
 from rideshare.auth import issue_token
 from rideshare.cli import upgrade_database
 from rideshare.config import settings_from_env
+from rideshare.queues import QUEUES
 from tests.support.fault_proxy import FaultProxy
 from tests.support.rabbitmq import ON_RABBITMQ, rabbit_vhost, rabbitmq_missing
 from tests.support.smtp import SMTPServer
@@ -48,6 +49,7 @@ from tests.support.webhook import WebhookSink
 REPO = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TEST_REDIS_DB = "14"
+FLOW_LIMIT_NAMES = ("RATE_LIMIT", "CONCURRENCY", "GROUP_CONCURRENCY", "GROUP_RATE_LIMIT")
 
 
 # The suite's own Redis requires a password with characters that need quoting in a
@@ -221,6 +223,9 @@ def stack_env(database_url: str, redis_url: str, services: Services, tmp: Path) 
         # Two event streams per process (the default is 4): tests/integration/test_job_events.py
         # opens a third to see it refused.
         "EVENT_STREAMS_MAX": "2",
+        # No flow limits unless a test sets them: a shell's or .env's PAYMENT_RATE_LIMIT and the
+        # like must not reach the workers (which start with os.environ under this).
+        **{f"{queue.upper()}_{name}": "" for queue in QUEUES for name in FLOW_LIMIT_NAMES},
     }
 
 

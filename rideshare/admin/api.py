@@ -13,6 +13,7 @@ from flask_smorest.error_handler import ErrorSchema
 from marshmallow import RAISE
 
 from jobqueue import InvalidJobData, Job
+from jobqueue.limits import InvalidLimits
 from rideshare.admin.schemas import (
     AuditArgsSchema,
     AuditPageSchema,
@@ -22,12 +23,16 @@ from rideshare.admin.schemas import (
     CleanBodySchema,
     CleanedSchema,
     EditDataBodySchema,
+    FlowStatusSchema,
+    GroupLimitsBodySchema,
+    GroupLimitsStatusSchema,
     HistoryArgsSchema,
     JobDetailSchema,
     JobListArgsSchema,
     JobPageSchema,
     JobSearchArgsSchema,
     JobSearchPageSchema,
+    LimitsBodySchema,
     QueueEventsArgsSchema,
     QueueHealthSchema,
     QueueOverviewSchema,
@@ -35,9 +40,10 @@ from rideshare.admin.schemas import (
     RetriedSchema,
     RetryBodySchema,
     SnoozeBodySchema,
+    ThrottleBodySchema,
 )
 from rideshare.auth import admin_required, current_user, viewer_required
-from rideshare.jobs import control, get_job, get_queue
+from rideshare.jobs import control, flow, get_job, get_queue
 from rideshare.jobs.events import (
     EVENT_STREAM_DOC,
     TOO_MANY_STREAMS_DOC,
@@ -411,3 +417,88 @@ class QueueEvents(MethodView):
             return sse(queue_stream(store, queues, positions, stream_seconds(args["timeout"])))
         except TooManyStreams as exc:
             abort(503, message=str(exc), headers={"Retry-After": "5"})
+
+
+# -- flow control (issue 15) ---------------------------------------------------------------
+
+
+@contextmanager
+def limit_answers() -> Iterator[None]:
+    """A limits change the engine refuses: 422 naming each bad field, nothing changed."""
+    try:
+        yield
+    except InvalidLimits as exc:
+        abort(422, errors={"json": {name: [message] for name, message in exc.errors.items()}})
+
+
+@blp.route("/queues/<string:queue>/limits")
+class QueueLimits(MethodView):
+    decorators = [known_queue, viewer_required]  # reads; put needs admin as well
+
+    @blp.doc(**VIEWER_DOC)
+    @blp.response(200, FlowStatusSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such queue")
+    def get(self, queue: str) -> dict[str, Any]:
+        """The queue's limits, how full they are now, the jobs waiting on them, and its largest group backlogs."""
+        return flow.flow_status(queue)
+
+    @blp.doc(**ADMIN_DOC)
+    @blp.arguments(LimitsBodySchema)
+    @blp.response(200, FlowStatusSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such queue")
+    @admin_required
+    def put(self, body: dict[str, Any], queue: str) -> dict[str, Any]:
+        """Change the queue's limits at run time: a field given replaces, null removes, a field left out stays.
+
+        Every worker's next fetch obeys them, with no restart; they stay over restarts (the
+        environment's PAYMENT_RATE_LIMIT and the like no longer replace them). Audited.
+        """
+        with limit_answers():
+            return flow.set_limits(queue, body, actor=_actor())
+
+
+@blp.route("/queues/<string:queue>/groups/<string:group>/limits")
+class GroupLimitsResource(MethodView):
+    decorators = [known_queue, viewer_required]  # reads; put needs admin as well
+
+    @blp.doc(**VIEWER_DOC)
+    @blp.response(200, GroupLimitsStatusSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such queue, or a name no group can have")
+    def get(self, queue: str, group: str) -> dict[str, Any]:
+        """One group's own limits (null: the queue's group default), and what applies to it."""
+        with known_group(group):
+            return flow.group_limits(queue, group)
+
+    @blp.doc(**ADMIN_DOC)
+    @blp.arguments(GroupLimitsBodySchema)
+    @blp.response(200, GroupLimitsStatusSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such queue, or a name no group can have")
+    @admin_required
+    def put(self, body: dict[str, Any], queue: str, group: str) -> dict[str, Any]:
+        """Give one group limits of its own; both null (or left out): back to the queue's group defaults. Audited."""
+        with known_group(group), limit_answers():
+            return flow.set_group_limits(queue, group, body, actor=_actor())
+
+
+@contextmanager
+def known_group(group: str) -> Iterator[None]:
+    try:
+        yield
+    except InvalidLimits:
+        raise
+    except ValueError as exc:  # check_group: 1 to 100 printable characters
+        abort(404, message=f"no group can be named {group!r}: {exc}")
+
+
+@blp.route("/queues/<string:queue>/throttle")
+class Throttle(MethodView):
+    decorators = [known_queue, admin_required]
+
+    @blp.doc(**ADMIN_DOC)
+    @blp.arguments(ThrottleBodySchema)
+    @blp.response(200, FlowStatusSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such queue")
+    def post(self, body: dict[str, Any], queue: str) -> dict[str, Any]:
+        """Take no job of the queue for ms (0 lifts a throttle); running jobs go on. Audited."""
+        with limit_answers():
+            return flow.throttle(queue, body["ms"], actor=_actor())

@@ -1,9 +1,12 @@
 """Admin API bodies."""
 
+import re
 from datetime import UTC
+from typing import Any
 
-from marshmallow import Schema, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate
 
+from jobqueue.limits import MAX_CONCURRENCY, MAX_RATE, MAX_WINDOW_MS, Rate
 from jobqueue.masking import mask
 from jobqueue.store import STATES
 from rideshare.jobs.control import (
@@ -14,6 +17,7 @@ from rideshare.jobs.control import (
     MAX_SEARCH_LIMIT,
     MAX_SNOOZE_MS,
 )
+from rideshare.jobs.flow import MAX_THROTTLE_MS
 from rideshare.jobs.schemas import EventStreamArgsSchema, JobSchema, LogLineSchema, ms_to_iso
 from rideshare.queues import QUEUES
 from rideshare.validation import MAX_ID
@@ -30,6 +34,7 @@ class JobCountsSchema(Schema):
     cancelled = fields.Integer()
     expired = fields.Integer()
     paused = fields.Integer()
+    grouped = fields.Integer(metadata={"description": "Ready, but held behind their group's earlier jobs"})
 
 
 class WorkerSchema(Schema):
@@ -278,3 +283,149 @@ class QueueHealthSchema(Schema):
 
 class QueueEventsArgsSchema(EventStreamArgsSchema):
     queue = fields.String(validate=validate.OneOf(QUEUES), metadata={"description": "One queue; all when absent"})
+
+
+# -- flow control (issue 15) -------------------------------------------------------------
+
+# A rate as text: jobs / window, within the engine's bounds (jobqueue.limits.Rate.parse takes
+# more spellings; this is the part whose every match it accepts, so the document is exact).
+RATE_TEXT = re.compile(
+    r"^ *[1-9][0-9]{0,5} */ *(([1-9][0-9]{0,6})?ms|([1-9][0-9]{0,3})?(s|sec)|([1-9][0-9]{0,2})?(m|min)"
+    r"|([1-9]|1[0-9]|2[0-4])?h) *$"
+)
+RATE_OBJECT = {
+    "type": "object",
+    "properties": {
+        "max": {"type": "integer", "minimum": 1, "maximum": MAX_RATE, "description": "Jobs per window"},
+        "perMs": {"type": "integer", "minimum": 1, "maximum": MAX_WINDOW_MS, "description": "The window, in ms"},
+    },
+    "required": ["max", "perMs"],
+    "additionalProperties": False,
+}
+
+
+def _rate(value: Any) -> None:
+    if isinstance(value, str) and not RATE_TEXT.search(value):
+        raise ValidationError("must be like 25/s, 600/min or 10/500ms")
+    try:
+        Rate.parse(value)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from exc
+
+
+def rate_field(description: str) -> fields.Raw:
+    """A rate limit: {"max": 25, "perMs": 1000}, text like "25/s", or null for none."""
+    return fields.Raw(
+        allow_none=True,
+        validate=_rate,
+        metadata={
+            "description": f'{description}: {{"max": jobs, "perMs": window}}, text like "25/s", or null for none',
+            "oneOf": [RATE_OBJECT, {"type": "string", "pattern": RATE_TEXT.pattern}],
+        },
+    )
+
+
+def concurrency_field(description: str, **kwargs: Any) -> fields.Integer:
+    return fields.Integer(
+        strict=True,
+        validate=validate.Range(min=1, max=MAX_CONCURRENCY),
+        metadata={"description": description},
+        **kwargs,
+    )
+
+
+class GroupDefaultsBodySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    concurrency = concurrency_field("Jobs of one group that may run at once (1: one at a time, in order)")
+    rate = rate_field("Jobs of one group per window")
+
+
+class LimitsBodySchema(Schema):
+    """PUT /admin/queues/<queue>/limits: a field given replaces, null removes, a field left out stays."""
+
+    class Meta:
+        unknown = RAISE
+
+    rate = rate_field("Jobs of the queue that may start per window, across every worker")
+    concurrency = concurrency_field(
+        "Jobs of the queue running at once, across every worker; null: no limit", allow_none=True
+    )
+    group = fields.Nested(
+        GroupDefaultsBodySchema,
+        metadata={"description": "What each group may do, unless it has its own"},
+    )
+
+
+class GroupLimitsBodySchema(Schema):
+    """PUT /admin/queues/<queue>/groups/<group>/limits: the group's own; null or left out: the queue's."""
+
+    class Meta:
+        unknown = RAISE
+
+    concurrency = concurrency_field(
+        "This group's jobs running at once; null: the queue's group default", allow_none=True
+    )
+    rate = rate_field("This group's jobs per window")
+
+
+class ThrottleBodySchema(Schema):
+    ms = fields.Integer(
+        required=True,
+        strict=True,
+        validate=validate.Range(min=0, max=MAX_THROTTLE_MS),
+        metadata={"description": "Take no job of the queue for this long (ms, at most 1 hour); 0 lifts a throttle"},
+    )
+
+
+class RateSchema(Schema):
+    max = fields.Integer(metadata={"description": "Jobs per window"})
+    perMs = fields.Integer(metadata={"description": "The window, in ms"})
+
+
+class GroupDefaultsSchema(Schema):
+    concurrency = fields.Integer(metadata={"description": "Jobs of one group running at once"})
+    rate = fields.Nested(RateSchema, allow_none=True)
+
+
+class LimitsSchema(Schema):
+    rate = fields.Nested(RateSchema, allow_none=True, metadata={"description": "null: no rate limit"})
+    concurrency = fields.Integer(allow_none=True, metadata={"description": "null: no concurrency limit"})
+    group = fields.Nested(GroupDefaultsSchema)
+
+
+class GroupBacklogSchema(Schema):
+    group = fields.String()
+    backlog = fields.Integer(metadata={"description": "Its jobs held back (grouped)"})
+    running = fields.Integer(metadata={"description": "Its jobs running now"})
+
+
+class FlowStatusSchema(Schema):
+    queue = fields.String()
+    limits = fields.Nested(LimitsSchema)
+    setBy = fields.String(
+        allow_none=True,
+        metadata={"description": "admin: set at run time, kept over restarts; env: from the environment"},
+    )
+    active = fields.Integer(metadata={"description": "Jobs running now"})
+    rateUsed = fields.Integer(allow_none=True, metadata={"description": "Rate slots held in the current window"})
+    throttledMs = fields.Integer(metadata={"description": "How long the queue takes no job yet (0: not throttled)"})
+    limited = fields.Boolean(metadata={"description": "A limit holds the queue's waiting jobs back now"})
+    limitedBy = fields.List(fields.String(), metadata={"description": "throttle, concurrency, rate"})
+    waitingOnLimit = fields.Integer(metadata={"description": "Waiting jobs a limit holds back now"})
+    grouped = fields.Integer(metadata={"description": "Jobs held behind their group's earlier jobs"})
+    groupCount = fields.Integer(metadata={"description": "Groups with jobs held back"})
+    groups = fields.List(fields.Nested(GroupBacklogSchema), metadata={"description": "Largest backlogs first"})
+
+
+class GroupLimitsSchema(Schema):
+    concurrency = fields.Integer(allow_none=True)
+    rate = fields.Nested(RateSchema, allow_none=True)
+
+
+class GroupLimitsStatusSchema(Schema):
+    queue = fields.String()
+    group = fields.String()
+    limits = fields.Nested(GroupLimitsSchema, metadata={"description": "The group's own; null: the queue's default"})
+    applies = fields.Nested(GroupLimitsSchema, metadata={"description": "What applies to the group now"})
