@@ -80,23 +80,25 @@ end
 local limit_wait = nil
 local throttled = redis.call('PTTL', K.throttle)
 if throttled > 0 then count, limit_wait = 0, throttled end
+-- capped: a limit left less room than asked for (then no other idle worker is woken).
+local capped, rmax, rms = false, nil, nil
 if count > 0 and redis.call('HLEN', K.limits) > 0 then
   local l = redis.call('HMGET', K.limits, 'concurrency', 'rateMax', 'rateMs')
-  local conc, rmax, rms = tonumber(l[1]), tonumber(l[2]), tonumber(l[3])
-  if conc then
-    count = math.min(count, conc - redis.call('ZCARD', K.active))
+  local conc = tonumber(l[1])
+  rmax, rms = tonumber(l[2]), tonumber(l[3])
+  if conc and conc - redis.call('ZCARD', K.active) < count then
     -- A slot frees when a running job ends: that move wakes a worker.
-    if count <= 0 then count, limit_wait = 0, wait end
+    count, capped, limit_wait = math.max(conc - redis.call('ZCARD', K.active), 0), true, wait
   end
   if rmax and count > 0 then
     local free, rate_wait = rate_free(K.rate, rmax, rms, snow)
-    count = math.min(count, free)
+    if free < count then count, capped = free, true end
     if count <= 0 then count, limit_wait = 0, rate_wait end
   end
 end
 local out = {0}
 local paused = redis.call('EXISTS', K.paused) == 1
-local rated = redis.call('HEXISTS', K.limits, 'rateMax') == 1
+local rated = rmax ~= nil or redis.call('HEXISTS', K.limits, 'rateMax') == 1
 if not paused and count > 0 then
   local taken = redis.call('ZRANGE', K.waiting, 0, count - 1, 'WITHSCORES')
   if #taken > 0 then
@@ -118,8 +120,13 @@ if not paused and count > 0 then
     time_minute(now, 'w', now - tonumber(taken[i + 1]) % PRIORITY_STEP)
     out[#out + 1] = redis.call('HGETALL', job)
   end
-  -- More left: wake the next idle worker too.
-  if redis.call('ZCARD', K.waiting) > 0 then wake() end
+  -- More left: wake the next idle worker too, unless a limit is what leaves them.
+  if not capped and redis.call('ZCARD', K.waiting) > 0 then wake() end
+  -- Capped by the rate: block until the next slot frees (the oldest, now all are used).
+  if capped and rmax then
+    local _, rate_wait = rate_free(K.rate, rmax, rms, snow)
+    if rate_wait > 0 then limit_wait = math.min(limit_wait or wait, rate_wait) end
+  end
 end
 if paused then wait = math.min(wait, 1000) end
 if limit_wait then wait = math.min(wait, limit_wait) end
