@@ -9,6 +9,9 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+# (status, headers, body) the proxy answers with in the gateway's place.
+Answer = tuple[int, dict[str, str], bytes]
+
 
 class FaultProxy:
     """Forwards to target; queued faults ('500', 'drop' or ('sleep', s); None passes) hit the
@@ -22,6 +25,7 @@ class FaultProxy:
         self.latency = 0.0
         self.lock = threading.Lock()
         self.rules: list[Callable[[str, str, dict], dict | None]] = []
+        self.answers: list[Callable[[str, str], Answer | None]] = []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -35,6 +39,18 @@ class FaultProxy:
                 with proxy.lock:
                     proxy.requests.append((self.command, self.path, time.time()))
                     fault = proxy.faults.popleft() if proxy.faults else None
+                    answers = list(proxy.answers)
+                answer = next((a for rule in answers if (a := rule(self.command, self.path)) is not None), None)
+                if answer is not None:
+                    # The proxy answers itself: the gateway never sees the request.
+                    status, headers, payload = answer
+                    self.send_response(status)
+                    for key, value in headers.items():
+                        self.send_header(key, value)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
                 if proxy.latency:
                     time.sleep(proxy.latency)
                 if fault == "drop":
@@ -95,6 +111,18 @@ class FaultProxy:
         def remove() -> None:
             with self.lock:
                 self.rules.remove(rule)
+
+        return remove
+
+    def answer(self, rule: Callable[[str, str], Answer | None]) -> Callable[[], None]:
+        """Answer a request in the gateway's place when rule(method, path) gives (status, headers,
+        body); None forwards it. Returns what removes the rule."""
+        with self.lock:
+            self.answers.append(rule)
+
+        def remove() -> None:
+            with self.lock:
+                self.answers.remove(rule)
 
         return remove
 
