@@ -178,7 +178,7 @@ local PENDING_STATE = {waiting = true, grouped = true, delayed = true}
 -- On the way it keeps what flow control holds for the job: a grouped job leaves its
 -- group's line; a job that ends (or is removed) gives back its group slot (the group's
 -- next job goes) and its deduplication key (modes simple and keep_last); a job leaving
--- active marks its rate slot used now and, on a limited queue, wakes a worker.
+-- active marks its rate slot used now and, on a queue at its concurrency, wakes a worker.
 move = function(job, id, from, event, score)
   local row = ALLOWED[from]
   local to = row and row[event]
@@ -197,7 +197,9 @@ move = function(job, id, from, event, score)
   if from == 'active' then
     redis.call('ZREM', K.leases, id)
     redis.call('ZADD', K.rate, 'XX', server_ms(), id)
-    if redis.call('HLEN', K.limits) > 0 and redis.call('ZCARD', K.waiting) > 0 then wake() end
+    -- A queue at its concurrency limit has a slot again: wake a worker for its waiting jobs.
+    local conc = tonumber(redis.call('HGET', K.limits, 'concurrency'))
+    if conc and redis.call('ZCARD', K.active) < conc and redis.call('ZCARD', K.waiting) > 0 then wake() end
   end
   if to == 'removed' then
     unindex(job, id)
