@@ -7,6 +7,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from jobqueue.limits import FlowControl
 from jobqueue.store import HISTOGRAM_BOUNDS, JobStore
 from rideshare.queues import QUEUES
 
@@ -29,6 +30,8 @@ class JobStoreCollector(Collector):
             ("cancelled", "Jobs cancelled (before or while they ran)"),
             ("expired", "Jobs that had not started by their expiry"),
             ("snoozed", "Attempts that snoozed (no attempt spent)"),
+            ("deduplicated", "Jobs not added: an equal job held the deduplication key"),
+            ("rate_limited", "Attempts given back because the gateway asked to slow down (the queue throttled)"),
         ):
             family = CounterMetricFamily(f"rideshare_jobs_{event}", help_text, labels=["queue"])
             for queue in QUEUES:
@@ -70,6 +73,45 @@ class JobStoreCollector(Collector):
         yield delayed
         yield paused
         yield oldest
+        yield from self.flow_control()
+
+    def flow_control(self) -> Iterator[object]:
+        """Each queue's limits (absent: no such limit), how full they are, and what waits on them.
+        No per-group labels: the largest backlog stands for them (groups are unbounded)."""
+        families = {
+            "rate_max": ("rideshare_queue_rate_limit_jobs", "Jobs the rate limit lets start per window"),
+            "rate_window": ("rideshare_queue_rate_limit_window_seconds", "The rate limit's window"),
+            "rate_used": ("rideshare_queue_rate_limit_used_jobs", "Rate slots held in the current window"),
+            "concurrency": ("rideshare_queue_concurrency_limit", "Jobs the queue may run at once, across workers"),
+            "group_concurrency": ("rideshare_queue_group_concurrency_limit", "Jobs one group may run at once"),
+            "waiting_on_limit": ("rideshare_queue_waiting_on_limit_jobs", "Waiting jobs a limit holds back now"),
+            "limited": ("rideshare_queue_limited", "1 while a limit or a throttle holds the queue back"),
+            "grouped": ("rideshare_queue_grouped_jobs", "Jobs held behind their group's earlier jobs"),
+            "groups": ("rideshare_queue_groups", "Groups with jobs held back"),
+            "largest_group": ("rideshare_queue_largest_group_backlog_jobs", "The most jobs one group holds back"),
+            "throttled": ("rideshare_queue_throttled_seconds", "How long the queue takes no job yet"),
+        }
+        gauges = {key: GaugeMetricFamily(name, text, labels=["queue"]) for key, (name, text) in families.items()}
+        for queue in QUEUES:
+            status = FlowControl(self.store, queue).status(top=1)
+            limits = status["limits"]
+            values: dict[str, float | None] = {
+                "rate_max": limits["rate"]["max"] if limits["rate"] else None,
+                "rate_window": limits["rate"]["perMs"] / 1000 if limits["rate"] else None,
+                "rate_used": status["rateUsed"],
+                "concurrency": limits["concurrency"],
+                "group_concurrency": limits["group"]["concurrency"],
+                "waiting_on_limit": status["waitingOnLimit"],
+                "limited": 1 if status["limited"] else 0,
+                "grouped": status["grouped"],
+                "groups": status["groupCount"],
+                "largest_group": status["groups"][0]["backlog"] if status["groups"] else 0,
+                "throttled": status["throttledMs"] / 1000,
+            }
+            for key, value in values.items():
+                if value is not None:
+                    gauges[key].add_metric([queue], value)
+        yield from gauges.values()
 
 
 @bp.get("/metrics")

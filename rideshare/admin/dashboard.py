@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from jobqueue import InvalidJobData, InvalidJobOptions, Job, JobStore, QueueUnavailable
+from jobqueue.limits import InvalidLimits
 from jobqueue.masking import mask
 from jobqueue.store import STATES
 from rideshare.admin import charts
@@ -33,7 +34,7 @@ from rideshare.auth import (
     principal_from_session,
     viewer_required,
 )
-from rideshare.jobs import control, get_job, get_queue
+from rideshare.jobs import control, flow, get_job, get_queue
 from rideshare.jobs.events import TooManyStreams, frame, payload, snapshot, sse
 from rideshare.jobs.schemas import JobSchema, ms_to_iso
 from rideshare.queues import QUEUES
@@ -203,14 +204,92 @@ def _known_queue(queue: str) -> None:
         abort(404)
 
 
+def _health_page(queue: str, status: int = 200, **limits_form: Any) -> tuple[str, int]:
+    window, minutes = _window(request.args.get("window"))
+    flow_status = flow.flow_status(queue, top=LIMITS_TOP_GROUPS)
+    limits_form.setdefault("values", limit_inputs(flow_status["limits"]))
+    return _page(
+        "admin/health.html",
+        status=status,
+        queue=queue,
+        window=window,
+        windows=WINDOWS,
+        h=queue_charts(queue, minutes),
+        states=STATES,
+        flow=flow_status,
+        rate_text=flow.rate_text,
+        limits_form={"errors": {}, **limits_form},
+    )
+
+
 @bp.get("/ui/health/<queue>")
 @viewer_required
 def health(queue: str) -> tuple[str, int]:
     _known_queue(queue)
-    window, minutes = _window(request.args.get("window"))
-    return _page(
-        "admin/health.html", queue=queue, window=window, windows=WINDOWS, h=queue_charts(queue, minutes), states=STATES
-    )
+    return _health_page(queue)
+
+
+# -- flow control: the health page's limits panel ---------------------------------------------
+
+LIMITS_TOP_GROUPS = 10
+# The form's inputs and the PUT body's fields (Limits.changed's error keys).
+LIMIT_INPUTS = {
+    "rate": "rate",
+    "concurrency": "concurrency",
+    "group_concurrency": "group.concurrency",
+    "group_rate": "group.rate",
+}
+
+
+def limit_inputs(limits: Mapping[str, Any]) -> dict[str, str]:
+    """The form's inputs for limits as they are: text, empty for none."""
+    rate, group = limits["rate"], limits["group"]
+    return {
+        "rate": flow.rate_text(rate) if rate else "",
+        "concurrency": "" if limits["concurrency"] is None else str(limits["concurrency"]),
+        "group_concurrency": str(group["concurrency"]),
+        "group_rate": flow.rate_text(group["rate"]) if group["rate"] else "",
+    }
+
+
+def limits_body(form: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The PUT body the form stands for (every input given: empty or none removes a limit, an
+    empty group concurrency is 1), and the inputs that are not numbers (left out of the body)."""
+    text = {name: (form.get(name) or "").strip()[:MAX_FILTER_CHARS] for name in LIMIT_INPUTS}
+    errors: dict[str, str] = {}
+    body: dict[str, Any] = {"group": {}}
+    for name, field in LIMIT_INPUTS.items():
+        into, key = (body["group"], field.removeprefix("group.")) if field.startswith("group.") else (body, field)
+        value: Any = text[name]
+        if value.lower() in ("", "none", "off"):
+            value = 1 if name == "group_concurrency" else None
+        elif key == "concurrency":
+            if not value.isdigit():
+                errors[name] = "must be a whole number"
+                continue
+            value = int(value)
+        into[key] = value
+    return body, errors
+
+
+@bp.post("/ui/queues/<queue>/limits")
+@admin_required
+def set_limits(queue: str) -> Response | tuple[str, int]:
+    """The limits form: through the admin API's own change (audited), or the page again with each
+    refused input's reason beside it (422), nothing changed."""
+    _known_queue(queue)
+    body, errors = limits_body(request.form)
+    try:
+        get_queue(queue).flow.get().changed(body)  # every refusal at once, before anything changes
+    except InvalidLimits as exc:
+        by_input = {field: name for name, field in LIMIT_INPUTS.items()}
+        errors |= {by_input.get(field, "_form"): message for field, message in exc.errors.items()}
+    if not errors:
+        status = flow.set_limits(queue, body, actor=_actor())
+        flash(f"{queue} limits: {flow.limits_text(status['limits'])}.")
+        return redirect(url_for("dashboard.health", queue=queue))
+    values = {name: (request.form.get(name) or "")[:MAX_FILTER_CHARS] for name in LIMIT_INPUTS}
+    return _health_page(queue, status=422, values=values, errors=errors)
 
 
 @bp.get("/ui/health/<queue>/charts")

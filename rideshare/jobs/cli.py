@@ -13,8 +13,9 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from jobqueue import InvalidJobData, QueueUnavailable
+from jobqueue.limits import InvalidLimits
 from jobqueue.store import STATES
-from rideshare.jobs import control, events, get_job
+from rideshare.jobs import control, events, flow, get_job
 from rideshare.jobs.schemas import JobSchema, masked_logs
 from rideshare.queues import QUEUES
 
@@ -43,9 +44,9 @@ def emit(as_json: bool, payload: Any, text: str) -> None:
 @jobs_cli.command("stats")
 @json_option
 def stats(as_json: bool) -> None:
-    """Counts per state, pause state and throughput of every queue."""
-    overview = [control.queue_overview(name) for name in QUEUES]
-    headers = ["queue", *STATES, "paused", "workers", "done/1m", "failed/1m", "p95 ms"]
+    """Counts per state, pause state, throughput and limits of every queue, and the largest group backlogs."""
+    overview = [{**control.queue_overview(name), "flow": flow.flow_status(name, top=5)} for name in QUEUES]
+    headers = ["queue", *STATES, "paused", "workers", "done/1m", "failed/1m", "p95 ms", "limits", "on limit"]
     rows = [
         [
             q["name"],
@@ -55,10 +56,28 @@ def stats(as_json: bool) -> None:
             q["completedLastMinute"],
             q["failedLastMinute"],
             f"{q['p95ProcessingMs']:.1f}" if q["p95ProcessingMs"] is not None else "-",
+            flow.limits_text(q["flow"]["limits"]),
+            on_limit_text(q["flow"]),
         ]
         for q in overview
     ]
-    emit(as_json, overview, table(headers, rows))
+    lines = [table(headers, rows)]
+    for q in overview:
+        if q["flow"]["groups"]:
+            largest = ", ".join(f"{g['group']} {g['backlog']} ({g['running']} in flight)" for g in q["flow"]["groups"])
+            lines.append(f"{q['name']}: {plural(q['flow']['groupCount'], 'group')} held back; largest: {largest}")
+    emit(as_json, overview, "\n".join(lines))
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def on_limit_text(status: dict[str, Any]) -> str:
+    """How many waiting jobs a limit holds back now, and which: '12 (rate)'."""
+    if not status["limited"]:
+        return "0"
+    return f"{status['waitingOnLimit']} ({'+'.join(status['limitedBy'])})"
 
 
 @jobs_cli.command("list")
@@ -310,3 +329,91 @@ def follow_events(queue: str | None, max_seconds: float | None) -> None:
                 click.echo(events.to_text(*item))
     except KeyboardInterrupt:
         pass
+
+
+# -- issue 15: flow control -----------------------------------------------------------------
+
+
+def _none_or(kind: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, str | None], Any]:
+    """An option's value as the PUT body takes it: 'none' (or 'off') is null."""
+
+    def convert(_: click.Context, param: click.Parameter, value: str | None) -> Any:
+        if value is None or value.strip().lower() in ("none", "off"):
+            return None
+        try:
+            return kind(value)
+        except ValueError as exc:
+            raise click.BadParameter(f"{value!r} is not a whole number or none", param=param) from exc
+
+    return convert
+
+
+LIMIT_OPTIONS = {
+    "rate": "--rate",
+    "concurrency": "--concurrency",
+    "group": "--group-concurrency / --group-rate",
+    "group.concurrency": "--group-concurrency",
+    "group.rate": "--group-rate",
+}
+
+
+@jobs_cli.command("limits")
+@click.argument("queue", type=click.Choice(QUEUES))
+@click.option(
+    "--rate", callback=_none_or(str), help="Jobs per window across every worker: 25/s, 600/min, 10/500ms; none."
+)
+@click.option("--concurrency", callback=_none_or(int), help="Jobs running at once across every worker; none.")
+@click.option(
+    "--group-concurrency", type=click.IntRange(1), default=None, help="Jobs of one group at once (1: in order)."
+)
+@click.option("--group-rate", callback=_none_or(str), help="Jobs of one group per window: 5/s; none.")
+@json_option
+def limits(
+    queue: str, rate: Any, concurrency: Any, group_concurrency: int | None, group_rate: Any, as_json: bool
+) -> None:
+    """Show a queue's limits, how full they are and its largest group backlogs; the options change them
+    at run time (every worker's next fetch obeys; kept over restarts; audited)."""
+    ctx = click.get_current_context()
+    given = {
+        name
+        for name in ("rate", "concurrency", "group_concurrency", "group_rate")
+        if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+    }
+    if given:
+        body: dict[str, Any] = {
+            name: value for name, value in (("rate", rate), ("concurrency", concurrency)) if name in given
+        }
+        group = {
+            name: value
+            for name, value in (("concurrency", group_concurrency), ("rate", group_rate))
+            if f"group_{name}" in given
+        }
+        if group:
+            body["group"] = group
+        try:
+            status = flow.set_limits(queue, body, actor=_actor())
+        except InvalidLimits as exc:
+            raise click.UsageError("; ".join(f"{LIMIT_OPTIONS.get(k, k)}: {v}" for k, v in exc.errors.items())) from exc
+    else:
+        status = flow.flow_status(queue)
+    lines = [
+        f"{queue}: {flow.limits_text(status['limits'])} (set by {status['setBy'] or 'nobody'})",
+        f"active {status['active']}"
+        + (f" of {status['limits']['concurrency']}" if status["limits"]["concurrency"] is not None else "")
+        + (
+            f", rate slots used {status['rateUsed']} of {status['limits']['rate']['max']}"
+            if status["limits"]["rate"]
+            else ""
+        )
+        + (f", throttled {status['throttledMs']} ms more" if status["throttledMs"] else ""),
+        f"waiting on a limit: {on_limit_text(status)}; "
+        f"grouped {status['grouped']} in {plural(status['groupCount'], 'group')}",
+    ]
+    if status["groups"]:
+        lines.append(
+            table(
+                ["group", "held back", "in flight"],
+                [[g["group"], g["backlog"], g["running"]] for g in status["groups"]],
+            )
+        )
+    emit(as_json, status, "\n".join(lines))

@@ -13,6 +13,30 @@ from rideshare.jobs import get_queue
 MAX_THROTTLE_MS = 3_600_000
 
 
+def rate_text(rate: dict[str, int] | None) -> str:
+    """{"max": 25, "perMs": 1000} as 25/s; none as -."""
+    if rate is None:
+        return "-"
+    for unit, ms in (("h", 3_600_000), ("min", 60_000), ("s", 1000)):
+        if rate["perMs"] % ms == 0:
+            count = rate["perMs"] // ms
+            return f"{rate['max']}/{'' if count == 1 else count}{unit}"
+    return f"{rate['max']}/{rate['perMs']}ms"
+
+
+def limits_text(limits: dict[str, Any]) -> str:
+    """A queue's limits in a few words: 'rate 25/s, concurrency 20, group 1 at a time'."""
+    parts = []
+    if limits["rate"]:
+        parts.append(f"rate {rate_text(limits['rate'])}")
+    if limits["concurrency"] is not None:
+        parts.append(f"concurrency {limits['concurrency']}")
+    group = limits["group"]
+    if group["concurrency"] != 1 or group["rate"]:
+        parts.append(f"group {group['concurrency']}" + (f" {rate_text(group['rate'])}" if group["rate"] else ""))
+    return ", ".join(parts) or "none"
+
+
 def flow_status(queue_name: str, top: int = 20) -> dict[str, Any]:
     """The queue's limits, how full they are, what waits on them and its largest group backlogs."""
     return get_queue(queue_name).flow.status(top)

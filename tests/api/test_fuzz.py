@@ -16,6 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import CHECKS, is_check_class, load_all_checks
 from schemathesis.generation import GenerationMode
 
+from jobqueue.limits import Limits
+
 pytestmark = pytest.mark.integration
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 load_all_checks()
@@ -31,6 +33,19 @@ def drops_token(case) -> bool:
     )
 
 
+@pytest.fixture
+def limits_put_back(stack):
+    """The fuzzed PUT /admin/queues/{queue}/limits and throttle change the session stack's queues:
+    afterwards each queue has no limits, no group limits and no throttle again, as other tests expect."""
+    yield
+    with stack.app.app_context():
+        for queue in stack.app.extensions["jobs"].queues.values():
+            flow, keys = queue.flow, queue.store.keys
+            queue.store.redis.delete(keys.queue(queue.name, "glimits"), keys.queue(queue.name, "throttle"))
+            flow.set(Limits())  # lets groups held back by a fuzzed group limit go on
+            queue.store.redis.delete(flow.key)  # and forgets it was an operator's (seeded again at start)
+
+
 def test_every_check_is_run():
     names = {check.__name__ for check in ALL_CHECKS}
     assert {"not_a_server_error", "positive_data_acceptance", "negative_data_rejection", "ignored_auth"} <= names
@@ -39,7 +54,7 @@ def test_every_check_is_run():
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=str)
 @pytest.mark.parametrize("role", ["user", "viewer", "admin"])
-def test_api_never_answers_5xx_nor_breaks_its_schema(stack, auth_headers, role, mode, monkeypatch):
+def test_api_never_answers_5xx_nor_breaks_its_schema(stack, auth_headers, role, mode, monkeypatch, limits_put_back):
     # Event streams (GET /jobs/{job_id}/events, /admin/events) end after their timeout: capped
     # here so each fuzzed stream ends at once, as a client that hangs up would end it.
     monkeypatch.setitem(stack.app.config, "EVENT_STREAM_MAX_SECONDS", 0.05)

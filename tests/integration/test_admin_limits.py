@@ -225,3 +225,162 @@ def test_a_bad_limit_in_the_environment_stops_the_start_naming_the_variable(env)
     )
     assert worker.returncode != 0
     assert "invalid settings: EMAIL_RATE_LIMIT: must be like 25/s" in worker.stderr + worker.stdout
+
+
+def held_groups() -> list:
+    """No worker runs them: ride:1 holds 3 jobs back behind its first, ride:2 holds 1."""
+    jobs = [add_email_job(mail("grp"), group="ride:1") for _ in range(4)]
+    jobs += [add_email_job(mail("grp"), group="ride:2") for _ in range(2)]
+    status = get_queue("email").flow.status()
+    assert (status["grouped"], status["groupCount"]) == (4, 2), status
+    assert [(g["group"], g["backlog"]) for g in status["groups"]] == [("ride:1", 3), ("ride:2", 1)]
+    return jobs
+
+
+def test_the_cli_shows_and_changes_limits_and_stats_show_them(env):
+    with own_app(env) as app:
+        runner = app.test_cli_runner()
+
+        def jobs(*args: str):
+            return runner.invoke(args=["jobs", *args])
+
+        held_groups()
+        shown = jobs("limits", "email")
+        assert shown.exit_code == 0, shown.output
+        assert "email: none (set by nobody)" in shown.output and "grouped 4 in 2 groups" in shown.output
+        assert "ride:1  3          1" in shown.output
+
+        changed = jobs(
+            "limits",
+            "email",
+            "--rate",
+            "25/s",
+            "--concurrency",
+            "3",
+            "--group-concurrency",
+            "2",
+            "--group-rate",
+            "5/min",
+        )
+        assert changed.exit_code == 0, changed.output
+        assert "email: rate 25/s, concurrency 3, group 2 5/min (set by admin)" in changed.output
+        want = {
+            "rate": {"max": 25, "perMs": 1000},
+            "concurrency": 3,
+            "group": {"concurrency": 2, "rate": {"max": 5, "perMs": 60_000}},
+        }
+        assert get_queue("email").flow.get().to_dict() == want
+        [entry] = newest_audit()
+        assert entry.actor.startswith("cli:") and (entry.action, entry.details["new"]) == ("queue.limits", want)
+
+        # none removes one limit; the others stay. A bad value changes nothing, naming its option.
+        assert jobs("limits", "email", "--rate", "none").exit_code == 0
+        assert get_queue("email").flow.get().to_dict() == {**want, "rate": None}
+        before = newest_audit()[0].id
+        for bad, option in (("--rate", "--rate"), ("--concurrency", "--concurrency"), ("--group-rate", "--group-rate")):
+            refused = jobs("limits", "email", bad, "0/s" if "rate" in bad else "0")
+            assert refused.exit_code == 2 and option in refused.output, refused.output
+        assert jobs("limits", "email", "--concurrency", "many").exit_code == 2
+        assert get_queue("email").flow.get().to_dict() == {**want, "rate": None}
+        assert newest_audit()[0].id == before
+
+        stats = jobs("stats")
+        assert stats.exit_code == 0, stats.output
+        header, _, *rows = stats.output.splitlines()
+        assert header.split()[-3:] == ["limits", "on", "limit"] and "grouped" in header.split()
+        email_row = next(row for row in rows if row.startswith("email"))
+        assert "concurrency 3, group 2 5/min" in email_row
+        # Two of a group at a time now: ride:2's second job went, ride:1's next one too.
+        assert "email: 1 group held back; largest: ride:1 2 (2 in flight)" in stats.output
+        as_json = jobs("stats", "--json")
+        assert '"waitingOnLimit": 0' in as_json.output and '"groupCount": 1' in as_json.output
+
+
+def signed_in(client, auth_headers, role: str, user: str) -> str:
+    bearer = auth_headers(user, role)["Authorization"].removeprefix("Bearer ")
+    assert client.post("/admin/login", data={"token": bearer}).status_code == 302
+    with client.session_transaction() as session:
+        return session["csrf"]
+
+
+def test_the_health_page_shows_the_limits_panel_and_its_form_changes_them(env, auth_headers):
+    with own_app(env) as app:
+        held_groups()
+        viewer = app.test_client()
+        signed_in(viewer, auth_headers, "viewer", "9")
+        page = viewer.get("/admin/ui/health/email").get_data(as_text=True)
+        assert 'id="limits-form"' in page and 'id="limits-read-only"' in page and "Save limits" not in page
+        assert "4 jobs held behind their group, in 2 groups" in page and "<code>ride:1</code>" in page
+        assert viewer.post("/admin/ui/queues/email/limits", data={"concurrency": "1"}).status_code == 403
+
+        admin = app.test_client()
+        csrf = signed_in(admin, auth_headers, "admin", "1")
+        page = admin.get("/admin/ui/health/email").get_data(as_text=True)
+        assert "Save limits" in page and "limits-read-only" not in page and 'id="limit-rate"' in page
+        form = {"csrf_token": csrf, "rate": "5/s", "concurrency": "2", "group_concurrency": "3", "group_rate": ""}
+        assert admin.post("/admin/ui/queues/email/limits", data={**form, "csrf_token": "wrong"}).status_code == 403
+        saved = admin.post("/admin/ui/queues/email/limits", data=form)
+        assert saved.status_code == 302 and saved.location.endswith("/admin/ui/health/email")
+        want = {"rate": {"max": 5, "perMs": 1000}, "concurrency": 2, "group": {"concurrency": 3, "rate": None}}
+        assert get_queue("email").flow.get().to_dict() == want
+        [entry] = newest_audit()
+        assert (entry.actor, entry.action, entry.details["new"]) == ("user:1", "queue.limits", want)
+
+        # Raising the group concurrency let each group's next jobs go: they wait on nothing now.
+        page = admin.get("/admin/ui/health/email").get_data(as_text=True)
+        assert "email limits: rate 5/s, concurrency 2, group 3." in page
+        assert "0 of 2 running" in page and "0 of 5 slots used" in page and 'value="5/s"' in page
+
+        bad = admin.post(
+            "/admin/ui/queues/email/limits",
+            data={**form, "rate": "fast", "concurrency": "two", "group_concurrency": "0"},
+        )
+        text = bad.get_data(as_text=True)
+        assert bad.status_code == 422
+        for name in ("rate", "concurrency", "group_concurrency"):
+            assert f'id="limit-error-{name}"' in text, name
+        assert 'value="fast"' in text  # the inputs as sent, to correct
+        assert get_queue("email").flow.get().to_dict() == want and newest_audit()[0].id == entry.id
+        # Through the engine's own check (the form's numbers are numbers): one at a time.
+        bad = admin.post("/admin/ui/queues/email/limits", data={**form, "rate": "0/s", "group_concurrency": "0"})
+        text = bad.get_data(as_text=True)
+        assert (
+            bad.status_code == 422 and 'id="limit-error-rate"' in text and 'id="limit-error-group_concurrency"' in text
+        )
+        assert get_queue("email").flow.get().to_dict() == want
+
+
+def metric(text: str, name: str) -> float | None:
+    line = next((row for row in text.splitlines() if row.startswith(name + " ")), None)
+    return None if line is None else float(line.rsplit(" ", 1)[1])
+
+
+def test_metrics_show_each_queues_limits_and_what_waits_on_them(env, auth_headers):
+    admin = auth_headers("1", "admin")
+    with own_app(env) as app:
+        client = app.test_client()
+        held_groups()
+        once = {"deduplicate": {"id": "welcome-1"}}
+        first = add_email_job(mail("dd"), **once)
+        assert add_email_job(mail("dd"), **once).id == first.id
+        client.put("/admin/queues/email/limits", json={"rate": "600/min", "concurrency": 4}, headers=admin)
+        client.post("/admin/queues/email/throttle", json={"ms": 30_000}, headers=admin)
+        text = client.get("/metrics").get_data(as_text=True)
+        q = '{queue="email"}'
+        assert metric(text, f"rideshare_queue_rate_limit_jobs{q}") == 600
+        assert metric(text, f"rideshare_queue_rate_limit_window_seconds{q}") == 60
+        assert metric(text, f"rideshare_queue_concurrency_limit{q}") == 4
+        assert metric(text, f"rideshare_queue_group_concurrency_limit{q}") == 1
+        assert metric(text, f"rideshare_queue_grouped_jobs{q}") == 4
+        assert metric(text, f"rideshare_queue_groups{q}") == 2
+        assert metric(text, f"rideshare_queue_largest_group_backlog_jobs{q}") == 3
+        assert 25 < metric(text, f"rideshare_queue_throttled_seconds{q}") <= 30
+        assert metric(text, f"rideshare_queue_limited{q}") == 1
+        # Waiting: the first job of each group, and the deduplicated job.
+        assert metric(text, f"rideshare_queue_waiting_on_limit_jobs{q}") == 3
+        assert metric(text, f"rideshare_jobs_deduplicated_total{q}") == 1
+        assert metric(text, f"rideshare_jobs_rate_limited_total{q}") == 0
+        # No limit: no sample (not a limit of 0); no label but the queue.
+        assert metric(text, 'rideshare_queue_rate_limit_jobs{queue="payment"}') is None
+        assert metric(text, 'rideshare_queue_waiting_on_limit_jobs{queue="payment"}') == 0
+        assert "ride:1" not in text
