@@ -177,7 +177,7 @@ local PENDING_STATE = {waiting = true, grouped = true, delayed = true}
 -- new state, or nil (and changes nothing) when the table has no such move.
 -- On the way it keeps what flow control holds for the job: a grouped job leaves its
 -- group's line; a job that ends (or is removed) gives back its group slot (the group's
--- next job goes) and its deduplication key (modes simple and keep_last); a job leaving
+-- next job goes) and its deduplication key (modes simple and keep_last_if_active); a job leaving
 -- active marks its rate slot used now and, on a queue at its concurrency, wakes a worker.
 move = function(job, id, from, event, score)
   local row = ALLOWED[from]
