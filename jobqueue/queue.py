@@ -209,25 +209,29 @@ class JobQueue:
             self.admission()
 
     def _create(self, job: PreparedJob, remember_ms: int, client: Any = None) -> Any:
-        opts = job.options
-        record = job.record
-        priority = opts.priority or PRIORITY_NONE
+        return self.store.create(job.record, self._score(job), client=client, **self._add_options(job, remember_ms))
+
+    def add_args(self, job: PreparedJob, remember_ms: int = 0) -> list[Any]:
+        """What add_job (the scripts' include) takes for job: for a script that creates it on the way."""
+        return self.store.add_args(job.record, self._score(job), **self._add_options(job, remember_ms))
+
+    def _score(self, job: PreparedJob) -> int:
+        opts, record = job.options, job.record
         if opts.delay:
-            score = record.created_at + opts.delay
-        else:
-            score = priority * self.store.priority_step + record.created_at
-        return self.store.create(
-            record,
-            score,
-            lease_ms=lease_ms(opts),
-            priority=priority,
-            sealed=job.sealed,
-            remember_ms=remember_ms,
-            expires_at=opts.expires,
-            group=opts.group or _dedup_group(opts.deduplicate),
-            deduplicate=opts.deduplicate,
-            client=client,
-        )
+            return record.created_at + opts.delay
+        return (opts.priority or PRIORITY_NONE) * self.store.priority_step + record.created_at
+
+    def _add_options(self, job: PreparedJob, remember_ms: int) -> dict[str, Any]:
+        opts = job.options
+        return {
+            "lease_ms": lease_ms(opts),
+            "priority": opts.priority or PRIORITY_NONE,
+            "sealed": job.sealed,
+            "remember_ms": remember_ms,
+            "expires_at": opts.expires,
+            "group": opts.group or _dedup_group(opts.deduplicate),
+            "deduplicate": opts.deduplicate,
+        }
 
     def tags_of(self, data: Mapping[str, Any], owner: str | None, extra: Any = None) -> list[str]:
         """What a job is found by: 'owner:<id>', the policy's tag fields of its data, and extra

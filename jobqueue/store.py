@@ -316,7 +316,18 @@ class JobStore:
 
     # -- the life of one job (each move a row of jobqueue.lifecycle.TRANSITIONS) ----
 
-    def create(
+    def create(self, record: JobRecord, score: int, *, client: Any = None, **kwargs: Any) -> tuple[str, ...]:
+        """Store a new job (add, add_delayed, or hold: behind its group) and wake a worker.
+
+        Returns ('created', id, state), ('exists', '') when that id is stored already, or
+        ('deduplicated', holder) when a job of the same deduplicate key stands for it
+        (JobOptions.deduplicate; holder: that job's id). With a pipeline as client, the
+        answer comes from the pipeline's execute(). kwargs: as add_args takes them.
+        """
+        answer = self._run("add", record.id, record.queue, self.add_args(record, score, **kwargs), client=client)
+        return answer if client is not None else tuple(answer)
+
+    def add_args(
         self,
         record: JobRecord,
         score: int,
@@ -328,14 +339,8 @@ class JobStore:
         expires_at: int | None = None,
         group: str | None = None,
         deduplicate: Mapping[str, Any] | None = None,
-        client: Any = None,
-    ) -> tuple[str, ...]:
-        """Store a new job (add, add_delayed, or hold: behind its group) and wake a worker.
-
-        Returns ('created', id, state), ('exists', '') when that id is stored already, or
-        ('deduplicated', holder) when a job of the same deduplicate key stands for it
-        (JobOptions.deduplicate; holder: that job's id). With a pipeline as client, the
-        answer comes from the pipeline's execute().
+    ) -> list[Any]:
+        """The arguments of add_job (add.lua, and scripts that create a job on the way).
 
         sealed: the data as the store keeps it, when the caller sealed it already. With
         remember_ms, was_added() says the id was added for that long, even once the job
@@ -366,8 +371,7 @@ class JobStore:
         event = "add" if record.state == "waiting" else "add_delayed"
         dedup = to_json(dict(deduplicate)) if deduplicate else ""
         args = [event, score, record.queue, remember_ms, expires_at or 0, tags, record.created_at, group or "", dedup]
-        answer = self._run("add", record.id, record.queue, [*args, *flat], client=client)
-        return answer if client is not None else tuple(answer)
+        return [*args, *flat]
 
     def was_added(self, job_ids: list[str], queue: str) -> list[bool]:
         """For each id: whether its job exists, or was added with remember_ms that has not run out."""
