@@ -130,6 +130,7 @@ def test_queue_overview_lists_workers_throughput_and_timing(app, client, stack, 
     assert email["meanProcessingMs"] > 0 and email["p95ProcessingMs"] >= email["meanProcessingMs"] * 0.5
     assert set(email["counts"]) == {
         "waiting",
+        "grouped",
         "delayed",
         "active",
         "completed",
