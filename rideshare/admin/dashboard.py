@@ -264,7 +264,7 @@ def limits_body(form: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]
         if value.lower() in ("", "none", "off"):
             value = 1 if name == "group_concurrency" else None
         elif key == "concurrency":
-            if not value.isdigit():
+            if not (value.isascii() and value.isdigit()):
                 errors[name] = "must be a whole number"
                 continue
             value = int(value)

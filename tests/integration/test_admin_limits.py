@@ -333,7 +333,7 @@ def test_the_health_page_shows_the_limits_panel_and_its_form_changes_them(env, a
 
         bad = admin.post(
             "/admin/ui/queues/email/limits",
-            data={**form, "rate": "fast", "concurrency": "two", "group_concurrency": "0"},
+            data={**form, "rate": "fast", "concurrency": "2²", "group_concurrency": "0"},
         )
         text = bad.get_data(as_text=True)
         assert bad.status_code == 422
