@@ -14,7 +14,17 @@ whose record is deleted.
 from dataclasses import dataclass
 
 # The states a stored job can be in, each a sorted set per queue.
-STATES = ("waiting", "grouped", "delayed", "active", "completed", "failed", "cancelled", "expired")
+STATES = (
+    "waiting",
+    "grouped",
+    "delayed",
+    "waiting-children",
+    "active",
+    "completed",
+    "failed",
+    "cancelled",
+    "expired",
+)
 FINISHED = ("completed", "failed", "cancelled", "expired")
 # States a job waits in before it runs: an operator may cancel, snooze or edit it there,
 # and its expiry (option expires) applies there. 'grouped': ready, but behind its group's
@@ -38,6 +48,21 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(NEW, "add", "waiting", "the id is new"),
     Transition(NEW, "add_delayed", "delayed", "the id is new; a delay was asked for"),
     Transition(NEW, "hold", "grouped", "the id is new; its group has no free slot, or older jobs of it wait"),
+    Transition(NEW, "wait_children", "waiting-children", "the id is new; added by add_flow with children"),
+    Transition(
+        "waiting-children",
+        "children_done",
+        "waiting",
+        "every child is final (a failed one under policy ignore), or a child under continue_parent failed",
+    ),
+    Transition("waiting-children", "hold", "grouped", "its children are done, but its group has no free slot"),
+    Transition(
+        "waiting-children",
+        "child_failed",
+        "failed",
+        "a child under policy fail_parent (the default) failed for good, or was cancelled or expired",
+    ),
+    Transition("waiting-children", "cancel", "cancelled", "an operator's or the app's cancel (its children too)"),
     Transition(
         "waiting",
         "fetch",

@@ -16,12 +16,14 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from jobqueue import tracing
-from jobqueue.errors import InvalidJobData, QueueUnavailable
+from jobqueue.errors import CancelRefused, InvalidJobData, QueueUnavailable
+from jobqueue.flows import FlowJob, Flows
 from jobqueue.lifecycle import FINISHED
 from jobqueue.limits import FlowControl
 from jobqueue.options import InvalidJobOptions, JobOptions, resolve_options
@@ -87,6 +89,8 @@ class JobQueue:
         store.register(self.name)
         self.defaults = defaults
         self.keep_completed, self.keep_failed = retention
+        # The service's queues (a flow's children may sit in any of them), set by JobService.
+        self.peers: Mapping[str, JobQueue] = {self.name: self}
         # Checked before every add, on every path: raises QueueUnavailable when new jobs must wait.
         self.admission = admission
 
@@ -307,7 +311,20 @@ class JobQueue:
                 return None
             if job.state not in FINISHED:
                 hook(job, reason)
-        return self.store.cancel(job_id, self.name, reason, self.keep_failed)
+        outcome = self.store.cancel(job_id, self.name, reason, self.keep_failed)
+        if outcome in ("cancelled", "cancelling"):
+            self._cancel_children(job_id, reason)
+        return outcome
+
+    def _cancel_children(self, job_id: str, reason: str) -> None:
+        """A flow parent cancelled: its children that have not finished are cancelled too (and theirs)."""
+        for child in self.store.children(job_id, self.name):
+            queue = self.peers.get(child["queue"])
+            if queue is not None and child["state"] not in (*FINISHED, "removed"):
+                try:
+                    queue.cancel(child["id"], f"its parent {job_id} was cancelled: {reason}"[:500])
+                except CancelRefused as exc:
+                    log.warning("flow.child_cancel_refused", extra={"job_id": child["id"], "error": str(exc)})
 
     def snooze(self, job_id: str, delay_ms: int) -> str | None:
         """Run a job that has not started delay_ms from now instead (defer): 'delayed', the
@@ -391,6 +408,8 @@ class JobService:
     # Called by each worker's housekeeping tick: moves work left behind into the queues
     # (the transactional outbox's relay). Returns how many jobs it moved.
     relays: list[Callable[[], int]] = field(default_factory=list)
+    # Whether each worker runs a scheduler (jobqueue.schedules.Scheduler) beside its housekeeping.
+    run_scheduler: bool = True
 
     @classmethod
     def from_policies(
@@ -414,7 +433,19 @@ class JobService:
             )
             for policy in policies
         }
-        return cls(store, queues, context=context, max_stalls=settings.max_stalls)
+        service = cls(store, queues, context=context, max_stalls=settings.max_stalls)
+        for queue in queues.values():
+            queue.peers = queues
+        return service
+
+    @cached_property
+    def flows(self) -> Flows:
+        """add_flow, the flow relay and compensation (jobqueue.flows)."""
+        return Flows(self)
+
+    def add_flow(self, root: FlowJob, **kwargs: Any) -> Job:
+        """Store a flow of jobs (a parent waits for its children): see jobqueue.flows."""
+        return self.flows.add_flow(root, **kwargs)
 
     def queue(self, name: str) -> JobQueue:
         return self.queues[name]

@@ -201,6 +201,23 @@ class JobRecord:
         if self.is_cancelled():
             raise JobCancelled(self.cancel_requested or "cancelled")
 
+    def children_values(self) -> dict[str, Any]:
+        """A flow parent's completed children's results, by child job id (jobqueue.flows)."""
+        return {
+            c["id"]: c.get("result")
+            for c in self._own_store().children(self.id, self.queue)
+            if c["state"] == "completed"
+        }
+
+    def children_failures(self) -> dict[str, str]:
+        """A flow parent's children that failed, were cancelled or expired (policy ignore or
+        continue_parent let it run): child job id -> state and reason."""
+        return {
+            c["id"]: f"{c['state']}: {c.get('reason') or ''}".rstrip(": ")
+            for c in self._own_store().children(self.id, self.queue)
+            if c["state"] in ("failed", "cancelled", "expired", "removed")
+        }
+
     def wait_until_finished(self, timeout: float) -> "JobRecord":
         """Block until this job is completed, failed, cancelled or expired (TimeoutError after timeout s)."""
         return self._own_store().wait_until_finished(self.id, self.queue, timeout)
@@ -339,8 +356,13 @@ class JobStore:
         expires_at: int | None = None,
         group: str | None = None,
         deduplicate: Mapping[str, Any] | None = None,
+        event: str | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> list[Any]:
         """The arguments of add_job (add.lua, and scripts that create a job on the way).
+
+        event: the move that stores it, when not add/add_delayed (wait_children: a flow's
+        parent); extra: more fields of its hash (a flow's links).
 
         sealed: the data as the store keeps it, when the caller sealed it already. With
         remember_ms, was_added() says the id was added for that long, even once the job
@@ -367,8 +389,10 @@ class JobStore:
             fields["expiresAt"] = expires_at
         if record.trace:
             fields["trace"] = record.trace
+        if extra:
+            fields.update(extra)
         flat = [v for kv in fields.items() for v in kv]
-        event = "add" if record.state == "waiting" else "add_delayed"
+        event = event or ("add" if record.state == "waiting" else "add_delayed")
         dedup = to_json(dict(deduplicate)) if deduplicate else ""
         args = [event, score, record.queue, remember_ms, expires_at or 0, tags, record.created_at, group or "", dedup]
         return [*args, *flat]
@@ -542,6 +566,34 @@ class JobStore:
         if kept == "stale":
             raise StaleDelivery(f"job {record.id}: delivery {record.token} no longer holds it")
         return bool(kept)
+
+    def children(self, job_id: str, queue: str) -> list[dict[str, Any]]:
+        """A flow parent's children: queue, id, and the state and result or reason of those that
+        ended (as recorded when they ended), else their state now (jobqueue.flows)."""
+        key = self.keys.job(job_id, queue)
+        listed = self.redis.hkeys(f"{key}:children")
+        ended = self.redis.hgetall(f"{key}:results")
+        out: list[dict[str, Any]] = []
+        for child in sorted(listed):
+            child_queue, child_id = child.split("|", 1)
+            if child in ended:
+                entry = json.loads(ended[child])
+                result = entry.get("result")
+                reason = entry.get("reason")
+                out.append(
+                    {
+                        "queue": child_queue,
+                        "id": child_id,
+                        "state": entry["state"],
+                        "result": json.loads(result) if isinstance(result, str) and result else None,
+                        "reason": reason if isinstance(reason, str) else None,
+                        "policy": entry.get("policy") or "fail_parent",
+                    }
+                )
+            else:
+                found = self.get(child_id, child_queue)
+                out.append({"queue": child_queue, "id": child_id, "state": found.state if found else "removed"})
+        return out
 
     def logs(self, job_id: str, queue: str) -> list[dict[str, Any]]:
         """A job's log lines, oldest first: {attempt, at, line}."""

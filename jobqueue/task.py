@@ -269,6 +269,8 @@ class JobTask(Task):
         except StaleDelivery:
             self._log_stale(queue, job, state, duration_ms)
             return False
+        if job.raw is not None and job.raw.get("flowRoot") and state not in ("delayed", "snoozed", "rate_limited"):
+            self._relay_flows(queue)
         line = {"job_id": job.id, "queue": queue.name, "attempt": job.attempts, "duration_ms": duration_ms}
         if state == "completed":
             log.info("job.completed", extra=line)
@@ -283,6 +285,13 @@ class JobTask(Task):
         else:
             log.error("job.failed", extra={**line, "error": error, "data": mask(job.data)})
         return True
+
+    def _relay_flows(self, queue: JobQueue) -> None:
+        """A flow's job ended: tell its parents now rather than at the next housekeeping tick."""
+        try:
+            service_of(self).flows.relay([queue.name])
+        except Exception as exc:  # noqa: BLE001 - every worker's housekeeping relays it again
+            log.warning("flow.relay_failed", extra={"queue": queue.name, "error": describe(exc)})
 
     @staticmethod
     def _log_stale(queue: JobQueue, job: Job, state: str, duration_ms: float) -> None:

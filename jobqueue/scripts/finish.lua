@@ -19,10 +19,14 @@ if state ~= 'active' or redis.call('HGET', K.job, 'token') ~= ARGV[11] then
   return 'stale'
 end
 local id = redis.call('HGET', K.job, 'id')
-local target = move(K.job, id, state, event, score)
-if not target then return redis.error_reply('finish: no move ' .. state .. ' --' .. event) end
+if not ALLOWED[state][event] then return redis.error_reply('finish: no move ' .. state .. ' --' .. event) end
+-- The result and reason first: the move tells a flow's parent about them (flow_notify).
 redis.call('HSET', K.job, 'ended', ARGV[11])
 for i = 12, #ARGV, 2 do redis.call('HSET', K.job, ARGV[i], ARGV[i + 1]) end
+if event == 'cancel' then
+  redis.call('HSET', K.job, 'cancelReason', redis.call('HGET', K.job, 'cancelRequested') or 'cancelled')
+end
+local target = move(K.job, id, state, event, score)
 if ARGV[7] ~= '' then redis.call('RPUSH', K.attempts, ARGV[7]) end
 -- Metrics: counters, processing-time histogram and recent durations, throughput.
 local counter = target
@@ -37,9 +41,6 @@ if event == 'rate_limit' then
   redis.call('HINCRBY', K.job, 'attempts', -1)
   local ms = tonumber(ARGV[1]) or 0
   if ms > 0 and redis.call('PTTL', K.throttle) < ms then redis.call('SET', K.throttle, id, 'PX', ms) end
-end
-if event == 'cancel' then
-  redis.call('HSET', K.job, 'cancelReason', redis.call('HGET', K.job, 'cancelRequested') or 'cancelled')
 end
 redis.call('HINCRBY', K.metrics, queue .. ':' .. counter, 1)
 count_minute(now, counter)

@@ -171,6 +171,32 @@ local function make_ready(job, id, from, event, score)
 end
 
 local FINAL = {completed = true, failed = true, cancelled = true, expired = true, removed = true}
+
+-- Flows (jobqueue.flows): a job that ends tells whoever waits on it, through its own queue's
+-- outbox list '<tag>:flow:out' (a parent may sit in another queue, another slot): each
+-- parent (kind child: its state, and its result or reason), the flow's root when a step
+-- with a compensation completed (kind comp), and the root's own failure (kind rootfail).
+-- The flow relay (jobqueue.flows.FlowRelay) applies each entry in the parent's or the
+-- root's slot (flow.lua), idempotently, and then removes it.
+local function flow_notify(job, id, to, flow)
+  local out = K.tag .. ':flow:out'
+  local node = redis.call('HGET', job, 'queue') .. '|' .. id
+  if flow.compensate and to == 'completed' and flow.root then
+    redis.call('RPUSH', out, cjson.encode({
+      k = 'comp', root = flow.root, node = node, spec = flow.compensate, at = server_ms()}))
+  end
+  if flow.parents then
+    local f = redis.call('HMGET', job, 'result', 'failedReason', 'cancelReason', 'failurePolicy')
+    for _, parent in ipairs(cjson.decode(flow.parents)) do
+      redis.call('RPUSH', out, cjson.encode({
+        k = 'child', parent = parent, node = node, state = to, result = f[1],
+        reason = f[2] or f[3], policy = f[4] or 'fail_parent'}))
+    end
+  end
+  if flow.root == node and to == 'failed' then
+    redis.call('RPUSH', out, cjson.encode({k = 'rootfail', root = node}))
+  end
+end
 local PENDING_STATE = {waiting = true, grouped = true, delayed = true}
 
 -- The one way a job changes state: the move must be a row of the table. Returns the
@@ -185,10 +211,11 @@ move = function(job, id, from, event, score)
   if not to then return nil end
   if from ~= 'new' then redis.call('ZREM', K[from], id) end
   if PENDING_STATE[from] and not PENDING_STATE[to] then redis.call('ZREM', K.expiring, id) end
-  local group, dedup, mode
+  local group, dedup, mode, flow
   if from == 'grouped' or (FINAL[to] and not FINAL[from]) then
-    local f = redis.call('HMGET', job, 'group', 'dedupKey', 'dedupMode')
+    local f = redis.call('HMGET', job, 'group', 'dedupKey', 'dedupMode', 'parents', 'flowRoot', 'compensate')
     group, dedup, mode = f[1], f[2], f[3]
+    if f[4] or f[5] then flow = {parents = f[4], root = f[5], compensate = f[6]} end
     if group and from == 'grouped' then
       redis.call('ZREM', group_key(group), id)
       if tonumber(redis.call('ZINCRBY', K.groups, -1, group)) <= 0 then redis.call('ZREM', K.groups, group) end
@@ -201,9 +228,10 @@ move = function(job, id, from, event, score)
     local conc = tonumber(redis.call('HGET', K.limits, 'concurrency'))
     if conc and redis.call('ZCARD', K.active) < conc and redis.call('ZCARD', K.waiting) > 0 then wake() end
   end
+  if flow and FINAL[to] and not FINAL[from] then flow_notify(job, id, to, flow) end
   if to == 'removed' then
     unindex(job, id)
-    redis.call('DEL', job, job .. ':attempts', job .. ':logs')
+    redis.call('DEL', job, job .. ':attempts', job .. ':logs', job .. ':children', job .. ':results', job .. ':comp')
     if event ~= 'trim' then emit(id, event, to) end
   else
     redis.call('ZADD', K[to], score, id)
@@ -244,11 +272,13 @@ end
 
 -- End a pending or stalled job without running it (cancel, expire): reason, metrics, retention.
 local function end_unrun(job, id, from, event, now, reason, queue, keep_count, keep_age)
-  local to = move(job, id, from, event, now)
+  local row = ALLOWED[from]
+  local to = row and row[event]
   if not to then return nil end
   local field = 'failedReason'
   if to == 'cancelled' then field = 'cancelReason' end
-  redis.call('HSET', job, 'finishedAt', now, field, reason)
+  redis.call('HSET', job, 'finishedAt', now, field, reason)  -- first: the move tells a flow's parent
+  move(job, id, from, event, now)
   redis.call('HINCRBY', K.metrics, queue .. ':' .. to, 1)
   count_minute(now, to)
   retain(to, id, now, keep_count, keep_age)
