@@ -7,7 +7,9 @@ from rideshare.analytics.queue import ANALYTICS_QUEUE
 
 @job_task(ANALYTICS_QUEUE)
 def record_event_task(job: Job) -> dict:
-    """Store one analytics event and update the aggregates."""
-    from rideshare.analytics.service import record_event
+    """Store one analytics event and update the aggregates, or recompute a day's roll-up."""
+    from rideshare.analytics.service import DAILY_ROLLUP, record_event, roll_up_day
 
+    if job.data["event"] == DAILY_ROLLUP:
+        return roll_up_day(job)
     return record_event(job.data)

@@ -1,6 +1,8 @@
 """The data of an analytics job."""
 
-from marshmallow import Schema, fields, validate
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from rideshare.validation import MAX_AMOUNT, IdField, iso_datetime, row_id, text, two_decimals, user_id
 
@@ -30,3 +32,11 @@ class AnalyticsJobSchema(Schema):
         metadata={"description": "ISO 8601; without it, the time the worker records the event"},
     )
     data = fields.Nested(RideMetricsSchema, load_default=dict)
+    # Event daily_rollup is no event: it recomputes a day's totals from the events recorded.
+    day = fields.Date(metadata={"description": "daily_rollup: the day (UTC) whose totals are recomputed"})
+    after = text("daily_rollup: an event id the roll-up waits for (the latest ride completed)", 128, required=False)
+
+    @validates_schema
+    def _rollup_names_its_day(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("event") == "daily_rollup" and data.get("day") is None:
+            raise ValidationError("a daily_rollup needs its day", "day")

@@ -1,6 +1,7 @@
 """Rides: request one, complete it with its analytics event (written together or not at all),
 or cancel it with the payments not charged yet."""
 
+import logging
 import secrets
 from dataclasses import dataclass
 from decimal import Decimal
@@ -10,14 +11,16 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from jobqueue import Job
-from rideshare.analytics.service import RIDE_COMPLETED
+from rideshare.analytics.service import RIDE_COMPLETED, stage_daily_rollup
 from rideshare.db import get_db, utcnow
-from rideshare.jobs import publish_or_undo, stage_job
+from rideshare.jobs import QueueUnavailable, publish_job, publish_or_undo, stage_job, withdraw_job
 from rideshare.payments.models import CANCELLED, FAILED, SUCCEEDED, Payment
 from rideshare.payments.service import PaymentCharged, cancel_payment, cancel_payment_job
 from rideshare.rides.models import Ride
 
 REQUESTED, COMPLETED, RIDE_CANCELLED = "requested", "completed", "cancelled"
+
+log = logging.getLogger("rideshare.rides")
 
 
 class RideNotFound(LookupError):
@@ -69,7 +72,7 @@ def request_ride(rider_id: str, driver_id: str, pickup: str, dropoff: str) -> Ri
 def complete_ride(
     ride_id: int, *, user_id: str, is_admin: bool, driver_id: str, fare: Decimal, distance: float, duration: int
 ) -> Completion:
-    """Complete a ride and queue its analytics event, in one transaction (the outbox).
+    """Complete a ride and queue its analytics event and its day's roll-up, in one transaction (the outbox).
 
     Only the ride's rider or driver (or an admin) may complete it; to anyone else it does
     not exist. If the queue refuses the event, the completion is undone and
@@ -110,15 +113,24 @@ def complete_ride(
             owner=user_id,
             group=f"ride:{ride_id}",
         )
+        # The day's totals, recomputed once the burst of completions it is part of is over.
+        rollup = stage_daily_rollup(session, completed_at.date(), event_id, owner=user_id)
 
     def undo(session: Session) -> None:
+        withdraw_job(session, rollup.job_id)
         session.execute(
             update(Ride)
             .where(Ride.id == ride_id)
             .values(status="requested", fare=None, distance_km=None, duration_s=None, completed_at=None)
         )
 
-    return Completion(ride_id, staged.job_id, publish_or_undo(staged, undo))
+    job = publish_or_undo(staged, undo)
+    try:
+        publish_job(rollup)  # most often another completion's roll-up of the day takes it in
+    except QueueUnavailable as exc:
+        # Committed with the ride: a worker's outbox relay queues it once Redis answers.
+        log.warning("ride.rollup_staged", extra={"ride_id": ride_id, "error": str(exc)})
+    return Completion(ride_id, staged.job_id, job)
 
 
 def cancel_ride(ride_id: int, *, user_id: str, is_admin: bool, reason: str | None = None) -> Cancellation:
