@@ -18,7 +18,7 @@ worker how long to block until a slot frees. ``throttle(ms)`` (what a gateway's
 429 does through the policy's ``back_pressure``) stops the whole queue for ms.
 
 Where limits come from: the environment seeds them when a process starts
-(``PAYMENT_RATE_LIMIT=25/s``, ``PAYMENT_CONCURRENCY=20``, ``PAYMENT_GROUP_CONCURRENCY``,
+(``PAYMENT_RATE_LIMIT=25/s``, ``PAYMENT_CONCURRENCY_LIMIT=20``, ``PAYMENT_GROUP_CONCURRENCY``,
 ``PAYMENT_GROUP_RATE_LIMIT``), unless an operator has set them at run time
 (admin API, CLI, dashboard): those stay until an operator changes them again.
 """
@@ -166,14 +166,14 @@ class Limits:
 
     @classmethod
     def from_env(cls, queue: str, environ: Mapping[str, str]) -> "Limits":
-        """<QUEUE>_RATE_LIMIT (25/s), <QUEUE>_CONCURRENCY, <QUEUE>_GROUP_CONCURRENCY,
+        """<QUEUE>_RATE_LIMIT (25/s), <QUEUE>_CONCURRENCY_LIMIT, <QUEUE>_GROUP_CONCURRENCY,
         <QUEUE>_GROUP_RATE_LIMIT; raises InvalidLimits naming the bad variable."""
         name = queue.upper()
         body: dict[str, Any] = {}
         group: dict[str, Any] = {}
         keys = {
             f"{name}_RATE_LIMIT": (body, "rate", str),
-            f"{name}_CONCURRENCY": (body, "concurrency", int),
+            f"{name}_CONCURRENCY_LIMIT": (body, "concurrency", int),
             f"{name}_GROUP_CONCURRENCY": (group, "concurrency", int),
             f"{name}_GROUP_RATE_LIMIT": (group, "rate", str),
         }

@@ -10,7 +10,7 @@ from celeryconfig import redis_url_from_env
 from jobqueue.limits import InvalidLimits, Limits
 
 # A queue's flow-control variables (jobqueue.limits.Limits.from_env reads them per queue).
-FLOW_LIMIT_VARIABLE = re.compile(r"[A-Z][A-Z0-9]*_(RATE_LIMIT|CONCURRENCY|GROUP_CONCURRENCY|GROUP_RATE_LIMIT)")
+FLOW_LIMIT_VARIABLE = re.compile(r"[A-Z][A-Z0-9]*_(RATE_LIMIT|CONCURRENCY_LIMIT|GROUP_CONCURRENCY|GROUP_RATE_LIMIT)")
 
 
 class SettingsError(ValueError):
@@ -66,6 +66,9 @@ def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         # derived from SECRET_KEY.
         "JOB_DATA_KEYS": env.get("JOB_DATA_KEYS", ""),
         "JOB_KEY_PREFIX": env.get("JOB_KEY_PREFIX", "rideshare"),
+        # Where schedules fire: 'worker' (each worker runs a scheduler beside its housekeeping;
+        # any number fire each tick once) or 'off' (only `flask jobs scheduler` processes do).
+        "JOB_SCHEDULER": env.get("JOB_SCHEDULER", "worker").strip().lower() or "worker",
         # Redis must not evict (README, "Redis memory"): any maxmemory-policy but noeviction
         # is an ERROR at start-up and fails /readyz, unless this accepts the risk.
         "REDIS_ALLOW_EVICTION": env.get("REDIS_ALLOW_EVICTION", "false").lower() in ("1", "true", "yes"),
@@ -100,7 +103,7 @@ def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "EVENT_STREAMS_MAX": max(1, _int(env, "EVENT_STREAMS_MAX", 4)),
         "EVENT_STREAM_MAX_SECONDS": _int(env, "EVENT_STREAM_MAX_SECONDS", 300),
         "VAR_DIR": str(var_dir),
-        # Flow control per queue: PAYMENT_RATE_LIMIT=25/s, PAYMENT_CONCURRENCY=20,
+        # Flow control per queue: PAYMENT_RATE_LIMIT=25/s, PAYMENT_CONCURRENCY_LIMIT=20,
         # PAYMENT_GROUP_CONCURRENCY, PAYMENT_GROUP_RATE_LIMIT (none unless set). Each process
         # seeds them into the job store at start, unless an operator set the queue's limits
         # at run time (rideshare.celery_app; flow_limits checks them).

@@ -49,7 +49,7 @@ from tests.support.webhook import WebhookSink
 REPO = Path(__file__).resolve().parent.parent
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TEST_REDIS_DB = "14"
-FLOW_LIMIT_NAMES = ("RATE_LIMIT", "CONCURRENCY", "GROUP_CONCURRENCY", "GROUP_RATE_LIMIT")
+FLOW_LIMIT_NAMES = ("RATE_LIMIT", "CONCURRENCY_LIMIT", "GROUP_CONCURRENCY", "GROUP_RATE_LIMIT")
 
 
 # The suite's own Redis requires a password with characters that need quoting in a

@@ -199,7 +199,7 @@ def test_the_environment_seeds_limits_until_an_operator_sets_them(env, auth_head
         # Once an operator sets them, no start replaces them, with other values or none.
         put = app.test_client().put("/admin/queues/payment/limits", json={"concurrency": 3}, headers=admin)
         assert put.status_code == 200
-        for other in ({**env, "PAYMENT_RATE_LIMIT": "11/s", "PAYMENT_CONCURRENCY": "50"}, env):
+        for other in ({**env, "PAYMENT_RATE_LIMIT": "11/s", "PAYMENT_CONCURRENCY_LIMIT": "50"}, env):
             close_app(app_from_env(other))
             status = get_queue("payment").flow.status()
             assert status["setBy"] == "admin"
@@ -209,9 +209,9 @@ def test_the_environment_seeds_limits_until_an_operator_sets_them(env, auth_head
 def test_a_bad_limit_in_the_environment_stops_the_start_naming_the_variable(env):
     with pytest.raises(SettingsError) as refused:
         app_from_env(
-            {**env, "PAYMENT_RATE_LIMIT": "fast", "EMAIL_CONCURRENCY": "lots", "EMAIL_GROUP_RATE_LIMIT": "0/s"}
+            {**env, "PAYMENT_RATE_LIMIT": "fast", "EMAIL_CONCURRENCY_LIMIT": "lots", "EMAIL_GROUP_RATE_LIMIT": "0/s"}
         )
-    assert set(refused.value.errors) == {"PAYMENT_RATE_LIMIT", "EMAIL_CONCURRENCY", "EMAIL_GROUP_RATE_LIMIT"}
+    assert set(refused.value.errors) == {"PAYMENT_RATE_LIMIT", "EMAIL_CONCURRENCY_LIMIT", "EMAIL_GROUP_RATE_LIMIT"}
     assert "PAYMENT_RATE_LIMIT: must be like 25/s" in str(refused.value) and "'fast'" in str(refused.value)
 
     # A worker process refuses to start, and says why.

@@ -199,12 +199,12 @@ def test_bad_options_and_limits_name_each_field(queue):
         Limits().changed({"rate": {"max": 0, "perMs": 1000}, "concurrency": -1, "group": {"concurrency": "2"}, "x": 1})
     assert set(bad.value.errors) == {"rate", "concurrency", "group.concurrency", "x"}
     assert Limits().changed({"rate": "25/s"}).rate == Rate(25, 1000)
-    assert Limits.from_env("payment", {"PAYMENT_RATE_LIMIT": "600/min", "PAYMENT_CONCURRENCY": "20"}) == Limits(
+    assert Limits.from_env("payment", {"PAYMENT_RATE_LIMIT": "600/min", "PAYMENT_CONCURRENCY_LIMIT": "20"}) == Limits(
         rate=Rate(600, 60_000), concurrency=20
     )
     with pytest.raises(InvalidLimits) as bad:
-        Limits.from_env("payment", {"PAYMENT_RATE_LIMIT": "fast", "PAYMENT_CONCURRENCY": "many"})
-    assert set(bad.value.errors) == {"PAYMENT_RATE_LIMIT", "PAYMENT_CONCURRENCY"}
+        Limits.from_env("payment", {"PAYMENT_RATE_LIMIT": "fast", "PAYMENT_CONCURRENCY_LIMIT": "many"})
+    assert set(bad.value.errors) == {"PAYMENT_RATE_LIMIT", "PAYMENT_CONCURRENCY_LIMIT"}
 
 
 def test_the_environment_seeds_limits_until_an_operator_sets_them(queue):
