@@ -8,18 +8,19 @@ queue, so only this burst's jobs are in its store; the SQL database is the sessi
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as day_time
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from devstack.processes import stop
 from rideshare.analytics.models import AnalyticsEvent, DailyRollup
-from rideshare.analytics.service import RIDE_COMPLETED, ROLLUP_DELAY_MS, ROLLUP_MAX_HOLD_MS
+from rideshare.analytics.service import RIDE_COMPLETED, ROLLUP_DELAY_MS, ROLLUP_MAX_HOLD_MS, stage_daily_rollup
 from rideshare.auth import issue_token
 from rideshare.db import get_db
+from rideshare.jobs.outbox import JOB_OUTBOX
 from rideshare.rides.models import Ride
 from tests.conftest import own_app, start_worker, wait_for_jobs
 
@@ -126,3 +127,30 @@ def test_a_burst_of_completions_makes_one_rollup_after_it_matching_the_events(st
     )
     assert row.distance_km == pytest.approx(totals["distance_km"])
     assert rollup.result["rides"] == row.rides and Decimal(rollup.result["revenue"]) == row.revenue
+
+
+def test_rollups_left_in_the_outbox_are_still_one_when_the_relay_queues_them(stack, own_queues_env):
+    """Completions whose process died before publishing: the relay adds their staged roll-ups, and the
+    day's key still folds them into one job (a past day, so no completion of today's joins in)."""
+    day = date(2020, 2, 29)
+    env = {**own_queues_env, "JOB_KEY_PREFIX": f"ru{secrets.token_hex(3)}"}
+    with own_app(env, JOB_OUTBOX_SETTLE_MS=0) as app:
+        store = app.extensions["jobs"].store
+        staged = []
+        for n in range(3):
+            with get_db().session() as session:
+                staged.append(stage_daily_rollup(session, day, f"ride-completed-relay-{n}"))
+            time.sleep(0.005)  # staged in this order, which the relay keeps
+        assert app.extensions["outbox"].relay() >= 3
+        found = [job_id for _, job_id in store.search("analytics", tags=[f"rollup:{day.isoformat()}"])[0]]
+        metrics = store.metrics()
+        [job] = store.get_many(found)
+        with get_db().session() as session:
+            left = session.scalar(
+                select(func.count()).select_from(JOB_OUTBOX).where(JOB_OUTBOX.c.job_id.in_([s.job_id for s in staged]))
+            )
+    assert found == [staged[0].job_id]
+    assert metrics.get("analytics:deduplicated") == 2
+    # Debounced through the relay too: the newest data, the delay started again.
+    assert (job.state, job.data["after"]) == ("delayed", "ride-completed-relay-2")
+    assert left == 0
