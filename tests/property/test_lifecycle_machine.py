@@ -32,11 +32,11 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from jobqueue.flows import FAILURE_POLICIES, FlowJob
 from jobqueue.lifecycle import FINISHED, REMOVED, STATES, next_state
-from jobqueue.options import JobOptions
 from jobqueue.policy import QueuePolicy
-from jobqueue.queue import JobQueue
-from jobqueue.store import JobStore, Retention, StaleDelivery, now_ms
+from jobqueue.queue import EngineSettings, JobService
+from jobqueue.store import JobStore, StaleDelivery, now_ms
 
 QUEUE = "prop"
 HOUR_MS = 3_600_000
@@ -53,6 +53,9 @@ SPONTANEOUS = {
     ("grouped", "turn"),  # its group's slot freed (any move that ends a job of the group)
     ("grouped", "expire"),
     ("delayed", "hold"),  # promoted while its group's slot is taken
+    ("waiting-children", "children_done"),  # the relay (a rule) applied its children's ends
+    ("waiting-children", "child_failed"),
+    ("waiting-children", "hold"),
 }
 GROUPS = (None, "g1", "g2")
 DEDUP_KEYS = (None, "k1")
@@ -71,12 +74,14 @@ class JobStoreMachine(RuleBasedStateMachine):
         self.client = redis.Redis.from_url(REDIS_URL[0], decode_responses=True)
         self.store = JobStore(self.client, prefix=f"prop-{uuid.uuid4().hex[:8]}")
         policy = QueuePolicy(name=QUEUE, task="prop.run", priorities=3)
-        self.queue = JobQueue(policy, self.store, JobOptions(), (Retention(), Retention()))
+        self.service = JobService.from_policies([policy], self.store, EngineSettings(attempts=1))
+        self.queue = self.service.queue(QUEUE)
         self.model: dict[str, str] = {}  # job id -> state we last saw
         self.held: dict[str, tuple[str, object]] = {}  # job id -> (worker, record) of the current delivery
         self.stale: list[object] = []  # records of deliveries that no longer hold their job
         self.expired: dict[str, object] = {}  # job id -> record whose lease ran out, not yet taken over
         self.groups: dict[str, str | None] = {}  # job id -> its group
+        self.flows: dict[str, list[str]] = {}  # a flow parent's id -> its children's ids
 
     def teardown(self) -> None:
         keys = list(self.client.scan_iter(f"{{{self.store.prefix}:*", count=1000))
@@ -116,6 +121,24 @@ class JobStoreMachine(RuleBasedStateMachine):
             assert job.state == "waiting"
         self.model[job.id] = job.state
         self.groups[job.id] = group
+
+    @rule(policy=st.sampled_from(FAILURE_POLICIES), group=st.sampled_from(GROUPS), children=st.integers(1, 3))
+    def add_flow(self, policy: str, group: str | None, children: int) -> None:
+        parent_id = f"j{len(self.model):04d}"
+        kids = [FlowJob(QUEUE, {"n": i}, job_id=f"{parent_id}c{i}", failure=policy) for i in range(children)]
+        options = {"group": group} if group else {}
+        root = self.service.add_flow(FlowJob(QUEUE, {"n": 0}, job_id=parent_id, children=kids, options=options))
+        assert root.state == "waiting-children"
+        self.model[parent_id] = "waiting-children"
+        self.groups[parent_id] = group
+        self.flows[parent_id] = [k.job_id for k in kids]
+        for kid in kids:
+            self.model[kid.job_id] = "waiting"
+            self.groups[kid.job_id] = None
+
+    @rule()
+    def relay(self) -> None:
+        self.service.flows.relay()
 
     @rule(worker=st.sampled_from(WORKERS), count=st.integers(1, 4))
     def fetch(self, worker: str, count: int) -> None:
@@ -159,9 +182,13 @@ class JobStoreMachine(RuleBasedStateMachine):
         job_id = pick(data, list(self.model))
         outcome = self.queue.cancel(job_id, "asked")
         state = self.model[job_id]
-        if state in ("waiting", "grouped", "delayed"):
+        if state in ("waiting", "grouped", "delayed", "waiting-children"):
             assert outcome == "cancelled"
             self.model[job_id] = "cancelled"
+        if outcome in ("cancelled", "cancelling"):  # a flow parent's unfinished children are cancelled too
+            for kid in self.flows.get(job_id, []):
+                if self.model[kid] in ("waiting", "grouped", "delayed", "waiting-children"):
+                    self.model[kid] = "cancelled"
         elif state == "active":
             assert outcome == "cancelling"  # its delivery or its lease's end finishes it
         else:
@@ -281,6 +308,8 @@ class JobStoreMachine(RuleBasedStateMachine):
                     allowed |= {"active", "expired", "grouped"}
                 if before == "grouped":
                     allowed.add("active")
+                if before == "waiting-children":
+                    allowed |= {"active", "grouped"}
                 if before == "active":
                     allowed.add("active")  # stalled and fetched again at once
                 assert job.state in allowed, f"{job_id}: {before} -> {job.state} is not a move of the table"
@@ -338,6 +367,23 @@ class JobStoreMachine(RuleBasedStateMachine):
             assert int(backlog.get(group, 0)) == len(held)
             if held:
                 assert running or group in due, f"group {group} holds back {held} with its slot free"
+
+    @invariant()
+    def a_flow_parent_counts_its_children_and_goes_on_once_they_are_relayed(self) -> None:
+        if not hasattr(self, "store"):
+            return
+        outbox = self.client.llen(self.store.keys.queue(QUEUE, "flow:out"))
+        for parent_id, kids in self.flows.items():
+            key = self.store.keys.job(parent_id, QUEUE)
+            state = self.client.hget(key, "state")
+            if state is None:
+                continue
+            recorded = self.client.hkeys(f"{key}:results")
+            assert set(recorded) <= {f"{QUEUE}|{k}" for k in kids}
+            assert int(self.client.hget(key, "pending")) == len(kids) - len(recorded)
+            ended = [k for k in kids if self.client.hget(self.store.keys.job(k, QUEUE), "state") in (*FINISHED, None)]
+            if state == "waiting-children" and outbox == 0:
+                assert len(ended) < len(kids), f"{parent_id} waits on children that all ended and were relayed"
 
     @invariant()
     def a_simple_dedup_key_names_an_unfinished_job(self) -> None:
