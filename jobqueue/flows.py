@@ -42,14 +42,11 @@ parent's worker is dead still releases the parent: any worker's relay does it.
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from jobqueue.errors import InvalidJobData
 from jobqueue.options import InvalidJobOptions
 from jobqueue.store import JobRecord, now_ms, to_json
-
-if TYPE_CHECKING:
-    from jobqueue.queue import JobService, PreparedJob
 
 FAILURE_POLICIES = ("fail_parent", "ignore", "continue_parent")
 # How many outbox entries one relay pass applies per queue at most.
@@ -84,7 +81,8 @@ def split_key(key: str) -> tuple[str, str]:
 class Flows:
     """add_flow, the relay that moves the flow outboxes, and compensation, for one JobService."""
 
-    def __init__(self, service: "JobService") -> None:
+    def __init__(self, service: Any) -> None:
+        """service: the JobService whose queues the flows' jobs are in (it builds this)."""
         self.service = service
         self.store = service.store
 
@@ -97,7 +95,7 @@ class Flows:
         InvalidJobOptions name the node by its path: 'children.0.data', ...).
         extra(pipe) adds commands to the same transaction.
         """
-        nodes: dict[int, tuple[FlowJob, PreparedJob]] = {}
+        nodes: dict[int, tuple[FlowJob, Any]] = {}  # node -> (node, its PreparedJob)
         parents: dict[int, list[str]] = {}
         children: dict[int, list[str]] = {}
         named = root.nodes
@@ -167,7 +165,8 @@ class Flows:
         root_job.record.store = self.store
         return root_job.record
 
-    def _prepare(self, node: FlowJob, path: str, created_at: int, errors: dict[str, Any]) -> "PreparedJob | None":
+    def _prepare(self, node: FlowJob, path: str, created_at: int, errors: dict[str, Any]) -> Any:
+        """node's job checked and sealed (a PreparedJob), or None with errors named by path."""
         if node.queue not in self.service.queues:
             errors[f"{path}queue"] = f"no queue named {node.queue!r}"
             return None
