@@ -55,6 +55,9 @@ class QueuePolicy:
     tags: tuple[str, ...] = ()
     # How often one job may snooze (raise Snooze) before it fails instead.
     max_snoozes: int = 100
+    # How often one job may be sent back by the gateway's back-pressure (back_pressure,
+    # RateLimited) before it fails instead: a gateway that answers 429 for ever fails it.
+    max_rate_limits: int = 1000
     on_final_failure: Hook = None  # (job, reason): once, when a job has failed for good
     # (job, reason): before a job that has not finished is cancelled, so the domain can undo
     # or stop what the job would do (cancel a PaymentIntent); raising CancelRefused refuses

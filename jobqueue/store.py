@@ -119,6 +119,7 @@ class JobRecord:
     cancel_requested: str | None = None  # a cancel asked while it ran (state active)
     expires_at: int | None = None  # ms: a job not started by then ends expired
     snoozes: int = 0
+    rate_limits: int = 0  # times the gateway's back-pressure sent it back to waiting
     tags: list[str] = field(default_factory=list)  # 'field:value', what search finds it by
     trace: str = ""  # the trace context of the span that added it (jobqueue.tracing), "" untraced
     raw: Mapping[str, str] | None = field(default=None, repr=False, compare=False)  # the hash it was read from
@@ -165,6 +166,7 @@ class JobRecord:
             cancel_requested=raw.get("cancelRequested") or None,
             expires_at=opt_int("expiresAt"),
             snoozes=int(raw.get("snoozes") or 0),
+            rate_limits=int(raw.get("rateLimits") or 0),
             tags=parse("tags", "[]") if raw.get("tags") else [],
             trace=raw.get("trace", ""),
             raw=raw,

@@ -159,6 +159,11 @@ class JobTask(Task):
             self._snooze(queue, job, exc, duration_ms)
             return
         pause_ms = self.policy.pause_for(exc)
+        if pause_ms is not None and job.rate_limits >= self.policy.max_rate_limits:
+            cap = self.policy.max_rate_limits
+            reason = f"rate limited {job.rate_limits} times, the most its queue allows ({cap}): {describe(exc)}"
+            self.end_failed(queue, job, reason, "", duration_ms=duration_ms)
+            return
         if pause_ms is not None and not job.cancel_requested:
             # The gateway asked the queue to slow down: no job of it is taken for pause_ms,
             # and this one waits again without spending its attempt.

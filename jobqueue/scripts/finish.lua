@@ -39,6 +39,7 @@ end
 if event == 'rate_limit' then
   counter = 'rate_limited'
   redis.call('HINCRBY', K.job, 'attempts', -1)
+  redis.call('HINCRBY', K.job, 'rateLimits', 1)
   local ms = tonumber(ARGV[1]) or 0
   if ms > 0 and redis.call('PTTL', K.throttle) < ms then redis.call('SET', K.throttle, id, 'PX', ms) end
 end
