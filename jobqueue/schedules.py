@@ -30,6 +30,7 @@ skipped. A tick that is late but not missed (the next one is not due yet) fires.
 
 import json
 import logging
+import random
 import re
 import threading
 import time
@@ -276,18 +277,27 @@ class Schedules:
         queue = self.service.queues.get(job.get("queue"))  # type: ignore[arg-type]
         if queue is None:
             raise InvalidSchedule({"job.queue": f"must be one of {', '.join(self.service.queues)}"})
+        errors: dict[str, Any] = {}
         name = job.get("name") or queue.task_name
         if name != queue.task_name:
-            raise InvalidSchedule({"job.name": f"queue {queue.name} runs {queue.task_name} jobs"})
+            errors["job.name"] = f"queue {queue.name} runs {queue.task_name} jobs"
         data, options = job.get("data") or {}, job.get("options") or {}
-        if not isinstance(data, Mapping):
-            raise InvalidJobData({"_data": ["must be an object"]})
         if not isinstance(options, Mapping):
-            raise InvalidSchedule({"job.options": "must be an object"})
-        if "job_id" in options or "jobId" in options:
-            raise InvalidSchedule({"job.options": "a scheduled job's id is sched:<id>:<tick>; give none"})
-        # What every tick will do, once now: InvalidJobData / InvalidJobOptions name the fields.
-        queue.prepare(data, job_id=job_id_for("x", 0), **self._job_options(options, "x"))
+            errors["job.options"] = "must be an object"
+        elif "job_id" in options or "jobId" in options:
+            errors["job.options"] = "a scheduled job's id is sched:<id>:<tick>; give none"
+        try:
+            if not isinstance(data, Mapping):
+                raise InvalidJobData({"_data": ["must be an object"]})
+            # What every tick will do, once now: InvalidJobData / InvalidJobOptions name the fields.
+            if "job.options" not in errors:
+                queue.prepare(data, job_id=job_id_for("x", 0), **self._job_options(options, "x"))
+        except (InvalidJobData, InvalidJobOptions) as exc:
+            if not errors:
+                raise  # the job alone is refused: as an add refuses it
+            errors["job.data" if isinstance(exc, InvalidJobData) else "job.options"] = exc.errors
+        if errors:
+            raise InvalidSchedule(errors)
         return queue, name, dict(data), dict(options)
 
     @staticmethod
@@ -627,4 +637,5 @@ class Scheduler:
                 pause = min(pause * 2, 5.0)
             except Exception:  # noqa: BLE001 - the scheduler must outlive any one bad round
                 log.exception("scheduler.crashed")
-            stopped.wait(max(0.0, pause - (time.monotonic() - started)))
+            # A little jitter: schedulers started together drift apart rather than poll in step.
+            stopped.wait(max(0.0, pause * random.uniform(0.8, 1.2) - (time.monotonic() - started)))

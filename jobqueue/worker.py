@@ -10,7 +10,8 @@ fetcher thread blocks on the store (BLPOP on the queues' wake markers) while
 the worker has free slots, takes as many jobs as it has free slots with one
 script (fetch.lua), and hands them to the event loop (``hub.call_soon``).
 
-``Housekeeping`` beats the worker's heartbeat and runs the outbox relays.
+``Housekeeping`` beats the worker's heartbeat and runs the outbox relays; beside it, a
+scheduler thread fires due schedules (jobqueue.schedules) every POLL_INTERVAL_S.
 """
 
 import contextlib
@@ -26,6 +27,7 @@ from redis.exceptions import RedisError
 
 from jobqueue import celery_seams
 from jobqueue.queue import HARD_KILL_GRACE_S, JobService
+from jobqueue.schedules import Scheduler
 from jobqueue.store import JobRecord, Retention, StaleDelivery, now_ms
 
 log = logging.getLogger("jobqueue")
@@ -279,6 +281,11 @@ class Housekeeping(bootsteps.StartStopStep):
         self.thread = threading.Thread(target=self._run, args=(consumer, self.stopped), name="job-housekeeping")
         self.thread.daemon = True
         self.thread.start()
+        if consumer.app.jobs.run_scheduler:
+            # Its own loop, every 0.5 s (a tick fires within that of its time): the heartbeat's
+            # second and a relay's SQL must not delay it. Any number of workers run one.
+            scheduler = Scheduler(consumer.app.jobs)
+            threading.Thread(target=scheduler.run, args=(self.stopped,), name="job-scheduler", daemon=True).start()
 
     def _run(self, consumer: Any, stopped: threading.Event) -> None:
         while not stopped.is_set():

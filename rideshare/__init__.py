@@ -54,8 +54,9 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, worker: bool = F
     api = Api(app)
     api.spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"})
     from rideshare import health, metrics
-    from rideshare.admin import dashboard
+    from rideshare.admin import dashboard, schedule_pages  # noqa: F401 - schedule_pages' routes are on dashboard.bp
     from rideshare.admin.api import blp as admin_blp
+    from rideshare.admin.schedules import blp as schedules_blp
     from rideshare.jobs.api import blp as jobs_blp
     from rideshare.mail.api import blp as mail_blp
     from rideshare.payments.api import blp as payments_blp
@@ -65,7 +66,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, *, worker: bool = F
     # A number or a string: each one's metadata states both forms (oneOf).
     api.register_field(Money, None, None)
     api.register_field(IdField, None, None)
-    for blueprint in (rides_blp, payments_blp, mail_blp, jobs_blp, admin_blp):
+    for blueprint in (rides_blp, payments_blp, mail_blp, jobs_blp, admin_blp, schedules_blp):
         api.register_blueprint(blueprint)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)

@@ -17,7 +17,7 @@ from jobqueue.scripts import Features
 from jobqueue.sealing import Sealer
 from jobqueue.worker import THREADED_POOLS, configure_worker
 from rideshare import redis_memory
-from rideshare.config import flow_limits
+from rideshare.config import SettingsError, flow_limits
 from rideshare.jobs.outbox import JOB_OUTBOX
 from rideshare.queues import POLICIES
 
@@ -62,6 +62,10 @@ def celery_init_app(app: Flask) -> Celery:
         context=lambda: nullcontext() if has_app_context() else app.app_context(),
     )
     seed_flow_limits(celery.jobs, limits)
+    scheduler = config.get("JOB_SCHEDULER", "worker")
+    if scheduler not in ("worker", "off"):
+        raise SettingsError({"JOB_SCHEDULER": f"must be worker or off (got {scheduler!r})"})
+    celery.jobs.run_scheduler = scheduler == "worker"
     configure_worker(celery, on_init=lambda pool, most: _size_sql_pool(app, pool, most))
     # The transactional outbox: a job written in a SQL row's transaction, added after the commit;
     # every worker's housekeeping relays what a request that died after its commit left behind.

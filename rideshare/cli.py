@@ -61,6 +61,7 @@ def token_create(user_id: str, role: str, ttl: int | None) -> None:
 
 
 def init_app(app: Flask) -> None:
+    from rideshare.jobs import schedule_cli  # noqa: F401 - adds the schedule commands to jobs_cli
     from rideshare.jobs.cli import jobs_cli
 
     app.cli.add_command(db_cli)

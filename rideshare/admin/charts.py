@@ -241,3 +241,30 @@ def utilisation_gauge(active: int, slots: int, *, width: int = 160, height: int 
         f'<text x="{width - 64}" y="{height / 2 + 4:.0f}" font-size="12" fill="#1f2328">{escape(text)}</text>',
     ]
     return _svg(width, height, f"Utilisation: {text} slots busy", body, chart="utilisation")
+
+
+SKIPPED = "#8c959f"
+TICK_COLOURS = {"fired": COMPLETED, "skipped": SKIPPED, "invalid": FAILED}
+
+
+def tick_sparkline(history: Sequence[Mapping[str, Any]], *, width: int = 300, height: int = 36) -> Markup:
+    """A schedule's last ticks, oldest left: a tall green bar per tick fired, a short grey one per
+    tick skipped (missed), a red one per tick whose job was not valid. history: newest first."""
+    ticks = list(reversed(history))
+    slots = max(len(ticks), 20)
+    step = width / slots
+    body = [f'<line x1="0" y1="{height - 0.5}" x2="{width}" y2="{height - 0.5}" stroke="{GRID}"/>']
+    for index, tick in enumerate(ticks):
+        outcome = str(tick.get("outcome", "fired"))
+        bar = height - 4 if outcome != "skipped" else (height - 4) / 3
+        text = f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(int(tick.get('tick', 0)) / 1000))} UTC: {outcome}"
+        if tick.get("jobId"):
+            text += f" ({tick['jobId']})"
+        body.append(
+            f'<rect class="tick {escape(outcome)}" x="{index * step + step * 0.15:.1f}" y="{height - bar:.1f}" '
+            f'width="{max(step * 0.7, 1):.1f}" height="{bar:.1f}" fill="{TICK_COLOURS.get(outcome, BAR)}">'
+            f"<title>{escape(text)}</title></rect>"
+        )
+    fired = sum(1 for t in ticks if t.get("outcome") == "fired")
+    label = f"Last {len(ticks)} ticks: {fired} fired, {len(ticks) - fired} not"
+    return _svg(width, height, label, body, chart="ticks", fired=fired, ticks=len(ticks))

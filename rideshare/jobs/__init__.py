@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from jobqueue import InvalidJobData, Job, JobQueue, JobService, QueueUnavailable
 from jobqueue.outbox import Outbox, StagedJob
+from jobqueue.schedules import Schedule, Schedules
 from rideshare.db import get_db
 
 
@@ -45,6 +46,51 @@ def add_analytics_jobs(items: Sequence[Mapping[str, Any]], **options: Any) -> li
 def add_payment_job(data: Mapping[str, Any], **options: Any) -> Job:
     """Queue a payment charge: data has paymentId, the SQL row to charge."""
     return get_queue("payment").add(data, **options)
+
+
+def get_schedules() -> Schedules:
+    """The app's schedules: the engine's face (jobqueue.schedules.Schedules)."""
+    return Schedules(_service())
+
+
+def upsert_schedule(
+    schedule_id: str,
+    *,
+    job: Mapping[str, Any],
+    every_ms: int | None = None,
+    cron: str | None = None,
+    tz: str | None = None,
+    missed: str = "run_once",
+) -> Schedule:
+    """Create or replace a recurring job: every every_ms, or at cron's times in tz (daylight
+    saving followed); job is {"queue", "name", "data", "options"}, checked as an add checks it
+    (InvalidJobData, InvalidJobOptions). missed: run_once or skip (README, "Schedules")."""
+    return get_schedules().upsert(schedule_id, every_ms=every_ms, cron=cron, tz=tz, job=job, missed=missed)
+
+
+def remove_schedule(schedule_id: str) -> Schedule:
+    """Delete a schedule (the jobs it made stay); ScheduleNotFound."""
+    return get_schedules().remove(schedule_id)
+
+
+def pause_schedule(schedule_id: str) -> Schedule:
+    """No tick of the schedule fires until resume_schedule; ScheduleNotFound."""
+    return get_schedules().set_paused(schedule_id, True)
+
+
+def resume_schedule(schedule_id: str) -> Schedule:
+    """Fire again, from the first tick after now; ScheduleNotFound."""
+    return get_schedules().set_paused(schedule_id, False)
+
+
+def get_schedule(schedule_id: str) -> Schedule | None:
+    """One schedule with its history (newest first), or None."""
+    return get_schedules().get(schedule_id)
+
+
+def list_schedules() -> list[Schedule]:
+    """Every schedule, by id, with its history."""
+    return get_schedules().list_all()
 
 
 def _outbox() -> Outbox:
@@ -149,10 +195,17 @@ __all__ = [
     "get_job",
     "get_job_counts",
     "get_queue",
+    "get_schedule",
+    "get_schedules",
+    "list_schedules",
+    "pause_schedule",
     "publish_job",
     "publish_left_behind",
     "publish_or_undo",
+    "remove_schedule",
+    "resume_schedule",
     "stage_job",
+    "upsert_schedule",
     "wait_until_finished",
     "withdraw_job",
 ]

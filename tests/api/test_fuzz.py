@@ -17,6 +17,7 @@ from schemathesis.checks import CHECKS, is_check_class, load_all_checks
 from schemathesis.generation import GenerationMode
 
 from jobqueue.limits import Limits
+from rideshare.jobs import get_schedules
 
 pytestmark = pytest.mark.integration
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
@@ -46,6 +47,17 @@ def limits_put_back(stack):
             queue.store.redis.delete(flow.key)  # and forgets it was an operator's (seeded again at start)
 
 
+@pytest.fixture
+def schedules_removed(stack):
+    """A fuzzed PUT /admin/schedules/{schedule_id} that was valid made a schedule the session's
+    worker would go on firing: afterwards none is left."""
+    yield
+    with stack.app.app_context():
+        schedules = get_schedules()
+        for schedule in schedules.list_all(history=False):
+            schedules.remove(schedule.id)
+
+
 def test_every_check_is_run():
     names = {check.__name__ for check in ALL_CHECKS}
     assert {"not_a_server_error", "positive_data_acceptance", "negative_data_rejection", "ignored_auth"} <= names
@@ -54,7 +66,9 @@ def test_every_check_is_run():
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=str)
 @pytest.mark.parametrize("role", ["user", "viewer", "admin"])
-def test_api_never_answers_5xx_nor_breaks_its_schema(stack, auth_headers, role, mode, monkeypatch, limits_put_back):
+def test_api_never_answers_5xx_nor_breaks_its_schema(
+    stack, auth_headers, role, mode, monkeypatch, limits_put_back, schedules_removed
+):
     # Event streams (GET /jobs/{job_id}/events, /admin/events) end after their timeout: capped
     # here so each fuzzed stream ends at once, as a client that hangs up would end it.
     monkeypatch.setitem(stack.app.config, "EVENT_STREAM_MAX_SECONDS", 0.05)
