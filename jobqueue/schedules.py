@@ -390,8 +390,15 @@ class Schedules:
         return found
 
     def _move(self, schedule_id: str, old_queue: str, new_queue: str) -> None:
-        """A schedule whose job changes queue moves to the new queue's slot, with its history."""
+        """A schedule whose job changes queue moves to the new queue's slot, with its history.
+
+        First no scheduler may fire it in the old slot (rev bumped, out of the due set), so a
+        tick is never fired there and again from the copy."""
         old_key, new_key = self.key(schedule_id, old_queue), self.key(schedule_id, new_queue)
+        with self.redis.pipeline() as pipe:
+            pipe.hincrby(old_key, "rev", 1)
+            pipe.zrem(self.due_key(old_queue), schedule_id)
+            pipe.execute()
         fields = self.redis.hgetall(old_key)
         history = self.redis.lrange(f"{old_key}:history", 0, -1)
         with self.redis.pipeline() as pipe:
@@ -503,13 +510,15 @@ class Schedules:
             for schedule_id in ids:
                 key = self.key(schedule_id, index[schedule_id])
                 pipe.hgetall(key)
-                pipe.lrange(f"{key}:history", 0, -1 if history else -2)
+                if history:
+                    pipe.lrange(f"{key}:history", 0, -1)
             answers = pipe.execute()
+        step = 2 if history else 1
         found = []
         for i in range(len(ids)):
-            raw, entries = answers[2 * i], answers[2 * i + 1]
+            raw = answers[step * i]
             if raw:
-                found.append(self._schedule(raw, entries if history else []))
+                found.append(self._schedule(raw, answers[step * i + 1] if history else []))
         return found
 
     # -- firing ---------------------------------------------------------------------------

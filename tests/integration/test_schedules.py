@@ -2,7 +2,9 @@
 `flask jobs scheduler` process: one job per tick with three schedulers while one is SIGKILLed,
 edits and pauses at run time, missed ticks, and the operators' faces (admin API, CLI, dashboard).
 
-Every test has a job store of its own (own_queues_env and a key prefix of its own)."""
+Every test has a job store of its own (own_queues_env and a key prefix of its own). The tests of
+the engine's ticks touch no SQL and run once (sqlite_only); the operators' faces audit to SQL and
+run on both databases."""
 
 import re
 import secrets
@@ -47,7 +49,7 @@ def fired_by(log: Path, schedule_id: str) -> int:
     return len(re.findall(rf'"schedule.fired", "schedule": "{re.escape(schedule_id)}"', log.read_text()))
 
 
-def test_three_schedulers_one_sigkilled_fire_each_tick_once(env, tmp_path):
+def test_three_schedulers_one_sigkilled_fire_each_tick_once(env, tmp_path, sqlite_only):
     logs = [tmp_path / f"w{i}.log" for i in range(3)]
     with own_app(env) as app:
         store = app.extensions["jobs"].store
@@ -61,7 +63,7 @@ def test_three_schedulers_one_sigkilled_fire_each_tick_once(env, tmp_path):
                 )
             created = upsert_schedule("every-2s", every_ms=2000, job={"queue": "email", "data": mail("kill")})
             first = created.next
-            # Run for 60 s of ticks; at the half, SIGKILL the worker whose scheduler fired the last tick.
+            # Run for 60 s of ticks; at the half, SIGKILL the worker whose scheduler fired the most.
             time.sleep(max(0.0, (first + 30_000) / 1000 - time.time()))
             counts = [fired_by(log, "every-2s") for log in logs]
             killed = max(range(3), key=lambda i: (counts[i], i))
@@ -94,7 +96,7 @@ def test_three_schedulers_one_sigkilled_fire_each_tick_once(env, tmp_path):
     assert sum(after_kill) - sum(counts) >= 12, "the two left went on firing after the kill"
 
 
-def test_an_edit_and_a_pause_take_effect_within_one_tick(env, tmp_path):
+def test_an_edit_and_a_pause_take_effect_within_one_tick(env, tmp_path, sqlite_only):
     log = tmp_path / "worker.log"
     with own_app(env) as app:
         store = app.extensions["jobs"].store
@@ -127,7 +129,7 @@ def test_an_edit_and_a_pause_take_effect_within_one_tick(env, tmp_path):
     print(f"\nschedules: an edit (2 s -> 1 s) fired its first tick {reaction_ms} ms after the edit")
 
 
-def test_missed_ticks_run_once_fires_one_and_skip_fires_none(env, tmp_path):
+def test_missed_ticks_run_once_fires_one_and_skip_fires_none(env, tmp_path, sqlite_only):
     """No scheduler for 5 ticks (a worker runs, with JOB_SCHEDULER=off); then a dedicated scheduler
     process starts: the run_once schedule fires the latest missed tick once, the skip one fires none."""
     env = {**env, "JOB_SCHEDULER": "off"}
@@ -349,3 +351,19 @@ def test_dashboard_schedules_page_pause_and_edit(env, auth_headers):
         text = refused.get_data(as_text=True)
         assert refused.status_code == 422 and 'id="schedule-error-tz"' in text and 'id="schedule-error-data"' in text
         assert 'value="Nowhere"' in text and get_schedule("page").spec.tz == "Asia/Tokyo"
+
+
+def test_a_schedule_whose_job_changes_queue_moves_with_its_history(env):
+    with own_app(env) as app:
+        schedules = get_schedules()
+        store = app.extensions["jobs"].store
+        upsert_schedule("moving", every_ms=3_600_000, job={"queue": "email", "data": mail("moving")})
+        schedules.redis.hset(schedules.key("moving", "email"), "next", 3_600_000)
+        assert schedules.fire("email", "moving", 3_600_000 + 5)[0] == "fired"
+        moved = upsert_schedule("moving", every_ms=60_000, job={"queue": "payment", "data": {"paymentId": 7}})
+        assert (moved.queue, moved.fired, moved.last_job_ids) == ("payment", 1, ["sched:moving:3600000"])
+        assert [t["tick"] for t in moved.history] == [3_600_000]
+        assert not store.redis.exists(schedules.key("moving", "email"), f"{schedules.key('moving', 'email')}:history")
+        assert store.redis.zscore(schedules.due_key("email"), "moving") is None
+        assert store.redis.zscore(schedules.due_key("payment"), "moving") == moved.next
+        assert [s.queue for s in schedules.list_all(history=False)] == ["payment"]
