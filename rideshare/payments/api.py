@@ -1,4 +1,4 @@
-"""POST /payments and GET /payments/<id>."""
+"""POST /payments, GET /payments/<id>, and an admin's POST /admin/payments/<id>/refund."""
 
 from typing import Any
 
@@ -8,16 +8,19 @@ from flask_smorest import Blueprint, abort
 from flask_smorest.error_handler import ErrorSchema
 from sqlalchemy.orm import selectinload
 
-from rideshare.auth import current_user, login_required
+from rideshare.audit import audit
+from rideshare.auth import admin_required, current_user, login_required
 from rideshare.db import get_db
 from rideshare.payments.models import Payment
-from rideshare.payments.schemas import PaymentAcceptedSchema, PaymentCreateSchema, PaymentSchema
+from rideshare.payments.schemas import PaymentAcceptedSchema, PaymentCreateSchema, PaymentSchema, RefundAcceptedSchema
 from rideshare.payments.service import (
     IdempotencyConflict,
     IdempotencyInProgress,
+    NotCharged,
     UnknownRide,
     create_payment,
     request_fingerprint,
+    request_refund,
 )
 from rideshare.ratelimit import job_limits
 
@@ -99,3 +102,37 @@ class PaymentResource(MethodView):
         if payment is None or not (user.is_admin or payment.user_id == user.id):
             abort(404, message=f"payment {payment_id} not found")
         return payment
+
+
+@blp.route("/admin/payments/<int(max=2147483647):payment_id>/refund")
+class RefundPayment(MethodView):
+    decorators = [*job_limits, admin_required]
+
+    @blp.doc(
+        security=[{"bearerAuth": []}],
+        responses={"401": {"description": "No valid token"}, "403": {"description": "Not an admin"}},
+    )
+    @blp.response(202, RefundAcceptedSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such payment")
+    @blp.alt_response(409, schema=ErrorSchema, description="The payment was never charged: nothing to refund")
+    @blp.alt_response(503, description="The job could not be queued; nothing was stored")
+    def post(self, payment_id: int) -> dict[str, Any]:
+        """Refund a charged payment in full, once: asked again, it answers with the same refund job."""
+        actor = f"user:{current_user().id}"
+        try:
+            asked = request_refund(payment_id)
+        except LookupError:
+            abort(404, message=f"payment {payment_id} not found")
+        except NotCharged as exc:
+            audit(actor, "payment.refund", f"payment:{payment_id}", refused=str(exc))
+            abort(409, message=f"{exc}: nothing to refund")
+        state = asked.job.state if asked.job is not None else ("staged" if asked.created else "removed")
+        audit(actor, "payment.refund", f"payment:{payment_id}", jobId=asked.job_id, created=asked.created, state=state)
+        return {
+            "message": "Refund queued" if asked.created else "The payment's refund was asked for before",
+            "paymentId": payment_id,
+            "jobId": asked.job_id,
+            "state": state,
+            "created": asked.created,
+            "paymentStatus": asked.payment_status,
+        }

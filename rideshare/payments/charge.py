@@ -1,4 +1,5 @@
-"""The worker side of payments: charge_payment through Stripe, the receipt, and the final-failure hooks.
+"""The worker side of payments: charge_payment and refund_payment through Stripe, the receipts,
+and the final-failure hooks.
 
 Only payment workers import this module (and with it the Stripe SDK); the API
 queues charges through rideshare.payments.service.
@@ -34,11 +35,19 @@ from jobqueue import (
     TransientJobError,
 )
 from rideshare.alerts import raise_alert
-from rideshare.db import get_db
+from rideshare.db import get_db, utcnow
 from rideshare.jobs import StagedJob, publish_job, stage_job
 from rideshare.jobs.progress import log_line, report_step, stop_if_cancelled
 from rideshare.payments import gateway
-from rideshare.payments.models import CANCELLED, FAILED, PENDING, PROCESSING, SUCCEEDED, Payment, Receipt
+from rideshare.payments.models import CANCELLED, FAILED, PENDING, PROCESSING, REFUNDED, SUCCEEDED, Payment, Receipt
+from rideshare.payments.receipts import (
+    email_options,
+    receipt_job_id,
+    receipt_message,
+    refund_message,
+    refund_receipt_job_id,
+)
+from rideshare.payments.schemas import REFUND
 
 log = logging.getLogger("rideshare.payments")
 
@@ -258,31 +267,16 @@ def _stage_receipt_email(session: Session, payment: Payment) -> StagedJob | None
     receipt = payment.receipt
     if receipt is None or not payment.receipt_email or receipt.email_job_id is not None:
         return None
+    # A ride settlement flow stored this job (same id) as its receipt step: adding it again adds nothing.
     staged = stage_job(
-        session,
-        "email",
-        {
-            "to": payment.receipt_email,
-            "subject": f"Your receipt {receipt.number}",
-            "text": (
-                f"Thanks for riding with us.\nReceipt {receipt.number}: "
-                f"{payment.amount} {payment.currency} for ride {payment.ride_id}."
-            ),
-            "html": (
-                f"<h1>Receipt {receipt.number}</h1><p>{payment.amount} {payment.currency}"
-                f" for ride {payment.ride_id}.</p>"
-            ),
-        },
-        job_id=f"receipt-{payment.job_id}",
-        owner=payment.user_id,
-        tags={"rideId": payment.ride_id, "paymentId": payment.id},
+        session, "email", receipt_message(payment), job_id=receipt_job_id(payment), **email_options(payment)
     )
     receipt.email_job_id = staged.job_id
     return staged
 
 
 def _publish_receipt_email(payment_id: int, staged: StagedJob | None) -> None:
-    """Queue the receipt email staged with the payment's last write (after its commit, off the row's lock)."""
+    """Queue an email staged with the payment's last write (after its commit, off the row's lock)."""
     if staged is None:
         return
     try:
@@ -290,6 +284,124 @@ def _publish_receipt_email(payment_id: int, staged: StagedJob | None) -> None:
     except QueueUnavailable as exc:
         # Committed with the payment: a worker's outbox relay queues it once Redis answers.
         log.warning("payment.receipt_email_staged", extra={"payment_id": payment_id, "error": str(exc)})
+
+
+class RefundedElsewhere(Exception):
+    """Another job is the payment's refund job: this one leaves the refund to it."""
+
+    def __init__(self, payment_id: int, job_id: str) -> None:
+        super().__init__(f"payment {payment_id} is refunded by job {job_id}")
+        self.job_id = job_id
+
+
+def _hold_refund(session: Session, payment_id: int, job_id: str, token: int, *, claim: bool = False) -> Payment:
+    """Lock the payment row for this refund delivery and return it, as _hold does for a charge.
+
+    One job refunds a payment: claim takes the row for job_id when no other refund job
+    has it (an admin's refund stores its job id when it is asked for) and the payment
+    was charged. The fence is the pair (refund_job_id, refund_owner_token), since a job's
+    tokens count per job and the charge's are another job's. Raises RefundedElsewhere,
+    StaleDelivery, or PermanentJobError (no such payment, or never charged).
+    """
+    if claim:
+        mine = (Payment.status.in_((SUCCEEDED, REFUNDED))) & (
+            Payment.refund_job_id.is_(None)
+            | (
+                (Payment.refund_job_id == job_id)
+                & or_(Payment.refund_owner_token.is_(None), Payment.refund_owner_token <= token)
+            )
+        )
+    else:
+        mine = (Payment.refund_job_id == job_id) & (Payment.refund_owner_token == token)
+    held = session.execute(
+        update(Payment)
+        .where(Payment.id == payment_id, mine)
+        .values(refund_job_id=job_id, refund_owner_token=token)
+        .execution_options(synchronize_session=False)
+    )
+    payment = session.get(Payment, payment_id, populate_existing=True)
+    if payment is None:
+        raise PermanentJobError(f"payment {payment_id} does not exist")
+    if held.rowcount == 0:
+        if payment.refund_job_id not in (None, job_id):
+            raise RefundedElsewhere(payment_id, payment.refund_job_id)
+        if payment.status not in (SUCCEEDED, REFUNDED):
+            raise PermanentJobError(f"payment {payment_id} is {payment.status}: never charged, nothing to refund")
+        raise StaleDelivery(
+            f"payment {payment_id}: refund delivery {token} is stale, delivery {payment.refund_owner_token} owns it"
+        )
+    return payment
+
+
+def _refund_summary(payment: Payment) -> dict[str, Any]:
+    return {
+        "paymentId": payment.id,
+        "status": payment.status,
+        "refundId": payment.stripe_refund_id,
+        "refundJobId": payment.refund_job_id,
+        "refundEmailJobId": payment.refund_email_job_id,
+    }
+
+
+def refund_payment(payment_id: int, *, job_id: str, token: int, job: Job | None = None) -> dict[str, Any]:
+    """Refund a charged payment in full once, however often this runs (succeeded -> refunded).
+
+    job_id and token: the refund job and its delivery's fencing token (_hold_refund). Stripe
+    is asked first for a refund of the payment's PaymentIntent that an earlier delivery made
+    and never recorded (killed while Stripe answered); only without one is a refund created,
+    with the idempotency key refund-<payment id>. So a rerun makes no second refund, even at a
+    gateway that ignores idempotency keys (localstripe does). The refund receipt email is
+    staged with the row's write (the outbox) and published after the commit, once.
+    """
+    db = get_db()
+    try:
+        with db.session() as session:
+            payment = _hold_refund(session, payment_id, job_id, token, claim=True)
+            refunded = payment.status == REFUNDED
+            if refunded:
+                # Refunded before (a rerun): only the refund receipt may be left to queue.
+                staged = _stage_refund_email(session, payment)
+                summary = _refund_summary(payment)
+            intent_id = payment.stripe_payment_intent_id
+    except RefundedElsewhere as exc:
+        log_line(job, str(exc))
+        return {"paymentId": payment_id, "status": "refunded elsewhere", "refundJobId": exc.job_id}
+    if refunded:
+        _publish_receipt_email(payment_id, staged)
+        return summary
+    stop_if_cancelled(job)
+    report_step(job, "refunding", paymentIntentId=intent_id)
+    refund = gateway.find_refund(intent_id)
+    if refund is not None:
+        log_line(job, f"refund {refund.id} found at the gateway: made by an earlier attempt")
+    else:
+        refund = gateway.create_refund(
+            intent_id, idempotency_key=f"refund-{payment_id}", metadata={"payment_id": str(payment_id)}
+        )
+    with db.session() as session:
+        payment = _hold_refund(session, payment_id, job_id, token)
+        if payment.status == SUCCEEDED:
+            payment.status = REFUNDED
+            payment.stripe_refund_id = refund.id
+            payment.refunded_at = utcnow()
+        staged = _stage_refund_email(session, payment)
+        summary = _refund_summary(payment)
+    log.info("payment.refunded", extra={"payment_id": payment_id, "refund": refund.id})
+    report_step(job, "refunded", refundId=refund.id)
+    log_line(job, f"refunded: refund {refund.id} of payment intent {intent_id}")
+    _publish_receipt_email(payment_id, staged)
+    return summary
+
+
+def _stage_refund_email(session: Session, payment: Payment) -> StagedJob | None:
+    """Stage the refund receipt in the transaction that holds the payment, unless it was queued before."""
+    if not payment.receipt_email or payment.refund_email_job_id is not None:
+        return None
+    staged = stage_job(
+        session, "email", refund_message(payment), job_id=refund_receipt_job_id(payment), **email_options(payment)
+    )
+    payment.refund_email_job_id = staged.job_id
+    return staged
 
 
 def mark_failed(payment_id: int, reason: str, *, token: int, claim: bool = False) -> None:
@@ -329,6 +441,10 @@ def payment_failed_for_good(job: Job, reason: str) -> None:
     payment_id = job.data.get("paymentId")
     if payment_id is None:
         raise_alert("payment job failed", job_id=job.id, queue=job.queue, reason=reason)
+        return
+    if job.data.get("action") == REFUND:
+        # The payment stays succeeded (charged): someone has to refund it by hand or retry the job.
+        raise_alert("refund failed", job_id=job.id, queue=job.queue, payment_id=payment_id, reason=reason)
         return
     if _still_processing(int(payment_id)):
         # Out of snoozes while the gateway is still processing the charge: it may yet

@@ -1,4 +1,4 @@
-"""The payment gateway: Stripe PaymentIntents through the official SDK."""
+"""The payment gateway: Stripe PaymentIntents and Refunds through the official SDK."""
 
 from typing import Any
 
@@ -69,3 +69,18 @@ def cancel_intent(intent_id: str) -> str:
         return client.v1.payment_intents.cancel(intent_id).status
     except stripe.InvalidRequestError:
         return client.v1.payment_intents.retrieve(intent_id).status
+
+
+def find_refund(intent_id: str) -> stripe.Refund | None:
+    """The refund Stripe holds for a PaymentIntent (made by an earlier delivery that died
+    before it could record it), or None. A failed or cancelled refund does not count."""
+    refunds = stripe_client().v1.refunds.list(params={"payment_intent": intent_id, "limit": 100})
+    return next((r for r in refunds.data if r.status not in ("failed", "canceled")), None)
+
+
+def create_refund(intent_id: str, *, idempotency_key: str, metadata: dict[str, Any]) -> stripe.Refund:
+    """Refund a charged PaymentIntent in full."""
+    return stripe_client().v1.refunds.create(
+        params={"payment_intent": intent_id, "metadata": metadata},
+        options={"idempotency_key": idempotency_key},
+    )

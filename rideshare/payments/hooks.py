@@ -67,8 +67,11 @@ def cancel_before_job(job: Job, reason: str) -> None:
     charge it (rideshare.payments.service.cancel_payment). A payment already charged (or
     processing at the gateway) refuses: the job is left to finish."""
     from jobqueue import CancelRefused
+    from rideshare.payments.schemas import REFUND
     from rideshare.payments.service import PaymentCharged, cancel_payment
 
+    if job.data.get("action") == REFUND:
+        return  # nothing to stop at Stripe: the refund stops at its check point before the call
     try:
         cancel_payment(int(job.data["paymentId"]), reason)
     except PaymentCharged as exc:

@@ -13,6 +13,8 @@ PENDING, PROCESSING, SUCCEEDED, FAILED = "pending", "processing", "succeeded", "
 # Cancelled with its ride before it was charged: its PaymentIntent, if any, is cancelled at
 # Stripe first, so nothing can confirm it once the row says so.
 CANCELLED = "cancelled"
+# Charged, then refunded in full at Stripe (rideshare.payments.charge.refund_payment).
+REFUNDED = "refunded"
 
 
 class Payment(Base):
@@ -38,6 +40,13 @@ class Payment(Base):
     # grow, so a late delivery (a worker frozen past its lease) finds a larger one
     # here and changes nothing.
     owner_token: Mapped[int | None] = mapped_column(BigInteger)
+    # The one job that refunds this payment (an admin's, or a flow's compensation), and the
+    # fencing token of its newest delivery: its own, as job tokens count per job.
+    refund_job_id: Mapped[str | None] = mapped_column(String(64))
+    refund_owner_token: Mapped[int | None] = mapped_column(BigInteger)
+    stripe_refund_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    refund_email_job_id: Mapped[str | None] = mapped_column(String(64))
+    refunded_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -1,10 +1,15 @@
 """Payment request and response bodies."""
 
-from marshmallow import Schema, fields, validate
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from rideshare.currencies import ISO_4217
 from rideshare.validation import email_address, identifier, money, pattern
 
+# What a payment job does with its payment (data field action; charge without it).
+CHARGE, REFUND = "charge", "refund"
+PAYMENT_ACTIONS = (CHARGE, REFUND)
 # The codes ISO 4217 lists today, in upper or lower case; a OneOf, so the document lists them too.
 CURRENCY_CODES = sorted(ISO_4217) + sorted(code.lower() for code in ISO_4217)
 
@@ -43,7 +48,7 @@ class PaymentSchema(Schema):
     # A JSON number, as the document says (Flask would write a Decimal as a string).
     amount = fields.Float(metadata={"description": "In major units, at most 2 decimals (25.5)"})
     currency = fields.String()
-    status = fields.String(metadata={"description": "pending, processing, succeeded, failed or cancelled"})
+    status = fields.String(metadata={"description": "pending, processing, succeeded, failed, cancelled or refunded"})
     jobId = fields.String(attribute="job_id")
     paymentIntentId = fields.String(attribute="stripe_payment_intent_id", allow_none=True)
     failureReason = fields.String(attribute="failure_reason", allow_none=True)
@@ -52,10 +57,28 @@ class PaymentSchema(Schema):
 
 
 class PaymentJobSchema(Schema):
-    """The data of a payment job: the payment row to charge, and for a retry, a new method."""
+    """The data of a payment job: the payment row to charge (or refund), and for a retry, a new method."""
 
-    paymentId = identifier("The payment row to charge")
+    paymentId = identifier("The payment row to charge or refund")
+    action = fields.String(
+        validate=validate.OneOf(PAYMENT_ACTIONS),
+        metadata={"description": "charge (without it, the job charges) or refund (in full, once charged)"},
+    )
     paymentMethod = fields.String(
         validate=[validate.Length(max=255), pattern(r"pm_[A-Za-z0-9_]+", "must be a Stripe PaymentMethod id (pm_...)")],
         metadata={"description": "Retry only: charge this PaymentMethod instead"},
     )
+
+    @validates_schema
+    def _refund_names_no_method(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("action") == REFUND and "paymentMethod" in data:
+            raise ValidationError("a refund goes back to the method that was charged", "paymentMethod")
+
+
+class RefundAcceptedSchema(Schema):
+    message = fields.String()
+    paymentId = fields.Integer()
+    jobId = fields.String(metadata={"description": "The payment's refund job: poll GET /jobs/<jobId>"})
+    state = fields.String(metadata={"description": "The refund job's state now (staged: not in the job store yet)"})
+    created = fields.Boolean(metadata={"description": "False: the refund was asked for before; this is that job"})
+    paymentStatus = fields.String(metadata={"description": "succeeded until the refund is made, then refunded"})

@@ -1,5 +1,5 @@
 """create_payment: store a pending payment and its charge job together, then queue the charge;
-cancel_payment: cancel one that was not charged.
+cancel_payment: cancel one that was not charged; request_refund: queue the refund of one that was.
 
 The charge itself runs in payment workers (rideshare.payments.charge), so the API
 imports the Stripe SDK only to cancel a PaymentIntent (rideshare.payments.gateway).
@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import secrets
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -21,7 +22,17 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from jobqueue import Job
 from rideshare.db import get_db, utcnow
 from rideshare.jobs import StagedJob, get_job, get_queue, publish_left_behind, publish_or_undo, stage_job
-from rideshare.payments.models import CANCELLED, FAILED, PENDING, PROCESSING, SUCCEEDED, IdempotencyKey, Payment
+from rideshare.payments.models import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    PROCESSING,
+    SUCCEEDED,
+    IdempotencyKey,
+    Payment,
+)
+from rideshare.payments.receipts import refund_job_id
+from rideshare.payments.schemas import REFUND
 from rideshare.rides.models import Ride
 
 log = logging.getLogger("rideshare.payments")
@@ -277,3 +288,69 @@ def cancel_payment_job(job_id: str | None, reason: str) -> str | None:
     except RedisError as exc:
         log.warning("payment.job_not_cancelled", extra={"job_id": job_id, "error": str(exc)})
         return None
+
+
+class NotCharged(RuntimeError):
+    """The payment was never charged: there is nothing to refund."""
+
+    def __init__(self, payment_id: int, status: str) -> None:
+        super().__init__(f"payment {payment_id} is {status}: it was never charged")
+        self.status = status
+
+
+@dataclass(frozen=True)
+class RefundRequest:
+    payment_id: int
+    job_id: str
+    created: bool  # False: the payment's refund job was there already (asked for before, or a flow's)
+    job: Job | None  # None: not in the job store yet (staged), or trimmed since it ended
+    payment_status: str
+
+
+def request_refund(payment_id: int) -> RefundRequest:
+    """Queue the refund of a charged payment, once: the payment's one refund job.
+
+    The job id is stored on the row (refund_job_id) in the transaction that stages the
+    job, so asking again, or a flow's compensation that refunds it meanwhile, finds that
+    job instead of making another. Raises LookupError (no such payment), NotCharged, and
+    QueueUnavailable (nothing was kept: ask again).
+    """
+    with get_db().session() as session:
+        payment = session.get(Payment, payment_id)
+        if payment is None:
+            raise LookupError(f"payment {payment_id} does not exist")
+        job_id = refund_job_id(payment)
+        # A conditional UPDATE: two requests (or a request and a compensation's claim) cannot both win.
+        won = session.execute(
+            update(Payment)
+            .where(Payment.id == payment_id, Payment.status == SUCCEEDED, Payment.refund_job_id.is_(None))
+            .values(refund_job_id=job_id)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        staged = None
+        if won:
+            staged = stage_job(
+                session,
+                "payment",
+                {"paymentId": payment_id, "action": REFUND},
+                job_id=job_id,
+                owner=payment.user_id,
+                tags={"rideId": payment.ride_id},
+            )
+        else:
+            session.refresh(payment)
+            if payment.refund_job_id is None:
+                raise NotCharged(payment_id, payment.status)
+            job_id = payment.refund_job_id
+        status = payment.status
+    if staged is None:
+        return RefundRequest(payment_id, job_id, False, publish_left_behind(job_id) or get_job(job_id), status)
+
+    def undo(session: Session) -> None:
+        session.execute(
+            update(Payment)
+            .where(Payment.id == payment_id, Payment.refund_job_id == job_id, Payment.refund_owner_token.is_(None))
+            .values(refund_job_id=None)
+        )
+
+    return RefundRequest(payment_id, job_id, True, publish_or_undo(staged, undo), SUCCEEDED)

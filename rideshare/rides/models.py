@@ -23,3 +23,8 @@ class Ride(Base):
     duration_s: Mapped[int | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None]
+    # The payment its settlement flow charges (rideshare.rides.settlement), set once; a plain
+    # id, not a foreign key: payments.ride_id points here already, and a cycle of keys would
+    # need deferred constraints for nothing.
+    settlement_payment_id: Mapped[int | None] = mapped_column(unique=True)
+    settled_at: Mapped[datetime | None]
