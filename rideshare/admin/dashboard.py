@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
 from jobqueue import InvalidJobData, InvalidJobOptions, Job, JobStore, QueueUnavailable
+from jobqueue.flows import node_key, split_key
 from jobqueue.limits import InvalidLimits
 from jobqueue.masking import mask
 from jobqueue.store import STATES
@@ -530,6 +531,47 @@ def tag_link(tag: str) -> str:
     return url_for("dashboard.jobs", **{name: value})
 
 
+# How deep and how wide a job page draws a flow's tree.
+FLOW_TREE_DEPTH = 8
+FLOW_TREE_NODES = 200
+
+
+def flow_tree(job: Job) -> dict[str, Any] | None:
+    """The flow the job is part of, drawn from its root: each node's id, queue, state, link and
+    children (a node shared by several parents is drawn in full once); None outside a flow."""
+    root = (job.raw or {}).get("flowRoot")
+    if not root:
+        return None
+    store = get_queue(job.queue).store
+    root_queue, root_id = split_key(root)
+    root_job = store.get(root_id, root_queue)
+    drawn: set[str] = set()
+
+    def node(queue: str, job_id: str, state: str, depth: int) -> dict[str, Any]:
+        key = node_key(queue, job_id)
+        shared = key in drawn
+        drawn.add(key)
+        kids = []
+        if not shared and depth < FLOW_TREE_DEPTH and len(drawn) < FLOW_TREE_NODES:
+            kids = [node(c["queue"], c["id"], c["state"], depth + 1) for c in store.children(job_id, queue)]
+        return {
+            "id": job_id,
+            "queue": queue,
+            "state": state,
+            "url": url_for("dashboard.job_page", job_id=job_id),
+            "current": job_id == job.id,
+            "shared": shared,
+            "children": kids,
+        }
+
+    tree = node(root_queue, root_id, root_job.state if root_job else "removed", 0)
+    compensation = (root_job.raw or {}).get("compensation") if root_job else None
+    tree["compensation"] = (
+        {"id": compensation, "url": url_for("dashboard.job_page", job_id=compensation)} if compensation else None
+    )
+    return tree
+
+
 def _job_page(
     job: Job, status: int = 200, rows: list[FieldRow] | None = None, form_error: str | None = None
 ) -> tuple[str, int]:
@@ -547,6 +589,7 @@ def _job_page(
         retryable=job.state in control.RETRYABLE_STATES,
         tag_links=[(tag, tag_link(tag)) for tag in job.tags],
         stream_url=url_for("dashboard.stream", job=job.id),
+        flow_tree=flow_tree(job),
     )
 
 

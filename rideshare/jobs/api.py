@@ -1,4 +1,5 @@
-"""GET /jobs/<id>: a job's state, attempts, progress, log and result; GET /jobs/<id>/events: its live events."""
+"""GET /jobs/<id>: a job's state, attempts, progress, log, result and a flow parent's children;
+GET /jobs/<id>/events: its live events."""
 
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ class JobStatus:
 
     job: Job
     logs: list[dict[str, Any]]
+    children: list[dict[str, Any]]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.job, name)
@@ -53,9 +55,11 @@ class JobResource(MethodView):
     @blp.doc(security=[{"bearerAuth": []}])
     @blp.response(200, JobStatusSchema)
     def get(self, job_id: str) -> JobStatus:
-        """A job's state, attempts, progress, log, result and failure or cancel reason."""
+        """A job's state, attempts, progress, log, result and failure or cancel reason; for a flow's
+        parent, its children (id, queue, state)."""
         job = own_job(job_id)
-        return JobStatus(job, masked_logs(get_queue(job.queue).store.logs(job.id, job.queue)))
+        store = get_queue(job.queue).store
+        return JobStatus(job, masked_logs(store.logs(job.id, job.queue)), store.children(job.id, job.queue))
 
 
 @blp.route("/jobs/<string:job_id>/events")

@@ -74,11 +74,24 @@ class LogLineSchema(Schema):
     line = fields.String(metadata={"description": "Email addresses partly hidden"})
 
 
+class JobChildSchema(Schema):
+    id = fields.String(metadata={"description": "The child job's id"})
+    queue = fields.String()
+    state = fields.String(metadata={"description": "As it ended (told to its parent), else its state now"})
+    policy = fields.String(
+        metadata={"description": "What its parent does if it fails: fail_parent, ignore or continue_parent"}
+    )
+
+
 class JobStatusSchema(JobSchema):
     """GET /jobs/<id>: the job with its log, for its owner and admins."""
 
     expiresAt = fields.Method("_expires_at", metadata={"description": "Not started by then, it ends expired"})
     logs = fields.List(fields.Nested(LogLineSchema), metadata={"description": "Log lines of every attempt, masked"})
+    children = fields.List(
+        fields.Nested(JobChildSchema),
+        metadata={"description": "A flow parent's children (jobqueue.flows), by id; empty for other jobs"},
+    )
 
     def _expires_at(self, job: Any) -> str | None:
         return ms_to_iso(job.expires_at)
