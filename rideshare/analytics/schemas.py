@@ -40,3 +40,9 @@ class AnalyticsJobSchema(Schema):
     def _rollup_names_its_day(self, data: dict[str, Any], **_: Any) -> None:
         if data.get("event") == "daily_rollup" and data.get("day") is None:
             raise ValidationError("a daily_rollup needs its day", "day")
+
+    @validates_schema
+    def _settlement_names_its_ride(self, data: dict[str, Any], **_: Any) -> None:
+        # settle_ride is no event either: the root of a ride's settlement flow (rideshare.rides.settlement).
+        if data.get("event") == "settle_ride" and data.get("rideId") is None:
+            raise ValidationError("a settle_ride needs its rideId", "rideId")

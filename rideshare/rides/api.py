@@ -1,4 +1,4 @@
-"""POST /rides, POST /rides/<id>/complete and POST /rides/<id>/cancel."""
+"""POST /rides, POST /rides/<id>/complete, POST /rides/<id>/cancel and POST /rides/<id>/settle."""
 
 from typing import Any
 
@@ -13,6 +13,7 @@ from rideshare.payments.hooks import is_transient_gateway_error
 from rideshare.payments.service import PaymentCharged
 from rideshare.ratelimit import job_limits
 from rideshare.rides import service as rides
+from rideshare.rides import settlement
 from rideshare.rides.models import Ride
 from rideshare.rides.schemas import (
     RideCancellationSchema,
@@ -20,6 +21,8 @@ from rideshare.rides.schemas import (
     RideCompleteSchema,
     RideCreateSchema,
     RideSchema,
+    RideSettleSchema,
+    SettlementAcceptedSchema,
 )
 
 blp = Blueprint("rides", __name__, description="Rides")
@@ -116,3 +119,32 @@ class CancelRide(MethodView):
                 ],
             )
         return {"message": "Ride cancelled", **vars(done)}
+
+
+@blp.route("/rides/<int(max=2147483647):ride_id>/settle")
+class SettleRide(MethodView):
+    decorators = [*job_limits, login_required]
+
+    @blp.doc(security=[{"bearerAuth": []}])
+    @blp.arguments(RideSettleSchema)
+    @blp.response(202, SettlementAcceptedSchema)
+    @blp.alt_response(404, schema=ErrorSchema, description="No such ride, or not the caller's")
+    @blp.alt_response(409, schema=ErrorSchema, description="The ride is not completed")
+    @blp.alt_response(503, description="The flow could not be queued: ask again (the same flow is made once)")
+    def post(self, body: dict[str, Any], ride_id: int) -> settlement.Settlement:
+        """Settle a completed ride: charge its fare, then email the receipt and record the event, then
+        mark it settled (a flow of jobs). Asked again, it returns the same flow."""
+        user = current_user()
+        try:
+            return settlement.settle(
+                ride_id,
+                user_id=user.id,
+                is_admin=user.is_admin,
+                payment_method=body["paymentMethod"],
+                receipt_email=body.get("receiptEmail"),
+                currency=body["currency"],
+            )
+        except settlement.RideNotFound:
+            abort(404, message=f"ride {ride_id} not found")
+        except settlement.NotCompleted as exc:
+            abort(409, message=str(exc))

@@ -2,6 +2,7 @@
 
 from marshmallow import Schema, fields, validate
 
+from rideshare.payments.schemas import PaymentCreateSchema
 from rideshare.validation import money, text, user_id
 
 
@@ -66,3 +67,24 @@ class RideCancellationSchema(Schema):
     rideId = fields.Integer(attribute="ride_id")
     status = fields.String(metadata={"description": "cancelled"})
     payments = fields.List(fields.Nested(CancelledPaymentSchema))
+
+
+class RideSettleSchema(PaymentCreateSchema):
+    """What settling a ride needs: how the rider pays its fare (the amount is the ride's), and
+    where the receipt goes."""
+
+    class Meta:
+        exclude = ("amount", "rideId")
+
+
+class SettlementAcceptedSchema(Schema):
+    message = fields.String()
+    rideId = fields.Integer(attribute="ride_id")
+    paymentId = fields.Integer(attribute="payment_id")
+    jobId = fields.String(
+        attribute="job_id", metadata={"description": "The settlement flow's root: GET /jobs/<jobId> lists its steps"}
+    )
+    state = fields.Function(
+        lambda s: s.job.state if s.job else "removed",
+        metadata={"description": "The root's state: waiting-children first; removed once trimmed"},
+    )
