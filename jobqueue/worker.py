@@ -322,6 +322,7 @@ class Housekeeping(bootsteps.StartStopStep):
                 },
             )
             self.stop_cancelled(consumer, jobs)
+            jobs.flows.relay()  # a flow's children that ended tell their parents (jobqueue.flows)
             now = time.monotonic()
             if jobs.relays and now - self.last_relay >= RELAY_INTERVAL_S:
                 self.last_relay = now
