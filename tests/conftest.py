@@ -331,6 +331,14 @@ def sqlite_only(database_url: str) -> None:
 
 
 @pytest.fixture
+def postgres_only(database_url: str) -> None:
+    """For load tests whose jobs write SQL from many threads at once: run once, on PostgreSQL
+    (SQLite takes one writer at a time, so its lock waits, not the code, would be measured)."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("a load test of many concurrent SQL writers: run once, on PostgreSQL")
+
+
+@pytest.fixture
 def own_broker_url() -> Iterator[str]:
     """BROKER_URL for workers a test starts itself: see fresh_broker."""
     with fresh_broker() as url:
