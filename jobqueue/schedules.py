@@ -195,6 +195,14 @@ def job_id_for(schedule_id: str, tick: int) -> str:
     return f"{JOB_ID_PREFIX}{schedule_id}:{tick}"
 
 
+def tick_of(job_id: str) -> int | None:
+    """The tick (ms) a schedule's job was made for, read from its id; None for any other job."""
+    if not job_id.startswith(JOB_ID_PREFIX):
+        return None
+    _, _, tick = job_id.rpartition(":")
+    return int(tick) if tick.isdigit() else None
+
+
 @dataclass
 class Schedule:
     """One schedule as the store holds it."""

@@ -33,7 +33,12 @@ class AnalyticsJobSchema(Schema):
     )
     data = fields.Nested(RideMetricsSchema, load_default=dict)
     # Event daily_rollup is no event: it recomputes a day's totals from the events recorded.
-    day = fields.Date(metadata={"description": "daily_rollup: the day (UTC) whose totals are recomputed"})
+    day = fields.Date(
+        metadata={
+            "description": "daily_rollup: the day (UTC) whose totals are recomputed; payout_summary: the day "
+            "(UTC) summarised (without it, the last whole day before its schedule's tick)"
+        }
+    )
     after = text("daily_rollup: an event id the roll-up waits for (the latest ride completed)", 128, required=False)
 
     @validates_schema

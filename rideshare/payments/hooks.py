@@ -67,10 +67,10 @@ def cancel_before_job(job: Job, reason: str) -> None:
     charge it (rideshare.payments.service.cancel_payment). A payment already charged (or
     processing at the gateway) refuses: the job is left to finish."""
     from jobqueue import CancelRefused
-    from rideshare.payments.schemas import REFUND
+    from rideshare.payments.schemas import RECONCILE, REFUND
     from rideshare.payments.service import PaymentCharged, cancel_payment
 
-    if job.data.get("action") == REFUND:
+    if job.data.get("action") in (REFUND, RECONCILE):
         return  # nothing to stop at Stripe: the refund stops at its check point before the call
     try:
         cancel_payment(int(job.data["paymentId"]), reason)
@@ -83,5 +83,9 @@ def cancel_before_job(job: Job, reason: str) -> None:
 def reopen_for_retry(job: Job, data: dict[str, Any]) -> Any:
     """Reopen a failed payment for an operator's retry, with a new PaymentMethod if given."""
     from rideshare.payments.charge import reopen_for_retry as run
+    from rideshare.payments.schemas import RECONCILE
+
+    if job.data.get("action") == RECONCILE:
+        return None  # a sweep: no payment of its own to reopen
 
     return run(job, data)

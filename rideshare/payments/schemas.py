@@ -5,11 +5,12 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from rideshare.currencies import ISO_4217
-from rideshare.validation import email_address, identifier, money, pattern
+from rideshare.validation import MAX_ID, email_address, identifier, money, pattern
 
-# What a payment job does with its payment (data field action; charge without it).
-CHARGE, REFUND = "charge", "refund"
-PAYMENT_ACTIONS = (CHARGE, REFUND)
+# What a payment job does with its payment (data field action; charge without it); reconcile
+# names no payment: it settles the payments left pending or processing (rideshare.payments.reconcile).
+CHARGE, REFUND, RECONCILE = "charge", "refund", "reconcile"
+PAYMENT_ACTIONS = (CHARGE, REFUND, RECONCILE)
 # The codes ISO 4217 lists today, in upper or lower case; a OneOf, so the document lists them too.
 CURRENCY_CODES = sorted(ISO_4217) + sorted(code.lower() for code in ISO_4217)
 
@@ -57,17 +58,34 @@ class PaymentSchema(Schema):
 
 
 class PaymentJobSchema(Schema):
-    """The data of a payment job: the payment row to charge (or refund), and for a retry, a new method."""
+    """The data of a payment job: the payment row to charge (or refund), and for a retry, a new method;
+    or action reconcile alone."""
 
-    paymentId = identifier("The payment row to charge or refund")
+    # Required by every action but reconcile (_names_its_payment).
+    paymentId = fields.Integer(
+        strict=True,
+        validate=validate.Range(min=1, max=MAX_ID),
+        metadata={"description": "The payment row to charge or refund (every action but reconcile)"},
+    )
     action = fields.String(
         validate=validate.OneOf(PAYMENT_ACTIONS),
-        metadata={"description": "charge (without it, the job charges) or refund (in full, once charged)"},
+        metadata={
+            "description": "charge (without it, the job charges), refund (in full, once charged), or reconcile "
+            "(no paymentId: settle the payments left pending or processing, asking Stripe)"
+        },
     )
     paymentMethod = fields.String(
         validate=[validate.Length(max=255), pattern(r"pm_[A-Za-z0-9_]+", "must be a Stripe PaymentMethod id (pm_...)")],
         metadata={"description": "Retry only: charge this PaymentMethod instead"},
     )
+
+    @validates_schema
+    def _names_its_payment(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("action") == RECONCILE:
+            if set(data) - {"action"}:
+                raise ValidationError("a reconcile job takes no other field", sorted(set(data) - {"action"})[0])
+        elif "paymentId" not in data:
+            raise ValidationError("Missing data for required field.", "paymentId")
 
     @validates_schema
     def _refund_names_no_method(self, data: dict[str, Any], **_: Any) -> None:

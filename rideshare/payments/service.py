@@ -153,10 +153,11 @@ PAYMENT_COLUMNS = (
 @functools.cache
 def _insert_payment(payer_must_be_rider: bool) -> Any:
     """INSERT ... SELECT from the ride, built once (values are bound): no row when the ride
-    does not exist, was cancelled, or (for a rider; an admin may pay for any ride) is not the payer's."""
+    does not exist, was cancelled or expired, or (for a rider; an admin may pay for any ride) is not the payer's."""
     table = Payment.__table__
     ride = select(Ride.id, *(bindparam(name, type_=table.c[name].type) for name in PAYMENT_COLUMNS)).where(
-        Ride.id == bindparam("ride_id_"), Ride.status != "cancelled"
+        Ride.id == bindparam("ride_id_"),
+        Ride.status.not_in(("cancelled", "expired")),
     )
     if payer_must_be_rider:
         ride = ride.where(Ride.rider_id == bindparam("payer_"))

@@ -37,7 +37,9 @@ class Rides(MethodView):
     @blp.response(201, RideSchema)
     def post(self, body: dict[str, Any]) -> Ride:
         """Request a ride."""
-        return rides.request_ride(body["riderId"], body["driverId"], body["pickup"], body["dropoff"])
+        return rides.request_ride(
+            body["riderId"], body["driverId"], body["pickup"], body["dropoff"], driver_email=body.get("driverEmail")
+        )
 
 
 @blp.route("/rides/<int(max=2147483647):ride_id>/complete")

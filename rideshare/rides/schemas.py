@@ -3,7 +3,7 @@
 from marshmallow import Schema, fields, validate
 
 from rideshare.payments.schemas import PaymentCreateSchema
-from rideshare.validation import money, text, user_id
+from rideshare.validation import email_address, money, text, user_id
 
 
 class RideCreateSchema(Schema):
@@ -11,6 +11,10 @@ class RideCreateSchema(Schema):
     driverId = user_id("The driver's user id")
     pickup = text("Pickup address or place", 200)
     dropoff = text("Drop-off address or place", 200)
+    driverEmail = email_address(
+        "Where the driver's nightly payout summary goes (the latest ride's address of a driver is used)",
+        required=False,
+    )
 
 
 class RideCompleteSchema(Schema):
@@ -36,7 +40,9 @@ class RideSchema(Schema):
     driverId = fields.String(attribute="driver_id")
     pickup = fields.String()
     dropoff = fields.String()
-    status = fields.String(metadata={"description": "requested, completed or cancelled"})
+    status = fields.String(
+        metadata={"description": "requested, completed, cancelled, or expired (left requested too long)"}
+    )
     fare = fields.Float(allow_none=True, metadata={"description": "In major units, at most 2 decimals"})
     distance = fields.Float(attribute="distance_km", allow_none=True)
     duration = fields.Integer(attribute="duration_s", allow_none=True)

@@ -3,7 +3,9 @@ or cancel it with the payments not charged yet."""
 
 import logging
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -19,6 +21,8 @@ from rideshare.payments.service import PaymentCharged, cancel_payment, cancel_pa
 from rideshare.rides.models import Ride
 
 REQUESTED, COMPLETED, RIDE_CANCELLED = "requested", "completed", "cancelled"
+# Left requested past RIDE_EXPIRY_MINUTES: ended by the expiry sweep as a cancel would end it.
+EXPIRED = "expired"
 
 log = logging.getLogger("rideshare.rides")
 
@@ -61,9 +65,9 @@ class Completion:
     job: Job | None
 
 
-def request_ride(rider_id: str, driver_id: str, pickup: str, dropoff: str) -> Ride:
-    """Store a requested ride."""
-    ride = Ride(rider_id=rider_id, driver_id=driver_id, pickup=pickup, dropoff=dropoff)
+def request_ride(rider_id: str, driver_id: str, pickup: str, dropoff: str, *, driver_email: str | None = None) -> Ride:
+    """Store a requested ride (driver_email: where its driver's payout summaries go)."""
+    ride = Ride(rider_id=rider_id, driver_id=driver_id, pickup=pickup, dropoff=dropoff, driver_email=driver_email)
     with get_db().session() as session:
         session.add(ride)
     return ride
@@ -151,33 +155,99 @@ def cancel_ride(ride_id: int, *, user_id: str, is_admin: bool, reason: str | Non
             raise RideNotFound(ride_id)
         if not (is_admin or user_id == ride.rider_id):
             raise NotTheRider(ride_id)
-        payments = session.execute(
-            select(Payment.id, Payment.status, Payment.job_id).where(Payment.ride_id == ride_id).order_by(Payment.id)
-        ).all()
+        payments = _ride_payments(session, ride_id)
         if ride.status == COMPLETED:
             raise AlreadyCompleted(ride_id)
     charged = [p for p in payments if p.status == SUCCEEDED]
     if charged:
         raise PaymentCharged(charged[0].id, SUCCEEDED)
     why = f"ride {ride_id} cancelled by {'an admin' if is_admin else 'its rider'}" + (f": {reason}" if reason else "")
+    ended = _end_requested_ride(ride_id, payments, RIDE_CANCELLED, why)
+    assert ended is not None  # repeat: never None
+    return ended
+
+
+def _ride_payments(session: Session, ride_id: int) -> Sequence[Any]:
+    """A ride's payments (id, status, job id), oldest first."""
+    return session.execute(
+        select(Payment.id, Payment.status, Payment.job_id).where(Payment.ride_id == ride_id).order_by(Payment.id)
+    ).all()
+
+
+def _end_requested_ride(
+    ride_id: int, payments: Sequence[Any], status: str, why: str, *, repeat: bool = True
+) -> Cancellation | None:
+    """Move a requested ride to status (cancelled or expired), then cancel its payments not
+    charged and their jobs; a charge that wins the race at Stripe puts the ride back
+    (PaymentCharged). A ride completed meanwhile raises AlreadyCompleted; one that left
+    requested otherwise has its payments cancelled again (repeat: a cancel asked twice), or
+    without repeat is left alone (None)."""
     with get_db().session() as session:
         # A conditional UPDATE: a completion and a cancel cannot both win.
         moved = session.execute(
-            update(Ride).where(Ride.id == ride_id, Ride.status == REQUESTED).values(status=RIDE_CANCELLED)
+            update(Ride).where(Ride.id == ride_id, Ride.status == REQUESTED).values(status=status)
         ).rowcount
         if not moved and session.get(Ride, ride_id).status == COMPLETED:
             raise AlreadyCompleted(ride_id)
+    if not moved and not repeat:
+        return None
     try:
         statuses = [cancel_payment(p.id, why) if p.status != FAILED else FAILED for p in payments]
     except Exception:
         if moved:  # charged at the gateway meanwhile, or the gateway is away: the ride stands
             with get_db().session() as session:
-                session.execute(
-                    update(Ride).where(Ride.id == ride_id, Ride.status == RIDE_CANCELLED).values(status=REQUESTED)
-                )
+                session.execute(update(Ride).where(Ride.id == ride_id, Ride.status == status).values(status=REQUESTED))
         raise
     cancelled = [
-        CancelledPayment(p.id, status, p.job_id, cancel_payment_job(p.job_id, why) if status == CANCELLED else None)
-        for p, status in zip(payments, statuses, strict=True)
+        CancelledPayment(p.id, left, p.job_id, cancel_payment_job(p.job_id, why) if left == CANCELLED else None)
+        for p, left in zip(payments, statuses, strict=True)
     ]
-    return Cancellation(ride_id, RIDE_CANCELLED, cancelled)
+    return Cancellation(ride_id, status, cancelled)
+
+
+def gateway_errors() -> tuple[type[Exception], ...]:
+    """The Stripe SDK's errors (imported when a sweep meets one: the API never needs them here)."""
+    import stripe
+
+    return (stripe.StripeError,)
+
+
+# Rides one sweep expires at most (oldest first); the next tick takes the rest.
+EXPIRY_BATCH = 200
+
+
+def expire_stale_rides(older_than_minutes: int, *, limit: int = EXPIRY_BATCH) -> dict[str, Any]:
+    """Expire rides left requested for more than older_than_minutes, with their payments not
+    charged and those payments' jobs, as a cancel would (each PaymentIntent cancelled at
+    Stripe first). A ride with a payment that succeeded, or that the gateway is charging, is
+    left requested. Runs again harmlessly: a ride that left requested is not touched."""
+    cutoff = utcnow() - timedelta(minutes=older_than_minutes)
+    charged = select(Payment.id).where(Payment.ride_id == Ride.id, Payment.status == SUCCEEDED).exists()
+    with get_db().session() as session:
+        stale = session.scalars(
+            select(Ride.id)
+            .where(Ride.status == REQUESTED, Ride.created_at < cutoff, ~charged)
+            .order_by(Ride.created_at)
+            .limit(limit)
+        ).all()
+    expired: list[int] = []
+    kept: dict[str, str] = {}
+    for ride_id in stale:
+        with get_db().session() as session:
+            payments = _ride_payments(session, ride_id)
+        why = f"ride {ride_id} expired: not accepted within {older_than_minutes} minutes"
+        try:
+            ended = _end_requested_ride(ride_id, payments, EXPIRED, why, repeat=False)
+        except (PaymentCharged, AlreadyCompleted) as exc:
+            kept[str(ride_id)] = str(exc)
+            continue
+        except gateway_errors() as exc:
+            # The gateway is away: this ride stays requested, the next sweep tries it again.
+            kept[str(ride_id)] = f"{type(exc).__name__}: {exc}"[:200]
+            log.warning("ride.not_expired", extra={"ride_id": ride_id, "error": str(exc)})
+            continue
+        if ended is None:
+            continue  # cancelled or completed meanwhile
+        expired.append(ride_id)
+        log.info("ride.expired", extra={"ride_id": ride_id, "payments": [p.payment_id for p in ended.payments]})
+    return {"expired": expired, "kept": kept, "olderThanMinutes": older_than_minutes}

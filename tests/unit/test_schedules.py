@@ -144,3 +144,11 @@ def test_ids():
         with pytest.raises(InvalidSchedule):
             check_schedule_id(bad)
     assert len(job_id_for("x" * 40, ms(2286, 11, 20))) <= 64
+
+
+def test_tick_of_reads_a_schedule_jobs_tick_and_nothing_else():
+    from jobqueue.schedules import tick_of
+
+    assert tick_of(job_id_for("payout-summary", 1_767_236_400_000)) == 1_767_236_400_000
+    assert tick_of("payment-abc") is None
+    assert tick_of("sched:odd") is None
