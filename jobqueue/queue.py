@@ -318,9 +318,11 @@ class JobQueue:
 
     def _cancel_children(self, job_id: str, reason: str) -> None:
         """A flow parent cancelled: its children that have not finished are cancelled too (and theirs)."""
+        # Every child, whatever its recorded end: one retried since runs again and is cancelled;
+        # for a finished one the cancel changes nothing.
         for child in self.store.children(job_id, self.name):
             queue = self.peers.get(child["queue"])
-            if queue is not None and child["state"] not in (*FINISHED, "removed"):
+            if queue is not None and child["state"] != "removed":
                 try:
                     queue.cancel(child["id"], f"its parent {job_id} was cancelled: {reason}"[:500])
                 except CancelRefused as exc:

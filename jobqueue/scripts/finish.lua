@@ -19,6 +19,8 @@ if state ~= 'active' or redis.call('HGET', K.job, 'token') ~= ARGV[11] then
   return 'stale'
 end
 local id = redis.call('HGET', K.job, 'id')
+-- Back to waiting: its priority and now, whatever score the caller sent.
+if event == 'rate_limit' then score = waiting_score(K.job, now) end
 if not ALLOWED[state][event] then return redis.error_reply('finish: no move ' .. state .. ' --' .. event) end
 -- The result and reason first: the move tells a flow's parent about them (flow_notify).
 redis.call('HSET', K.job, 'ended', ARGV[11])
