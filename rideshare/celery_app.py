@@ -19,6 +19,7 @@ from jobqueue.worker import THREADED_POOLS, configure_worker
 from rideshare import redis_memory
 from rideshare.config import SettingsError, flow_limits
 from rideshare.jobs.outbox import JOB_OUTBOX
+from rideshare.jobs.shipped import ShippedSchedule, seed_shipped_schedules, shipped_schedules
 from rideshare.queues import POLICIES
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,9 @@ def celery_init_app(app: Flask) -> Celery:
     if scheduler not in ("worker", "off"):
         raise SettingsError({"JOB_SCHEDULER": f"must be worker or off (got {scheduler!r})"})
     celery.jobs.run_scheduler = scheduler == "worker"
-    configure_worker(celery, on_init=lambda pool, most: _size_sql_pool(app, pool, most))
+    # A bad cron or time zone of a shipped schedule stops the start here, as a bad limit does.
+    shipped = shipped_schedules(config) if config.get("SHIPPED_SCHEDULES") else []
+    configure_worker(celery, on_init=lambda pool, most: _on_worker_init(app, celery.jobs, shipped, pool, most))
     # The transactional outbox: a job written in a SQL row's transaction, added after the commit;
     # every worker's housekeeping relays what a request that died after its commit left behind.
     outbox = Outbox(
@@ -107,6 +110,13 @@ def task_queues_and_routes(policies: tuple[QueuePolicy, ...], broker_url: str) -
         "task_routes": {policy.task: {"queue": policy.name, "routing_key": policy.name} for policy in policies},
         "task_default_queue": names[0],
     }
+
+
+def _on_worker_init(app: Flask, jobs: JobService, shipped: list[ShippedSchedule], pool: str, most: int) -> None:
+    _size_sql_pool(app, pool, most)
+    if jobs.run_scheduler and shipped:
+        # Where the schedules fire: a worker running a scheduler makes the shipped ones it lacks.
+        seed_shipped_schedules(jobs, shipped)
 
 
 def _size_sql_pool(app: Flask, pool: str, most: int) -> None:

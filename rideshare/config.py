@@ -69,6 +69,20 @@ def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
         # Where schedules fire: 'worker' (each worker runs a scheduler beside its housekeeping;
         # any number fire each tick once) or 'off' (only `flask jobs scheduler` processes do).
         "JOB_SCHEDULER": env.get("JOB_SCHEDULER", "worker").strip().lower() or "worker",
+        # The shipped schedules (rideshare.jobs.shipped): created where a scheduler starts when
+        # absent, never over an operator's edit, pause or removal. false: none is created.
+        "SHIPPED_SCHEDULES": env.get("SHIPPED_SCHEDULES", "true").lower() not in ("0", "false", "no", "off"),
+        # The nightly driver-payout summary: when (5-field cron) and in which time zone.
+        "PAYOUT_SUMMARY_CRON": env.get("PAYOUT_SUMMARY_CRON") or "0 3 * * *",
+        "PAYOUT_SUMMARY_TZ": env.get("PAYOUT_SUMMARY_TZ") or "UTC",
+        # The sweep that expires rides left requested for RIDE_EXPIRY_MINUTES.
+        "RIDE_EXPIRY_CRON": env.get("RIDE_EXPIRY_CRON") or "*/5 * * * *",
+        "RIDE_EXPIRY_TZ": env.get("RIDE_EXPIRY_TZ") or "UTC",
+        "RIDE_EXPIRY_MINUTES": max(1, _int(env, "RIDE_EXPIRY_MINUTES", 30)),
+        # The sweep that settles payments left pending or processing for PAYMENT_RECHECK_AFTER_MINUTES.
+        "PAYMENT_RECHECK_CRON": env.get("PAYMENT_RECHECK_CRON") or "*/5 * * * *",
+        "PAYMENT_RECHECK_TZ": env.get("PAYMENT_RECHECK_TZ") or "UTC",
+        "PAYMENT_RECHECK_AFTER_MINUTES": max(1, _int(env, "PAYMENT_RECHECK_AFTER_MINUTES", 15)),
         # Redis must not evict (README, "Redis memory"): any maxmemory-policy but noeviction
         # is an ERROR at start-up and fails /readyz, unless this accepts the risk.
         "REDIS_ALLOW_EVICTION": env.get("REDIS_ALLOW_EVICTION", "false").lower() in ("1", "true", "yes"),

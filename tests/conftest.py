@@ -223,6 +223,9 @@ def stack_env(database_url: str, redis_url: str, services: Services, tmp: Path) 
         # Two event streams per process (the default is 4): tests/integration/test_job_events.py
         # opens a third to see it refused.
         "EVENT_STREAMS_MAX": "2",
+        # No shipped schedules (sweeps of rides and payments every 5 minutes) in the shared stack:
+        # tests/integration/test_shipped_schedules.py turns them on for workers of its own.
+        "SHIPPED_SCHEDULES": "false",
         # No flow limits unless a test sets them: a shell's or .env's PAYMENT_RATE_LIMIT and the
         # like must not reach the workers (which start with os.environ under this).
         **{f"{queue.upper()}_{name}": "" for queue in QUEUES for name in FLOW_LIMIT_NAMES},

@@ -1,5 +1,6 @@
-"""``flask --app rideshare jobs schedules|schedule-set|schedule-pause|schedule-resume|schedule-remove``
-for operators (each change audited), and ``jobs scheduler``: a scheduler process of its own."""
+"""``flask --app rideshare jobs schedules|schedule-set|schedule-pause|schedule-resume|schedule-remove|
+schedule-reseed`` for operators (each change audited), and ``jobs scheduler``: a scheduler process of
+its own (which makes the shipped schedules it lacks first: rideshare.jobs.shipped)."""
 
 import json
 import logging
@@ -12,10 +13,12 @@ from flask import current_app
 
 from jobqueue import InvalidJobData, InvalidJobOptions
 from jobqueue.schedules import MISSED_POLICIES, POLL_INTERVAL_S, Schedule, ScheduleNotFound, Scheduler
+from rideshare.audit import audit
 from rideshare.jobs import list_schedules
 from rideshare.jobs import schedules as control
 from rideshare.jobs.cli import _actor, emit, jobs_cli, json_option, table
 from rideshare.jobs.schemas import ms_to_iso
+from rideshare.jobs.shipped import forget_shipped, seed_shipped_schedules, shipped_schedules
 from rideshare.queues import QUEUES
 
 log = logging.getLogger("rideshare.scheduler")
@@ -142,6 +145,20 @@ def schedule_remove(schedule_id: str) -> None:
     click.echo(f"schedule {schedule_id} removed")
 
 
+@jobs_cli.command("schedule-reseed")
+@click.argument("schedule_id")
+def schedule_reseed(schedule_id: str) -> None:
+    """Make a shipped schedule again (one an operator removed): its marker dropped, then seeded."""
+    shipped = {item.id: item for item in shipped_schedules(current_app.config)}
+    if schedule_id not in shipped:
+        raise click.ClickException(f"{schedule_id} is not a shipped schedule ({', '.join(shipped)})")
+    jobs = current_app.extensions["jobs"]
+    forget_shipped(jobs, schedule_id)
+    made = seed_shipped_schedules(jobs, [shipped[schedule_id]])
+    audit(_actor(), "schedule.reseed", schedule_id, made=bool(made))
+    click.echo(f"schedule {schedule_id} " + ("made again" if made else "is there already: left as it is"))
+
+
 @jobs_cli.command("scheduler")
 @click.option(
     "--interval", type=click.FloatRange(0.05, 10), default=POLL_INTERVAL_S, show_default=True, help="Seconds."
@@ -156,6 +173,9 @@ def scheduler(interval: float) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    jobs = current_app.extensions["jobs"]
+    if current_app.config.get("SHIPPED_SCHEDULES"):
+        seed_shipped_schedules(jobs, shipped_schedules(current_app.config))
     log.info("scheduler.started", extra={"interval_s": interval})
-    Scheduler(current_app.extensions["jobs"], interval_s=interval).run(stopped)
+    Scheduler(jobs, interval_s=interval).run(stopped)
     log.info("scheduler.stopped")
