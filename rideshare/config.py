@@ -126,11 +126,17 @@ def settings_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
 
 
 def flow_limits(config: Mapping[str, Any], queues: Iterable[str]) -> dict[str, Limits]:
-    """Each queue's limits from FLOW_LIMITS_ENV; SettingsError naming every bad variable."""
+    """Each queue's limits from FLOW_LIMITS_ENV, for the queues that have a variable set (none:
+    `PAYMENT_RATE_LIMIT=none`); SettingsError naming every bad variable.
+
+    A queue with none of its variables set is left out, so a process started without them (a
+    CLI command, a shell) leaves the limits the stack's processes seeded as they are."""
     environ = config.get("FLOW_LIMITS_ENV") or {}
     found: dict[str, Limits] = {}
     errors: dict[str, str] = {}
     for queue in queues:
+        if not any(FLOW_LIMIT_VARIABLE.fullmatch(name) and name.startswith(f"{queue.upper()}_") for name in environ):
+            continue
         try:
             found[queue] = Limits.from_env(queue, environ)
         except InvalidLimits as exc:

@@ -195,6 +195,14 @@ def test_the_environment_seeds_limits_until_an_operator_sets_them(env, auth_head
         # Another start with another value: the environment still rules, as nobody set them.
         close_app(app_from_env({**env, "PAYMENT_RATE_LIMIT": "9/s"}))
         assert get_queue("payment").flow.get().to_dict() == {**NO_LIMITS, "rate": {"max": 9, "perMs": 1000}}
+        # A process started without any of the payment queue's variables (a CLI command from a
+        # shell) leaves them as the stack seeded them; one set to nothing removes them.
+        bare = {k: v for k, v in env.items() if not k.startswith("PAYMENT_")}
+        close_app(app_from_env(bare))
+        assert get_queue("payment").flow.get().to_dict() == {**NO_LIMITS, "rate": {"max": 9, "perMs": 1000}}
+        close_app(app_from_env({**bare, "PAYMENT_RATE_LIMIT": "none"}))
+        assert get_queue("payment").flow.get().to_dict() == NO_LIMITS
+        close_app(app_from_env({**env, "PAYMENT_RATE_LIMIT": "9/s"}))
 
         # Once an operator sets them, no start replaces them, with other values or none.
         put = app.test_client().put("/admin/queues/payment/limits", json={"concurrency": 3}, headers=admin)
