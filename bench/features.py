@@ -181,15 +181,19 @@ DRAIN_MODES = {
 }
 
 
-def drain_costs(jobs: int, rounds: int) -> dict[str, Any]:
-    """The worker-level cost of the store's features: see the module's docstring (3)."""
+def drain_medians(
+    jobs: int, rounds: int, modes: dict[str, tuple[dict[str, str], Callable[[Any], None] | None]]
+) -> dict[str, dict[str, float]]:
+    """No-op jobs drained by one prefork worker (-c 2) in each mode, rounds alternating the order:
+    the medians of the worker's CPU and the Redis server's CPU per job (ms) and the drain rate.
+    A mode is (the worker's extra environment, a setup of the queue before its jobs are added)."""
     from bench.run import Bench
 
     bench = Bench(quick=True)  # first: it sets the environment bench.full's app is built from
     from bench.full import QUEUE, flask_app, noop_queue
     from rideshare.cli import upgrade_database
 
-    found: dict[str, dict[str, list[float]]] = {m: {"worker": [], "redis": [], "rate": []} for m in DRAIN_MODES}
+    found: dict[str, dict[str, list[float]]] = {m: {"worker": [], "redis": [], "rate": []} for m in modes}
     try:
         bench.client_logs_to_file()
         with flask_app.app_context():
@@ -200,13 +204,16 @@ def drain_costs(jobs: int, rounds: int) -> dict[str, Any]:
                 return queue.store.metrics().get(f"{QUEUE}:completed", 0)
 
             for index in range(rounds):
-                for mode in list(DRAIN_MODES) if index % 2 == 0 else list(DRAIN_MODES)[::-1]:
+                for mode in list(modes) if index % 2 == 0 else list(modes)[::-1]:
+                    env, setup = modes[mode]
                     bench.redis.flushdb()
+                    if setup is not None:
+                        setup(queue)
                     queue.pause()
                     for _ in range(jobs):
                         queue.add({})
                     before = redis_cpu(bench.redis)
-                    drained = bench.timed_drain("bench.full", done, jobs, env=DRAIN_MODES[mode])
+                    drained = bench.timed_drain("bench.full", done, jobs, env=env)
                     found[mode]["redis"].append((redis_cpu(bench.redis) - before) * 1000 / jobs)
                     found[mode]["worker"].append(drained["cpu_ms"])
                     found[mode]["rate"].append(drained["rate"])
@@ -215,18 +222,27 @@ def drain_costs(jobs: int, rounds: int) -> dict[str, Any]:
                     print(f"[bench] drain round {index + 1} {mode}: {drained['cpu_ms']:.3f} ms", flush=True)
     finally:
         bench.close()
-    med = {m: {k: statistics.median(v) for k, v in parts.items()} for m, parts in found.items()}
-    off, on = med["all off"], med["shipped"]
+    return {m: {k: statistics.median(v) for k, v in parts.items()} for m, parts in found.items()}
+
+
+def drain_report(jobs: int, med: dict[str, dict[str, float]], base: str, other: str, tag: str) -> dict[str, Any]:
+    """drain_medians' figures, and other's as ratios over base (keys '..._ratio_<tag>')."""
     return {
         "jobs": jobs,
         "pool": "prefork -c 2",
         "worker_cpu_ms_per_job": {m: round(v["worker"], 3) for m, v in med.items()},
         "redis_cpu_ms_per_job": {m: round(v["redis"], 4) for m, v in med.items()},
         "rate_jobs_per_s": {m: round(v["rate"], 1) for m, v in med.items()},
-        "worker_cpu_ratio_shipped_over_off": round(on["worker"] / off["worker"], 3),
-        "redis_cpu_ratio_shipped_over_off": round(on["redis"] / off["redis"], 3),
-        "rate_ratio_shipped_over_off": round(on["rate"] / off["rate"], 3),
+        f"worker_cpu_ratio_{tag}": round(med[other]["worker"] / med[base]["worker"], 3),
+        f"redis_cpu_ratio_{tag}": round(med[other]["redis"] / med[base]["redis"], 3),
+        f"rate_ratio_{tag}": round(med[other]["rate"] / med[base]["rate"], 3),
     }
+
+
+def drain_costs(jobs: int, rounds: int) -> dict[str, Any]:
+    """The worker-level cost of the store's features: see the module's docstring (3)."""
+    med = drain_medians(jobs, rounds, {mode: (env, None) for mode, env in DRAIN_MODES.items()})
+    return drain_report(jobs, med, "all off", "shipped", "shipped_over_off")
 
 
 def main() -> None:

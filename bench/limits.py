@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import random
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from typing import Any
 
 import redis
 
-from bench.features import median_of, redis_cpu
+from bench.features import drain_medians, drain_report, median_of, redis_cpu
 from devstack.processes import free_port, start_redis, stop
 from jobqueue import EngineSettings, JobService, JobStore, Limits, QueuePolicy, Rate
 
@@ -111,53 +110,9 @@ def store_costs(client: redis.Redis, n: int, rounds: int) -> dict[str, Any]:
 
 def drain_costs(jobs: int, rounds: int) -> dict[str, Any]:
     """The worker-level cost of the limit checks: see the module's docstring (2)."""
-    from bench.run import Bench
-
-    bench = Bench(quick=True)  # first: it sets the environment bench.full's app is built from
-    from bench.full import QUEUE, flask_app, noop_queue
-    from rideshare.cli import upgrade_database
-
-    modes = ("no limits", "limits (not binding)")
-    found: dict[str, dict[str, list[float]]] = {m: {"worker": [], "redis": [], "rate": []} for m in modes}
-    try:
-        bench.client_logs_to_file()
-        with flask_app.app_context():
-            upgrade_database()
-            queue = noop_queue()
-
-            def done() -> int:
-                return queue.store.metrics().get(f"{QUEUE}:completed", 0)
-
-            for index in range(rounds):
-                for mode in modes if index % 2 == 0 else modes[::-1]:
-                    bench.redis.flushdb()
-                    if mode != "no limits":
-                        queue.flow.set(LOOSE)
-                    queue.pause()
-                    for _ in range(jobs):
-                        queue.add({})
-                    before = redis_cpu(bench.redis)
-                    drained = bench.timed_drain("bench.full", done, jobs)
-                    found[mode]["redis"].append((redis_cpu(bench.redis) - before) * 1000 / jobs)
-                    found[mode]["worker"].append(drained["cpu_ms"])
-                    found[mode]["rate"].append(drained["rate"])
-                    for proc in drained["procs"]:
-                        bench.retire(proc)
-                    print(f"[bench] drain round {index + 1} {mode}: {drained['cpu_ms']:.3f} ms", flush=True)
-    finally:
-        bench.close()
-    med = {m: {k: statistics.median(v) for k, v in parts.items()} for m, parts in found.items()}
-    off, on = med["no limits"], med["limits (not binding)"]
-    return {
-        "jobs": jobs,
-        "pool": "prefork -c 2",
-        "worker_cpu_ms_per_job": {m: round(v["worker"], 3) for m, v in med.items()},
-        "redis_cpu_ms_per_job": {m: round(v["redis"], 4) for m, v in med.items()},
-        "rate_jobs_per_s": {m: round(v["rate"], 1) for m, v in med.items()},
-        "worker_cpu_ratio_limits_over_none": round(on["worker"] / off["worker"], 3),
-        "redis_cpu_ratio_limits_over_none": round(on["redis"] / off["redis"], 3),
-        "rate_ratio_limits_over_none": round(on["rate"] / off["rate"], 3),
-    }
+    modes = {"no limits": ({}, None), "limits (not binding)": ({}, lambda queue: queue.flow.set(LOOSE))}
+    med = drain_medians(jobs, rounds, modes)
+    return drain_report(jobs, med, "no limits", "limits (not binding)", "limits_over_none")
 
 
 def main() -> None:

@@ -159,3 +159,8 @@ viewer_required = _role_required(VIEW_ROLES, "viewer or admin role required")
 def current_user() -> Principal:
     """The authenticated caller of this request."""
     return g.user
+
+
+def current_actor() -> str:
+    """The caller as the audit log names it: 'user:<id>'."""
+    return f"user:{current_user().id}"

@@ -42,7 +42,7 @@ from rideshare.admin.schemas import (
     SnoozeBodySchema,
     ThrottleBodySchema,
 )
-from rideshare.auth import admin_required, current_user, viewer_required
+from rideshare.auth import admin_required, current_actor, viewer_required
 from rideshare.jobs import control, flow, get_job, get_queue
 from rideshare.jobs.events import (
     EVENT_STREAM_DOC,
@@ -118,10 +118,6 @@ def job_answers(job_id: str) -> Iterator[None]:
         abort(422, errors={"json": {"data": exc.errors}})
 
 
-def _actor() -> str:
-    return f"user:{current_user().id}"
-
-
 @blp.route("/queues")
 class Queues(MethodView):
     decorators = [viewer_required]
@@ -176,7 +172,7 @@ class RetryFailed(MethodView):
     @blp.response(200, RetriedSchema)
     def post(self, queue: str) -> dict[str, Any]:
         """Retry every failed job of the queue."""
-        retried = control.retry_failed(queue, actor=_actor())
+        retried = control.retry_failed(queue, actor=current_actor())
         return {"message": f"{retried} failed jobs queued again", "retried": retried}
 
 
@@ -190,7 +186,7 @@ class Clean(MethodView):
     def post(self, body: dict[str, Any], queue: str) -> dict[str, Any]:
         """Remove jobs that have been in a state longer than graceMs, up to limit."""
         removed = control.clean_queue(
-            queue, actor=_actor(), state=body["state"], grace_ms=body["graceMs"], limit=body["limit"]
+            queue, actor=current_actor(), state=body["state"], grace_ms=body["graceMs"], limit=body["limit"]
         )
         return {"removed": removed, "count": len(removed)}
 
@@ -202,7 +198,7 @@ def _pause_view(paused: bool) -> type[MethodView]:
         @blp.doc(**ADMIN_DOC)
         @blp.response(200, QueueOverviewSchema)
         def post(self, queue: str) -> dict[str, Any]:
-            control.set_paused(queue, paused, actor=_actor())
+            control.set_paused(queue, paused, actor=current_actor())
             return control.queue_overview(queue)
 
     PauseResume.post.__doc__ = (
@@ -239,7 +235,7 @@ class AdminJob(MethodView):
     def delete(self, job_id: str) -> None:
         """Remove a job that is not running."""
         with job_answers(job_id):
-            control.delete_job(job_id, actor=_actor())
+            control.delete_job(job_id, actor=current_actor())
 
 
 @blp.route("/jobs/<string:job_id>/retry")
@@ -256,7 +252,7 @@ class RetryJob(MethodView):
         """Run a failed job again; {"data": {...}} retries it with corrected data."""
         data = (body or {}).get("data")
         with job_answers(job_id):
-            job = control.retry_job(job_id, actor=_actor(), data=data)
+            job = control.retry_job(job_id, actor=current_actor(), data=data)
         return job_detail(job)
 
 
@@ -323,7 +319,7 @@ class CancelJob(MethodView):
         """Cancel a job: waiting or delayed, it never runs; running, it is stopped within seconds."""
         reason = (body or {}).get("reason") or "cancelled by an operator"
         with job_answers(job_id):
-            control.cancel_job(job_id, actor=_actor(), reason=reason)
+            control.cancel_job(job_id, actor=current_actor(), reason=reason)
         job = get_job(job_id)
         if job is None:  # removed at once by the queue's retention
             abort(404, message=f"job {job_id} was cancelled and removed")
@@ -342,7 +338,7 @@ class SnoozeJob(MethodView):
     def post(self, body: dict[str, Any], job_id: str) -> JobDetail:
         """Run a waiting or delayed job delayMs from now instead."""
         with job_answers(job_id):
-            job = control.snooze_job(job_id, actor=_actor(), delay_ms=body["delayMs"])
+            job = control.snooze_job(job_id, actor=current_actor(), delay_ms=body["delayMs"])
         return job_detail(job)
 
 
@@ -359,7 +355,7 @@ class JobData(MethodView):
     def put(self, body: dict[str, Any], job_id: str) -> JobDetail:
         """Replace the data of a job that is not running; checked by its queue's schema."""
         with job_answers(job_id):
-            job = control.edit_job_data(job_id, actor=_actor(), data=body["data"])
+            job = control.edit_job_data(job_id, actor=current_actor(), data=body["data"])
         return job_detail(job)
 
 
@@ -377,7 +373,7 @@ class BulkJobs(MethodView):
         ones; delete any that is not running. Others matching the filter are left alone.
         """
         result = control.bulk_action(
-            body["action"], actor=_actor(), dry_run=body["dryRun"], **search_filters(body["filter"])
+            body["action"], actor=current_actor(), dry_run=body["dryRun"], **search_filters(body["filter"])
         )
         return {"action": body["action"], "dryRun": body["dryRun"], **result}
 
@@ -454,7 +450,7 @@ class QueueLimits(MethodView):
         environment's PAYMENT_RATE_LIMIT and the like no longer replace them). Audited.
         """
         with limit_answers():
-            return flow.set_limits(queue, body, actor=_actor())
+            return flow.set_limits(queue, body, actor=current_actor())
 
 
 @blp.route("/queues/<string:queue>/groups/<string:group>/limits")
@@ -477,7 +473,7 @@ class GroupLimitsResource(MethodView):
     def put(self, body: dict[str, Any], queue: str, group: str) -> dict[str, Any]:
         """Give one group limits of its own; both null (or left out): back to the queue's group defaults. Audited."""
         with known_group(group), limit_answers():
-            return flow.set_group_limits(queue, group, body, actor=_actor())
+            return flow.set_group_limits(queue, group, body, actor=current_actor())
 
 
 @contextmanager
@@ -501,4 +497,4 @@ class Throttle(MethodView):
     def post(self, body: dict[str, Any], queue: str) -> dict[str, Any]:
         """Take no job of the queue for ms (0 lifts a throttle); running jobs go on. Audited."""
         with limit_answers():
-            return flow.throttle(queue, body["ms"], actor=_actor())
+            return flow.throttle(queue, body["ms"], actor=current_actor())

@@ -14,7 +14,7 @@ from jobqueue import InvalidJobData, InvalidJobOptions
 from jobqueue.masking import mask
 from jobqueue.schedules import MAX_EVERY_MS, MIN_EVERY_MS, MISSED_POLICIES, Schedule, ScheduleNotFound
 from rideshare.admin.api import ADMIN_DOC, VIEWER_DOC
-from rideshare.auth import admin_required, current_user, viewer_required
+from rideshare.auth import admin_required, current_actor, viewer_required
 from rideshare.jobs import get_schedule, list_schedules
 from rideshare.jobs import schedules as control
 from rideshare.queues import QUEUES
@@ -130,10 +130,6 @@ def schedule_answers(schedule_id: str) -> Iterator[None]:
         abort(422, errors={"json": control.refusal(exc)})
 
 
-def _actor() -> str:
-    return f"user:{current_user().id}"
-
-
 @blp.route("")
 class Schedules(MethodView):
     decorators = [viewer_required]
@@ -171,7 +167,7 @@ class ScheduleResource(MethodView):
         tick. The job's data is checked by its queue's schema now, not at the first tick.
         """
         with schedule_answers(schedule_id):
-            return shown(control.set_schedule(schedule_id, body, actor=_actor()))
+            return shown(control.set_schedule(schedule_id, body, actor=current_actor()))
 
     @blp.doc(**ADMIN_DOC)
     @blp.response(204)
@@ -180,7 +176,7 @@ class ScheduleResource(MethodView):
     def delete(self, schedule_id: str) -> None:
         """Remove a schedule and its history; the jobs it made stay. Audited."""
         with schedule_answers(schedule_id):
-            control.remove(schedule_id, actor=_actor())
+            control.remove(schedule_id, actor=current_actor())
 
 
 def _pause_view(paused: bool) -> type[MethodView]:
@@ -192,7 +188,7 @@ def _pause_view(paused: bool) -> type[MethodView]:
         @blp.alt_response(404, schema=ErrorSchema, description="No such schedule")
         def post(self, schedule_id: str) -> dict[str, Any]:
             with schedule_answers(schedule_id):
-                return shown(control.set_paused(schedule_id, paused, actor=_actor()))
+                return shown(control.set_paused(schedule_id, paused, actor=current_actor()))
 
     PauseResume.post.__doc__ = (
         "Pause the schedule: no tick fires, not even one a scheduler is handling now. Audited."
