@@ -34,6 +34,8 @@ def test_counts_match_a_mixed_run(stack, own_queues_env, tmp_path):
             "failed": 0,
             "cancelled": 0,
             "expired": 0,
+            "grouped": 0,
+            "waiting-children": 0,
             "paused": 0,
         }
 
@@ -55,6 +57,8 @@ def test_counts_match_a_mixed_run(stack, own_queues_env, tmp_path):
             "failed": 2,
             "cancelled": 0,
             "expired": 0,
+            "grouped": 0,
+            "waiting-children": 0,
             "paused": 0,
         }
         assert {get_job(j.id).state for j in ok} == {"completed"}
@@ -69,5 +73,7 @@ def test_counts_match_a_mixed_run(stack, own_queues_env, tmp_path):
             "failed": 0,
             "cancelled": 0,
             "expired": 0,
+            "grouped": 0,
+            "waiting-children": 0,
             "paused": 0,
         }

@@ -64,7 +64,18 @@ def test_counts_follow_the_job_through_its_states(app, stack):
     job = add_email_job(mail(), delay=60_000)
     counts = get_job_counts("email")
     assert counts["delayed"] == before["delayed"] + 1
-    assert set(counts) == {"waiting", "delayed", "active", "completed", "failed", "cancelled", "expired", "paused"}
+    assert set(counts) == {
+        "waiting",
+        "grouped",
+        "delayed",
+        "waiting-children",
+        "active",
+        "completed",
+        "failed",
+        "cancelled",
+        "expired",
+        "paused",
+    }
     # Waiting jobs are counted too; this one runs at once.
     quick = stack.wait_for_job(add_email_job(mail()).id)
     assert quick.state == "completed"
