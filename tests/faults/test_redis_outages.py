@@ -24,8 +24,7 @@ from rideshare.analytics.models import AnalyticsEvent
 from rideshare.db import get_db
 from rideshare.jobs import add_analytics_job, add_analytics_jobs, add_email_job
 from rideshare.payments.service import create_payment
-from rideshare.rides.models import Ride
-from tests.faults.test_worker_loss import payment_rows, succeeded_charges
+from tests.faults.test_worker_loss import new_rides, payment_rows, succeeded_charges
 
 pytestmark = pytest.mark.faults
 
@@ -49,19 +48,17 @@ def ride_event(tag: str, i: int, prefix: str) -> dict:
 
 
 def queue_payments(count: int, amount: str) -> list:
-    """count payments for a new ride of rider 42, each charge queued with the default timeout.
+    """count payments of rider 42, each for a new ride of its own (a ride's payments run one at a
+    time), each charge queued with the default timeout.
 
     (test_worker_loss.queue_payments gives each job a 2 s timeout, a 9 s lease: a 15 s
     freeze would then also stall the payments in flight, which is another test.)
     """
-    with get_db().session() as session:
-        ride = Ride(rider_id="42", driver_id="d-1", pickup="A", dropoff="B")
-        session.add(ride)
     return [
         create_payment(
-            user_id="42", ride_id=ride.id, amount=Decimal(amount), currency="USD", payment_method="pm_card_visa"
+            user_id="42", ride_id=ride_id, amount=Decimal(amount), currency="USD", payment_method="pm_card_visa"
         )[1]
-        for _ in range(count)
+        for ride_id in new_rides(count)
     ]
 
 

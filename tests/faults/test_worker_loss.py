@@ -35,25 +35,31 @@ def succeeded_charges(localstripe_url: str) -> dict[str, int]:
     return {payment_id: len(ids) for payment_id, ids in succeeded_intents(localstripe_url).items()}
 
 
+def new_rides(count: int) -> list[int]:
+    """count rides of rider 42: a ride's payment jobs run one at a time (its group), these run side by side."""
+    with get_db().session() as session:
+        rides = [Ride(rider_id="42", driver_id="d-1", pickup="A", dropoff="B") for _ in range(count)]
+        session.add_all(rides)
+        session.flush()
+        return [ride.id for ride in rides]
+
+
 def queue_payments(count: int, amount: str, *, receipts: bool = False) -> list:
-    """A ride of rider 42 and count payments for it, each charge queued with a 2 s timeout.
+    """count payments of rider 42, each for a ride of its own, each charge queued with a 2 s timeout.
 
     receipts: each payment's receipt is emailed to an address of its own.
     """
-    with get_db().session() as session:
-        ride = Ride(rider_id="42", driver_id="d-1", pickup="A", dropoff="B")
-        session.add(ride)
     return [
         create_payment(
             user_id="42",
-            ride_id=ride.id,
+            ride_id=ride_id,
             amount=Decimal(amount),
             currency="USD",
             payment_method="pm_card_visa",
             receipt_email=f"receipt-{secrets.token_hex(6)}@example.com" if receipts else None,
             timeout=2000,
         )
-        for _ in range(count)
+        for ride_id in new_rides(count)
     ]
 
 
