@@ -220,7 +220,9 @@ class Outbox:
         jobs: list[Job] = []
         failed: QueueUnavailable | None = None
         with self.engine().connect() as conn, conn.begin():
-            rows = conn.execute(claim).all()
+            # In the order they were staged: DELETE ... RETURNING keeps no order (PostgreSQL), and a
+            # group's jobs, or a debounced key's newest data, depend on it.
+            rows = sorted(conn.execute(claim).all(), key=lambda row: row.created_at)
             for index, row in enumerate(rows):
                 try:
                     job = self._add(row)
