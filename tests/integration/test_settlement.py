@@ -344,9 +344,9 @@ def test_an_admin_refunds_a_payment_once(app, client, stack, auth_headers):
     assert client.get(f"/payments/{payment_id}", headers=rider).json["status"] == "refunded"
     with get_db().session() as session:
         entries = session.scalars(
-            select(AuditEntry).where(
-                AuditEntry.target.in_([f"payment:{payment_id}", f"payment:{declined['paymentId']}"])
-            )
+            select(AuditEntry)
+            .where(AuditEntry.target.in_([f"payment:{payment_id}", f"payment:{declined['paymentId']}"]))
+            .order_by(AuditEntry.id)
         ).all()
     assert [(e.actor, e.action, e.details.get("created")) for e in entries] == [
         ("user:7", "payment.refund", None),
