@@ -173,7 +173,10 @@ def test_events_stream_every_move_and_wait_until_finished_reads_them(app, stack)
 
 def test_search_finds_jobs_by_their_tags_newest_first_with_a_cursor(engine):
     ride = secrets.token_hex(3)
-    mine = [engine.add(mail(), owner="rider-1", tags={"rideId": ride}) for _ in range(5)]
+    mine = []
+    for _ in range(5):
+        mine.append(engine.add(mail(), owner="rider-1", tags={"rideId": ride}))
+        time.sleep(0.002)  # newest first is by creation time, in ms: jobs of one ms tie
     engine.add(mail(), owner="rider-2", tags={"rideId": ride})
     engine.add(mail(), owner="rider-1", tags={"rideId": "other"})
 
